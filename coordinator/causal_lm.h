@@ -1,0 +1,26 @@
+// What the generation loop needs from a model: feed tokens, get the last position's logits.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/model_config.h"
+
+namespace pinmoe {
+
+class CausalLm {
+ public:
+  virtual ~CausalLm() = default;
+  // Runs `ids` at the next positions (a whole prompt, or one decoded token), extending the caches, and
+  // writes the logits of the last of them to `last_logits` ([vocab_size]).
+  virtual absl::Status Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) = 0;
+  // Forgets the sequence (caches back to empty).
+  virtual void Reset() = 0;
+  virtual int position() const = 0;
+  virtual int max_context() const = 0;
+  virtual const ModelConfig& config() const = 0;
+};
+
+}  // namespace pinmoe

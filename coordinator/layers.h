@@ -1,0 +1,41 @@
+// The coordinator's CPU building blocks besides the plain kernels in common/cpu_kernels.h: rotary
+// embeddings, grouped-query attention over a KV cache, and softmax top-k routing. All fp32, each written
+// to match transformers' arithmetic closely enough for 1e-4 agreement on logits.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace pinmoe {
+
+// Rotary embedding in the rotate-half layout (pairs (i, i + dim/2)), on `rotary_dim` leading
+// dimensions of each head. Frequencies are computed in fp32 as transformers does.
+class Rope {
+ public:
+  Rope(int head_dim, int rotary_dim, double theta);
+  // x: [heads, head_dim] for one token at `position`, rotated in place.
+  void Apply(float* x, int heads, int position) const;
+
+ private:
+  int head_dim_;
+  int rotary_dim_;
+  std::vector<float> inv_freq_;  // [rotary_dim / 2]
+};
+
+// KV cache for one attention layer: [positions, kv_heads, head_dim] for K and V, grown on demand up to
+// max_positions.
+struct KvCache {
+  std::vector<float> k, v;
+  int kv_heads = 0, head_dim = 0, length = 0;
+};
+
+// Causal attention for `tokens` new queries whose K/V have already been appended to the cache (the last
+// `tokens` entries). q: [tokens, heads, head_dim]; out: [tokens, heads, head_dim].
+void CausalAttention(const float* q, int tokens, int heads, const KvCache& cache, float* out);
+
+// Softmax over `num_experts` router logits, then the top_k largest probabilities (ties to the lower
+// index), renormalised when norm_topk_prob. ids/weights: [top_k].
+void RouteTopK(const float* logits, int num_experts, int top_k, bool norm_topk_prob, int32_t* ids,
+               float* weights);
+
+}  // namespace pinmoe

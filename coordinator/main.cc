@@ -1,0 +1,205 @@
+// pinmoe: runs Mixture-of-Experts language models with each expert pinned to one worker process.
+// Flags live here only; they are parsed into the option structs of coordinator/cli.h.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/files.h"
+#include "coordinator/cli.h"
+#include "coordinator/demo_model.h"
+
+ABSL_FLAG(std::string, model, "", "Model directory (config.json, *.safetensors, tokenizer.json)");
+ABSL_FLAG(std::string, prompt, "", "Prompt text");
+ABSL_FLAG(std::string, prompt_ids, "", "Prompt as comma-separated token ids");
+ABSL_FLAG(std::string, text, "", "Text to tokenize");
+ABSL_FLAG(int, max_new_tokens, 128, "Most tokens to generate");
+ABSL_FLAG(std::string, temperature, "", "Sampling temperature; 0 is greedy");
+ABSL_FLAG(std::string, top_k, "", "Sample from the k most likely tokens (0: all)");
+ABSL_FLAG(std::string, top_p, "", "Nucleus sampling mass (1: off)");
+ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
+ABSL_FLAG(int, workers, 1, "Expert worker processes (0: experts in the coordinator)");
+ABSL_FLAG(bool, json, false, "Print one JSON object instead of streaming text");
+ABSL_FLAG(int, top_logprobs, 0, "With --json: the K most likely tokens at each generated position");
+ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence tokens");
+ABSL_FLAG(int, context, 0, "Context length (0: the model's max_position_embeddings)");
+ABSL_FLAG(std::string, worker_binary, "", "pinmoe-worker to start (default: beside pinmoe)");
+ABSL_FLAG(std::vector<std::string>, worker_arg, {}, "Extra arguments for every worker (repeatable)");
+ABSL_FLAG(int, step_timeout_ms, 60000, "Longest wait for workers to finish one MoE layer");
+ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
+ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
+
+namespace {
+
+constexpr const char* kUsage = R"(pinmoe - run Mixture-of-Experts language models with experts pinned to worker processes
+
+Usage:
+  pinmoe run [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [options]
+  pinmoe tokenize --model DIR --text TEXT
+  pinmoe make-demo [--out DIR] [--tokenizer tokenizer.json]
+  pinmoe help
+
+run: generates a continuation of the prompt and streams it to stdout (notes go to stderr).
+  --model DIR           a Hugging Face model directory as downloaded from the hub: config.json,
+                        model.safetensors or sharded *.safetensors with model.safetensors.index.json,
+                        tokenizer.json, generation_config.json. Without --model, the built-in demo
+                        model is used (random weights: meaningless text; made by `pinmoe make-demo`).
+  --prompt TEXT         prompt text (tokenized with the model's tokenizer.json)
+  --prompt-ids LIST     the prompt as token ids instead, e.g. --prompt-ids 9707,11,1879
+  --max-new-tokens N    most tokens to generate (default 128); generation also stops at an
+                        end-of-sequence id from generation_config.json (see --ignore-eos)
+  --temperature T       0 is greedy; default: generation_config.json's, else greedy
+  --top-k K             sample among the K most likely tokens (0: no limit)
+  --top-p P             sample from the smallest set of tokens whose probability reaches P
+  --seed S              seed for sampling (default 0)
+  --workers N           expert worker processes (default 1); 0 keeps experts in this process
+  --json                print one JSON object: prompt_token_ids, token_ids, text, finish_reason,
+                        timing (prefill and decode tokens/s)
+  --top-logprobs K      with --json: the K most likely ids and log-probabilities at each position
+  --context N           context length (default: max_position_embeddings)
+  --ignore-eos          do not stop at end-of-sequence ids
+  --worker-binary PATH  the pinmoe-worker to start (default: the one beside pinmoe)
+  --step-timeout-ms MS  longest wait for the workers on one MoE layer (default 60000)
+
+tokenize: prints the token ids of --text as a JSON list.
+make-demo: writes the demo model (random weights) to --out, with --tokenizer's vocabulary if given.
+
+Examples:
+  pinmoe run --prompt "The capital of France is"
+  pinmoe run --model ~/models/Qwen3-30B-A3B --prompt "Hello" --workers 2 --temperature 0
+  pinmoe run --model DIR --prompt "Hi" --json --top-logprobs 5 --max-new-tokens 8
+)";
+
+// Accept --max-new-tokens as well as --max_new_tokens.
+std::vector<char*> NormalizeFlagNames(int argc, char** argv, std::vector<std::string>* storage) {
+  storage->reserve(argc);
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) == 0) {
+      size_t eq = a.find('=');
+      for (size_t j = 2; j < (eq == std::string::npos ? a.size() : eq); ++j) {
+        if (a[j] == '-') a[j] = '_';
+      }
+    }
+    storage->push_back(a);
+  }
+  std::vector<char*> out;
+  for (auto& s : *storage) out.push_back(s.data());
+  return out;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "pinmoe: error: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "pinmoe: error: %s\nRun `pinmoe help` for usage.\n", message.c_str());
+  return 2;
+}
+
+template <typename T>
+bool ParseOptional(const std::string& flag, const std::string& text, std::optional<T>* out,
+                   std::string* error) {
+  if (text.empty()) return true;
+  T value;
+  bool ok;
+  if constexpr (std::is_same_v<T, int>) {
+    ok = absl::SimpleAtoi(text, &value);
+  } else {
+    ok = absl::SimpleAtof(text, &value);
+  }
+  if (!ok) {
+    *error = "--" + flag + " '" + text + "' is not a number";
+    return false;
+  }
+  *out = value;
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0 ||
+        (i == 1 && std::strcmp(argv[i], "help") == 0)) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+  }
+  std::vector<std::string> storage;
+  std::vector<char*> args = NormalizeFlagNames(argc, argv, &storage);
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  if (positional.size() > 2) return UsageError(std::string("unexpected argument '") + positional[2] + "'");
+  const std::string command = positional[1];
+
+  if (command == "tokenize") {
+    if (absl::GetFlag(FLAGS_model).empty()) return UsageError("tokenize needs --model");
+    absl::Status st = pinmoe::TokenizeCommand(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_text), std::cout);
+    return st.ok() ? 0 : Fail(st);
+  }
+  if (command == "make-demo") {
+    pinmoe::DemoModelOptions d;
+    d.out_dir = absl::GetFlag(FLAGS_out).empty() ? pinmoe::DefaultDemoModelDir() : absl::GetFlag(FLAGS_out);
+    d.tokenizer_json = absl::GetFlag(FLAGS_tokenizer);
+    absl::Status st = pinmoe::WriteDemoModel(d);
+    if (!st.ok()) return Fail(st);
+    std::fprintf(stderr, "pinmoe: wrote the demo model (random weights) to %s\n", d.out_dir.c_str());
+    return 0;
+  }
+  if (command != "run") return UsageError("unknown command '" + command + "'");
+
+  pinmoe::RunCommandOptions o;
+  o.session.model_dir = absl::GetFlag(FLAGS_model);
+  if (o.session.model_dir.empty()) {
+    o.demo = true;
+    o.session.model_dir = pinmoe::DefaultDemoModelDir();
+    if (!pinmoe::FileExists(pinmoe::JoinPath(o.session.model_dir, "config.json"))) {
+      pinmoe::DemoModelOptions d;
+      d.out_dir = o.session.model_dir;
+      absl::Status st = pinmoe::WriteDemoModel(d);
+      if (!st.ok()) return Fail(st);
+    }
+  }
+  o.session.workers = absl::GetFlag(FLAGS_workers);
+  if (o.session.workers < 0) return UsageError("--workers must be >= 0");
+  o.session.worker_binary = absl::GetFlag(FLAGS_worker_binary).empty()
+                                ? pinmoe::JoinPath(pinmoe::ExecutableDir(), "pinmoe-worker")
+                                : absl::GetFlag(FLAGS_worker_binary);
+  o.session.extra_worker_args = absl::GetFlag(FLAGS_worker_arg);
+  o.session.context = absl::GetFlag(FLAGS_context);
+  o.session.step_timeout_ms = absl::GetFlag(FLAGS_step_timeout_ms);
+  o.prompt = absl::GetFlag(FLAGS_prompt);
+  const std::string ids = absl::GetFlag(FLAGS_prompt_ids);
+  if (!ids.empty()) {
+    for (absl::string_view part : absl::StrSplit(ids, ',')) {
+      int32_t id;
+      if (!absl::SimpleAtoi(part, &id)) return UsageError("--prompt-ids: '" + std::string(part) + "' is not an id");
+      o.prompt_ids.push_back(id);
+    }
+  } else if (o.prompt.empty()) {
+    return UsageError("run needs --prompt TEXT or --prompt-ids LIST");
+  }
+  o.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
+  std::string error;
+  if (!ParseOptional<float>("temperature", absl::GetFlag(FLAGS_temperature), &o.temperature, &error) ||
+      !ParseOptional<float>("top-p", absl::GetFlag(FLAGS_top_p), &o.top_p, &error) ||
+      !ParseOptional<int>("top-k", absl::GetFlag(FLAGS_top_k), &o.top_k, &error)) {
+    return UsageError(error);
+  }
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.json = absl::GetFlag(FLAGS_json);
+  o.top_logprobs = absl::GetFlag(FLAGS_top_logprobs);
+  o.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  absl::Status st = pinmoe::RunCommand(o, std::cout, std::cerr);
+  return st.ok() ? 0 : Fail(st);
+}

@@ -1,0 +1,215 @@
+#include "coordinator/qwen3_moe.h"
+
+#include <algorithm>
+#include <set>
+
+#include "common/str_cat.h"
+#include "common/cpu_kernels.h"
+#include "common/status.h"
+#include "worker/expert_store.h"
+
+namespace pinmoe {
+namespace {
+
+std::string LayerName(int l, std::string_view rest) {
+  return StrCat("model.layers.", l, ".", rest);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelConfig& c,
+                                                                   Checkpoint& ckpt,
+                                                                   int max_context) {
+  if (max_context <= 0 || max_context > c.max_position_embeddings) max_context = c.max_position_embeddings;
+  auto m = std::unique_ptr<Qwen3MoeModel>(new Qwen3MoeModel(c, max_context));
+  const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+
+  // The names config.json implies, checked against the checkpoint before any weight is read.
+  std::set<std::string> expected = {"model.embed_tokens.weight", "model.norm.weight"};
+  if (!c.tie_word_embeddings) expected.insert("lm_head.weight");
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (const char* n : {"input_layernorm.weight", "post_attention_layernorm.weight",
+                          "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                          "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                          "self_attn.q_norm.weight", "self_attn.k_norm.weight"}) {
+      expected.insert(LayerName(l, n));
+    }
+    if (c.IsMoeLayer(l)) {
+      expected.insert(LayerName(l, "mlp.gate.weight"));
+      for (int e = 0; e < c.num_experts; ++e) {
+        for (const char* p : {"gate_proj", "up_proj", "down_proj"}) expected.insert(ExpertTensorName(l, e, p));
+      }
+    } else {
+      for (const char* p : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) {
+        expected.insert(LayerName(l, p));
+      }
+    }
+  }
+  for (const std::string& name : expected) {
+    if (!ckpt.Has(name)) {
+      return absl::NotFoundError(StrCat(ckpt.dir(), ": tensor '", name,
+                                              "' that config.json implies is not in the checkpoint"));
+    }
+  }
+  for (const std::string& name : ckpt.TensorNames()) {
+    if (expected.count(name) == 0 && !(c.tie_word_embeddings && name == "lm_head.weight")) {
+      return absl::InvalidArgumentError(StrCat(
+          ckpt.dir(), ": checkpoint has tensor '", name,
+          "' that config.json does not describe (wrong num_hidden_layers or num_experts?)"));
+    }
+  }
+  // Expert shapes and dtypes are checked here from the headers alone; the bytes stay with the workers.
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.IsMoeLayer(l)) continue;
+    for (int e = 0; e < c.num_experts; ++e) {
+      for (const char* p : {"gate_proj", "up_proj", "down_proj"}) {
+        const std::string name = ExpertTensorName(l, e, p);
+        ASSIGN_OR_RETURN(const TensorInfo* info, ckpt.Info(name));
+        const std::vector<int64_t> want = std::string_view(p) == "down_proj"
+                                              ? std::vector<int64_t>{h, c.moe_intermediate_size}
+                                              : std::vector<int64_t>{c.moe_intermediate_size, h};
+        if (info->shape != want || !IsWeightDType(info->dtype)) {
+          return absl::InvalidArgumentError(StrCat(
+              ckpt.dir(), ": tensor '", name, "' is ", DTypeName(info->dtype), " ",
+              ShapeString(info->shape), "; config.json implies a float ", ShapeString(want)));
+        }
+      }
+    }
+  }
+
+  ASSIGN_OR_RETURN(m->embed_, ckpt.ReadF32("model.embed_tokens.weight", std::vector<int64_t>{c.vocab_size, h}));
+  ASSIGN_OR_RETURN(m->norm_, ckpt.ReadF32("model.norm.weight", std::vector<int64_t>{h}));
+  if (!c.tie_word_embeddings) {
+    ASSIGN_OR_RETURN(m->lm_head_, ckpt.ReadF32("lm_head.weight", std::vector<int64_t>{c.vocab_size, h}));
+  }
+  m->layers_.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    Layer& L = m->layers_[l];
+    auto read = [&](std::string_view n, std::vector<int64_t> shape, std::vector<float>* dst) {
+      ASSIGN_OR_RETURN(*dst, ckpt.ReadF32(LayerName(l, n), shape));
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(read("input_layernorm.weight", {h}, &L.input_norm));
+    RETURN_IF_ERROR(read("post_attention_layernorm.weight", {h}, &L.post_norm));
+    RETURN_IF_ERROR(read("self_attn.q_proj.weight", {nh * hd, h}, &L.q_proj));
+    RETURN_IF_ERROR(read("self_attn.k_proj.weight", {nkv * hd, h}, &L.k_proj));
+    RETURN_IF_ERROR(read("self_attn.v_proj.weight", {nkv * hd, h}, &L.v_proj));
+    RETURN_IF_ERROR(read("self_attn.o_proj.weight", {h, nh * hd}, &L.o_proj));
+    RETURN_IF_ERROR(read("self_attn.q_norm.weight", {hd}, &L.q_norm));
+    RETURN_IF_ERROR(read("self_attn.k_norm.weight", {hd}, &L.k_norm));
+    L.moe = c.IsMoeLayer(l);
+    if (L.moe) {
+      RETURN_IF_ERROR(read("mlp.gate.weight", {c.num_experts, h}, &L.router));
+    } else {
+      const int64_t inter = c.intermediate_size;
+      RETURN_IF_ERROR(read("mlp.gate_proj.weight", {inter, h}, &L.mlp_gate));
+      RETURN_IF_ERROR(read("mlp.up_proj.weight", {inter, h}, &L.mlp_up));
+      RETURN_IF_ERROR(read("mlp.down_proj.weight", {h, inter}, &L.mlp_down));
+    }
+    L.cache.kv_heads = c.num_kv_heads;
+    L.cache.head_dim = c.head_dim;
+  }
+  return m;
+}
+
+void Qwen3MoeModel::Reset() {
+  position_ = 0;
+  for (auto& L : layers_) {
+    L.cache.length = 0;
+    L.cache.k.clear();
+    L.cache.v.clear();
+  }
+}
+
+absl::Status Qwen3MoeModel::Attention(Layer& L, const float* h, int tokens, float* out) {
+  const int hd = config_.head_dim, nh = config_.num_heads, nkv = config_.num_kv_heads;
+  const size_t hidden = config_.hidden_size;
+  std::vector<float> q(static_cast<size_t>(tokens) * nh * hd);
+  std::vector<float> k(static_cast<size_t>(tokens) * nkv * hd), v(k.size());
+  MatMulTransposed(h, L.q_proj.data(), q.data(), tokens, hidden, static_cast<size_t>(nh) * hd);
+  MatMulTransposed(h, L.k_proj.data(), k.data(), tokens, hidden, static_cast<size_t>(nkv) * hd);
+  MatMulTransposed(h, L.v_proj.data(), v.data(), tokens, hidden, static_cast<size_t>(nkv) * hd);
+  // Per-head RMSNorm on q and k, then RoPE at each token's position.
+  RmsNorm(q.data(), L.q_norm.data(), q.data(), static_cast<size_t>(tokens) * nh, hd, config_.rms_norm_eps);
+  RmsNorm(k.data(), L.k_norm.data(), k.data(), static_cast<size_t>(tokens) * nkv, hd, config_.rms_norm_eps);
+  for (int t = 0; t < tokens; ++t) {
+    rope_.Apply(q.data() + static_cast<size_t>(t) * nh * hd, nh, position_ + t);
+    rope_.Apply(k.data() + static_cast<size_t>(t) * nkv * hd, nkv, position_ + t);
+  }
+  L.cache.k.insert(L.cache.k.end(), k.begin(), k.end());
+  L.cache.v.insert(L.cache.v.end(), v.begin(), v.end());
+  L.cache.length += tokens;
+  std::vector<float> attn(q.size());
+  CausalAttention(q.data(), tokens, nh, L.cache, attn.data());
+  MatMulTransposed(attn.data(), L.o_proj.data(), out, tokens, static_cast<size_t>(nh) * hd, hidden);
+  return absl::OkStatus();
+}
+
+absl::Status Qwen3MoeModel::Moe(int index, Layer& L, const float* h, int tokens, float* out) {
+  const size_t hidden = config_.hidden_size;
+  const int k = config_.top_k, ne = config_.num_experts;
+  std::vector<float> logits(static_cast<size_t>(tokens) * ne);
+  MatMulTransposed(h, L.router.data(), logits.data(), tokens, hidden, ne);
+  std::vector<int32_t> ids(static_cast<size_t>(tokens) * k);
+  std::vector<float> weights(ids.size());
+  for (int t = 0; t < tokens; ++t) {
+    RouteTopK(logits.data() + static_cast<size_t>(t) * ne, ne, k, config_.norm_topk_prob,
+              ids.data() + static_cast<size_t>(t) * k, weights.data() + static_cast<size_t>(t) * k);
+  }
+  std::vector<float> slots(ids.size() * hidden);
+  PINMOE_CHECK(experts_ != nullptr);
+  RETURN_IF_ERROR(experts_->RunMoe(index, h, static_cast<uint32_t>(tokens), ids.data(), slots.data()));
+  // Combine in slot order, the same whichever worker computed each slot.
+  for (int t = 0; t < tokens; ++t) {
+    float* o = out + static_cast<size_t>(t) * hidden;
+    std::fill(o, o + hidden, 0.0f);
+    for (int s = 0; s < k; ++s) {
+      const float w = weights[static_cast<size_t>(t) * k + s];
+      const float* y = slots.data() + (static_cast<size_t>(t) * k + s) * hidden;
+      for (size_t i = 0; i < hidden; ++i) o[i] += w * y[i];
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Qwen3MoeModel::Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) {
+  const int tokens = static_cast<int>(ids.size());
+  if (tokens == 0) return absl::InvalidArgumentError("no tokens to run");
+  if (position_ + tokens > max_context_) {
+    return absl::OutOfRangeError(StrCat("sequence of ", position_ + tokens,
+                                              " tokens exceeds the context of ", max_context_));
+  }
+  const size_t hidden = config_.hidden_size;
+  std::vector<float> x(static_cast<size_t>(tokens) * hidden), h(x.size()), y(x.size());
+  for (int t = 0; t < tokens; ++t) {
+    if (ids[t] < 0 || ids[t] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(StrCat("token id ", ids[t], " is outside the vocabulary of ",
+                                                     config_.vocab_size));
+    }
+    std::copy_n(embed_.data() + static_cast<size_t>(ids[t]) * hidden, hidden, x.data() + t * hidden);
+  }
+  for (int l = 0; l < config_.num_layers; ++l) {
+    Layer& L = layers_[l];
+    RmsNorm(x.data(), L.input_norm.data(), h.data(), tokens, hidden, config_.rms_norm_eps);
+    RETURN_IF_ERROR(Attention(L, h.data(), tokens, y.data()));
+    for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+    RmsNorm(x.data(), L.post_norm.data(), h.data(), tokens, hidden, config_.rms_norm_eps);
+    if (L.moe) {
+      RETURN_IF_ERROR(Moe(l, L, h.data(), tokens, y.data()));
+    } else {
+      std::vector<float> scratch(2 * static_cast<size_t>(tokens) * config_.intermediate_size);
+      SwigluFfn(h.data(), L.mlp_gate.data(), L.mlp_up.data(), L.mlp_down.data(), y.data(), tokens,
+                hidden, config_.intermediate_size, scratch.data());
+    }
+    for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  }
+  position_ += tokens;
+  std::vector<float> last(hidden);
+  RmsNorm(x.data() + (tokens - 1) * hidden, norm_.data(), last.data(), 1, hidden, config_.rms_norm_eps);
+  last_logits->resize(config_.vocab_size);
+  const float* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
+  MatMulTransposed(last.data(), head, last_logits->data(), 1, hidden, config_.vocab_size);
+  return absl::OkStatus();
+}
+
+}  // namespace pinmoe

@@ -1,0 +1,52 @@
+#include "coordinator/session.h"
+
+#include "absl/strings/str_format.h"
+#include "common/files.h"
+#include "common/status.h"
+#include "coordinator/qwen3_moe.h"
+
+namespace pinmoe {
+
+absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& options,
+                                                       std::ostream* log) {
+  auto s = std::unique_ptr<Session>(new Session());
+  ASSIGN_OR_RETURN(s->config_, LoadModelConfig(options.model_dir));
+  ASSIGN_OR_RETURN(s->generation_config_, LoadGenerationConfig(options.model_dir));
+  const std::string tokenizer_path = JoinPath(options.model_dir, "tokenizer.json");
+  if (FileExists(tokenizer_path)) {
+    ASSIGN_OR_RETURN(s->tokenizer_, Tokenizer::Load(tokenizer_path));
+  }
+  ASSIGN_OR_RETURN(s->checkpoint_, Checkpoint::Open(options.model_dir));
+  // The model checks every tensor name and shape before any worker starts.
+  std::unique_ptr<Qwen3MoeModel> model;
+  switch (s->config_.architecture) {
+    case Architecture::kQwen3Moe: {
+      ASSIGN_OR_RETURN(model, Qwen3MoeModel::Load(s->config_, *s->checkpoint_, options.context));
+      break;
+    }
+  }
+  if (options.workers == 0) {
+    ASSIGN_OR_RETURN(s->in_process_, InProcessExperts::Load(s->config_, *s->checkpoint_));
+    model->set_experts(s->in_process_.get());
+    if (log != nullptr) *log << "pinmoe: experts run in the coordinator process (--workers 0)\n";
+  } else {
+    WorkerPoolOptions po;
+    po.num_workers = options.workers;
+    po.worker_binary = options.worker_binary;
+    po.model_dir = options.model_dir;
+    po.extra_worker_args = options.extra_worker_args;
+    po.step_timeout_ms = options.step_timeout_ms;
+    po.register_timeout_ms = options.register_timeout_ms;
+    if (log != nullptr) {
+      *log << absl::StrFormat("pinmoe: placement plan, %d worker(s), %d MoE layers x %d experts\n",
+                              options.workers, s->config_.num_layers, s->config_.num_experts)
+           << FormatPlacement(s->config_, MakePlacement(s->config_, options.workers));
+    }
+    ASSIGN_OR_RETURN(s->pool_, WorkerPool::Start(s->config_, po));
+    model->set_experts(s->pool_.get());
+  }
+  s->model_ = std::move(model);
+  return s;
+}
+
+}  // namespace pinmoe

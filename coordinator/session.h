@@ -1,0 +1,53 @@
+// A loaded model ready to generate: config, tokenizer, dense weights in the coordinator, and the routed
+// experts either in worker processes or in-process.
+#pragma once
+
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "common/tokenizer.h"
+#include "coordinator/causal_lm.h"
+#include "coordinator/expert_backend.h"
+#include "coordinator/worker_pool.h"
+
+namespace pinmoe {
+
+struct SessionOptions {
+  std::string model_dir;
+  int workers = 1;  // 0: experts in the coordinator process
+  std::string worker_binary;
+  std::vector<std::string> extra_worker_args;
+  int context = 0;  // 0: the model's max_position_embeddings
+  int step_timeout_ms = 60000;
+  int register_timeout_ms = 10000;
+};
+
+class Session {
+ public:
+  // `log` (may be null) receives the placement plan and load notes.
+  static absl::StatusOr<std::unique_ptr<Session>> Open(const SessionOptions& options,
+                                                       std::ostream* log);
+
+  CausalLm& model() { return *model_; }
+  const ModelConfig& config() const { return config_; }
+  const GenerationConfig& generation_config() const { return generation_config_; }
+  // Null when the model directory has no tokenizer.json.
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  WorkerPool* pool() { return pool_.get(); }
+
+ private:
+  ModelConfig config_;
+  GenerationConfig generation_config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<InProcessExperts> in_process_;
+  std::unique_ptr<CausalLm> model_;
+};
+
+}  // namespace pinmoe

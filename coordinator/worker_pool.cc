@@ -1,0 +1,320 @@
+#include "coordinator/worker_pool.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "common/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+
+extern char** environ;
+
+namespace pinmoe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return StrCat("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    return StrCat("was killed by signal ", WTERMSIG(status), " (", strsignal(WTERMSIG(status)), ")");
+  }
+  return "stopped";
+}
+
+absl::StatusOr<std::string> MakeRuntimeDir() {
+  const char* base = std::getenv("XDG_RUNTIME_DIR");
+  std::string root = (base != nullptr && *base != '\0') ? base : "/tmp";
+  std::string templ = root + "/pinmoe-XXXXXX";
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  if (::mkdtemp(buf.data()) == nullptr) {  // mkdtemp creates it 0700
+    return absl::InternalError(StrCat("cannot create a runtime directory under ", root, ": ",
+                                            std::strerror(errno)));
+  }
+  return std::string(buf.data());
+}
+
+uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Start(const ModelConfig& config,
+                                                              const WorkerPoolOptions& options) {
+  if (options.num_workers < 1) return absl::InvalidArgumentError("--workers must be at least 1");
+  if (options.num_workers > config.num_experts) {
+    return absl::InvalidArgumentError(StrCat("--workers ", options.num_workers,
+                                                   " exceeds the model's ", config.num_experts,
+                                                   " experts per layer"));
+  }
+  if (::access(options.worker_binary.c_str(), X_OK) != 0) {
+    return absl::NotFoundError(StrCat("worker binary ", options.worker_binary, ": ",
+                                            std::strerror(errno)));
+  }
+  auto pool = std::unique_ptr<WorkerPool>(new WorkerPool(config, options));
+  absl::Status st = pool->Launch();
+  if (!st.ok()) return st;  // the destructor stops whatever was started
+  return pool;
+}
+
+absl::Status WorkerPool::Launch() {
+  placement_ = MakePlacement(config_, options_.num_workers);
+  ASSIGN_OR_RETURN(runtime_dir_, MakeRuntimeDir());
+  ASSIGN_OR_RETURN(router_, RouterSocket::Bind(StrCat("ipc://", runtime_dir_, "/control")));
+
+  // One shared buffer: input [T, H] f32 | routing [T, K] i32 | output [T, K, H] f32.
+  const uint64_t t = options_.max_tokens_per_step, h = config_.hidden_size, k = config_.top_k;
+  input_offset_ = 0;
+  routing_offset_ = AlignUp(t * h * sizeof(float), 4096);
+  output_offset_ = AlignUp(routing_offset_ + t * k * sizeof(int32_t), 4096);
+  const uint64_t total = output_offset_ + t * k * h * sizeof(float);
+  ASSIGN_OR_RETURN(buffer_, SharedMemory::Create("pinmoe-moe", total));
+
+  workers_.resize(options_.num_workers);
+  for (int i = 0; i < options_.num_workers; ++i) {
+    workers_[i].index = i;
+    workers_[i].identity = StrCat("worker-", i);
+    RETURN_IF_ERROR(Spawn(workers_[i]));
+  }
+
+  // Register, then load. A fast worker's Ready may arrive while others are still registering, so one
+  // handler serves both phases.
+  auto handle = [&](Worker& w, const proto::Envelope& env) -> absl::Status {
+    if (env.has_ready()) {
+      w.ready = true;
+      return absl::OkStatus();
+    }
+    if (!env.has_register_()) return absl::OkStatus();
+    if (env.register_().worker_id() != static_cast<uint32_t>(w.index)) {
+      return absl::InvalidArgumentError(StrCat(Describe(w), " registered as worker ",
+                                               env.register_().worker_id()));
+    }
+    w.registered = true;
+    proto::Envelope assign = MakeEnvelope();
+    proto::Assign* a = assign.mutable_assign();
+    a->set_model_dir(options_.model_dir);
+    for (const auto& set : placement_.per_worker[w.index]) {
+      proto::LayerExperts* le = a->add_experts();
+      le->set_layer(set.layer);
+      for (int e : set.experts) le->add_experts(e);
+    }
+    proto::SharedBuffer* b = a->add_buffers();
+    b->set_id(0);
+    b->set_shm_name(buffer_->name());
+    b->set_size_bytes(buffer_->size());
+    return router_->Send(w.identity, assign);
+  };
+  auto all = [&](bool Worker::*flag) {
+    return std::all_of(workers_.begin(), workers_.end(), [&](const Worker& w) { return w.*flag; });
+  };
+  RETURN_IF_ERROR(Pump(options_.register_timeout_ms, "registering", handle,
+                       [&] { return all(&Worker::registered); },
+                       [](const Worker& w) { return !w.registered; }));
+  return Pump(options_.load_timeout_ms, "loading its experts", handle,
+              [&] { return all(&Worker::ready); }, [](const Worker& w) { return !w.ready; });
+}
+
+absl::Status WorkerPool::Spawn(Worker& w) {
+  std::vector<std::string> args = {options_.worker_binary,
+                                   StrCat("--connect=ipc://", runtime_dir_, "/control"),
+                                   StrCat("--worker_id=", w.index),
+                                   StrCat("--parent_pid=", ::getpid())};
+  args.insert(args.end(), options_.extra_worker_args.begin(), options_.extra_worker_args.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = ::posix_spawn(&pid, options_.worker_binary.c_str(), nullptr, nullptr, argv.data(), environ);
+  if (rc != 0) {
+    return absl::InternalError(StrCat("cannot start worker ", w.index, " (",
+                                            options_.worker_binary, "): ", std::strerror(rc)));
+  }
+  w.pid = pid;
+  return absl::OkStatus();
+}
+
+std::string WorkerPool::Describe(const Worker& w) const {
+  return StrCat("worker ", w.index, " (pid ", w.pid, ")");
+}
+
+WorkerPool::Worker* WorkerPool::ByIdentity(const std::string& identity) {
+  for (auto& w : workers_) {
+    if (w.identity == identity) return &w;
+  }
+  return nullptr;
+}
+
+absl::Status WorkerPool::CheckChildren(std::string_view what) {
+  for (auto& w : workers_) {
+    if (w.exited || w.pid <= 0) continue;
+    int status = 0;
+    pid_t r = ::waitpid(w.pid, &status, WNOHANG);
+    if (r == w.pid) {
+      w.exited = true;
+      w.wait_status = status;
+      return absl::UnavailableError(StrCat(Describe(w), " ", DescribeExit(status), " while ", what));
+    }
+  }
+  return absl::OkStatus();
+}
+
+template <typename Handler, typename DonePred, typename WaitingPred>
+absl::Status WorkerPool::Pump(int timeout_ms, std::string_view what, Handler handle, DonePred done,
+                              WaitingPred waiting_on) {
+  if (broken_) return first_error_;
+  auto fail = [&](absl::Status st) {
+    broken_ = true;
+    first_error_ = st;
+    return st;
+  };
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!done()) {
+    absl::Status children = CheckChildren(what);
+    if (!children.ok()) return fail(children);
+    const auto now = Clock::now();
+    if (now >= deadline) {
+      std::string late;
+      for (const auto& w : workers_) {
+        if (!w.exited && waiting_on(w)) late = StrCat(late, late.empty() ? "" : ", ", Describe(w));
+      }
+      return fail(absl::DeadlineExceededError(absl::StrFormat(
+          "no answer within %.1f s while %s from %s; the worker may be hung",
+          timeout_ms / 1000.0, what, late)));
+    }
+    const int slice = static_cast<int>(std::min<int64_t>(
+        50, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1));
+    absl::StatusOr<std::optional<Incoming>> in = router_->Receive(slice);
+    if (!in.ok()) return fail(in.status());
+    if (!in->has_value()) continue;
+    Worker* w = ByIdentity((*in)->peer);
+    if (w == nullptr) continue;  // not one of ours: ignore
+    if ((*in)->envelope.has_error()) {
+      return fail(absl::InternalError(StrCat(Describe(*w), " failed while ", what, ": ",
+                                                   (*in)->envelope.error().message())));
+    }
+    absl::Status st = handle(*w, (*in)->envelope);
+    if (!st.ok()) return fail(st);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, const int32_t* routing,
+                                float* out) {
+  if (broken_) return first_error_;
+  const uint64_t h = config_.hidden_size, k = config_.top_k;
+  uint8_t* base = buffer_->data();
+  for (uint32_t t0 = 0; t0 < tokens; t0 += options_.max_tokens_per_step) {
+    const uint32_t n = std::min(tokens - t0, options_.max_tokens_per_step);
+    std::memcpy(base + input_offset_, x + static_cast<uint64_t>(t0) * h, n * h * sizeof(float));
+    std::memcpy(base + routing_offset_, routing + static_cast<uint64_t>(t0) * k, n * k * sizeof(int32_t));
+    // Only workers owning an expert that some token was routed to get a message.
+    std::vector<bool> needed(workers_.size(), false);
+    for (uint64_t p = 0; p < n * k; ++p) {
+      const int32_t e = routing[static_cast<uint64_t>(t0) * k + p];
+      if (e < 0 || e >= config_.num_experts) {
+        return absl::InternalError(StrCat("routing names expert ", e, " in layer ", layer));
+      }
+      needed[placement_.owner[layer][e]] = true;
+    }
+    const uint64_t seq = ++sequence_;
+    proto::Envelope env = MakeEnvelope();
+    proto::Work* work = env.mutable_work();
+    work->set_sequence(seq);
+    work->set_layer(layer);
+    work->set_tokens(n);
+    work->set_top_k(static_cast<uint32_t>(k));
+    auto set_slice = [](proto::Slice* s, uint64_t off, uint64_t len) {
+      s->set_buffer_id(0);
+      s->set_offset(off);
+      s->set_length(len);
+    };
+    set_slice(work->mutable_input(), input_offset_, n * h * sizeof(float));
+    set_slice(work->mutable_routing(), routing_offset_, n * k * sizeof(int32_t));
+    set_slice(work->mutable_output(), output_offset_, n * k * h * sizeof(float));
+    size_t pending = 0;
+    std::vector<bool> answered(workers_.size(), true);
+    uint64_t pairs = 0;
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      if (!needed[w]) continue;
+      absl::Status st = router_->Send(workers_[w].identity, env);
+      if (!st.ok()) {
+        broken_ = true;
+        first_error_ = absl::UnavailableError(StrCat(Describe(workers_[w]), ": ", st.message()));
+        return first_error_;
+      }
+      answered[w] = false;
+      ++pending;
+    }
+    const std::string what = StrCat("computing layer ", layer, " (step ", seq, ")");
+    RETURN_IF_ERROR(Pump(
+        options_.step_timeout_ms, what,
+        [&](Worker& w, const proto::Envelope& e) -> absl::Status {
+          if (!e.has_done() || e.done().sequence() != seq || answered[w.index]) return absl::OkStatus();
+          answered[w.index] = true;
+          pairs += e.done().pairs_computed();
+          --pending;
+          return absl::OkStatus();
+        },
+        [&] { return pending == 0; }, [&](const Worker& w) { return !answered[w.index]; }));
+    if (pairs != static_cast<uint64_t>(n) * k) {
+      return absl::InternalError(StrCat("workers computed ", pairs, " of ", n * k,
+                                              " (token, expert) pairs in layer ", layer));
+    }
+    std::memcpy(out + static_cast<uint64_t>(t0) * k * h, base + output_offset_, n * k * h * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<pid_t> WorkerPool::worker_pids() const {
+  std::vector<pid_t> pids;
+  for (const auto& w : workers_) pids.push_back(w.pid);
+  return pids;
+}
+
+void WorkerPool::Stop() {
+  if (router_ != nullptr) {
+    proto::Envelope bye = MakeEnvelope();
+    bye.mutable_shutdown()->set_reason("coordinator is stopping");
+    for (auto& w : workers_) {
+      if (w.pid > 0 && !w.exited) router_->Send(w.identity, bye).IgnoreError();
+    }
+  }
+  // Bounded: give workers a moment to leave, then kill what is left.
+  const auto deadline = Clock::now() + std::chrono::milliseconds(2000);
+  for (auto& w : workers_) {
+    if (w.pid <= 0 || w.exited) continue;
+    while (true) {
+      int status;
+      pid_t r = ::waitpid(w.pid, &status, WNOHANG);
+      if (r == w.pid || r < 0) break;
+      if (Clock::now() > deadline) {
+        ::kill(w.pid, SIGKILL);
+        ::waitpid(w.pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    w.exited = true;
+  }
+  router_.reset();
+  buffer_.reset();
+  if (!runtime_dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(runtime_dir_, ec);
+  }
+}
+
+WorkerPool::~WorkerPool() { Stop(); }
+
+}  // namespace pinmoe

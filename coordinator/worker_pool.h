@@ -1,0 +1,89 @@
+// The coordinator's side of the process split: starts one pinmoe-worker per slot of the placement plan,
+// registers it, hands it its experts and the shared activation buffer, and for each MoE layer sends the
+// workers that own experts there one Work message each and waits for their Done.
+//
+// Every wait is bounded. A worker that exits, reports an error or stays silent past its deadline turns
+// into an error that names it (index, pid, what it was doing); nothing hangs. Restarting a dead worker
+// and replaying its work is the next step and fits here: workers are stateless besides their weights, and
+// the buffers stay with the coordinator.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/shared_memory.h"
+#include "common/transport.h"
+#include "coordinator/expert_backend.h"
+#include "coordinator/placement.h"
+
+namespace pinmoe {
+
+struct WorkerPoolOptions {
+  int num_workers = 1;
+  std::string worker_binary;  // path to pinmoe-worker
+  std::string model_dir;
+  std::vector<std::string> extra_worker_args;
+  int register_timeout_ms = 10000;
+  int load_timeout_ms = 600000;  // loading weights from disk can be slow
+  int step_timeout_ms = 60000;
+  uint32_t max_tokens_per_step = 512;  // larger batches are split into several Work rounds
+};
+
+class WorkerPool : public ExpertBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<WorkerPool>> Start(const ModelConfig& config,
+                                                           const WorkerPoolOptions& options);
+  ~WorkerPool() override;
+
+  absl::Status RunMoe(int layer, const float* x, uint32_t tokens, const int32_t* routing,
+                      float* out) override;
+
+  const Placement& placement() const { return placement_; }
+  const std::string& runtime_dir() const { return runtime_dir_; }
+  std::vector<pid_t> worker_pids() const;
+
+ private:
+  struct Worker {
+    int index = 0;
+    std::string identity;
+    pid_t pid = -1;
+    bool registered = false;
+    bool ready = false;
+    bool exited = false;
+    int wait_status = 0;
+  };
+  WorkerPool(const ModelConfig& config, const WorkerPoolOptions& options)
+      : config_(config), options_(options) {}
+
+  absl::Status Launch();
+  absl::Status Spawn(Worker& w);
+  // Receives until `done()` or the deadline; `what` describes the phase for error messages.
+  // `waiting_on(w)` tells which workers the phase still waits for (named on a timeout).
+  template <typename Handler, typename DonePred, typename WaitingPred>
+  absl::Status Pump(int timeout_ms, std::string_view what, Handler handle, DonePred done,
+                    WaitingPred waiting_on);
+  absl::Status CheckChildren(std::string_view what);
+  Worker* ByIdentity(const std::string& identity);
+  std::string Describe(const Worker& w) const;
+  void Stop();
+
+  ModelConfig config_;
+  WorkerPoolOptions options_;
+  Placement placement_;
+  std::string runtime_dir_;
+  std::unique_ptr<RouterSocket> router_;
+  std::unique_ptr<SharedMemory> buffer_;
+  uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
+  std::vector<Worker> workers_;
+  uint64_t sequence_ = 0;
+  bool broken_ = false;  // a worker failed; every later step fails fast with the first error
+  absl::Status first_error_;
+};
+
+}  // namespace pinmoe

@@ -1,0 +1,176 @@
+#include "worker/worker_service.h"
+
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <map>
+#include <memory>
+#include <thread>
+
+#include "common/str_cat.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "common/shared_memory.h"
+#include "common/status.h"
+#include "common/transport.h"
+#include "worker/expert_store.h"
+
+namespace pinmoe {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+class Worker {
+ public:
+  explicit Worker(const WorkerOptions& options) : options_(options) {}
+
+  absl::Status Run() {
+    if (options_.parent_pid > 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != options_.parent_pid) return ParentGone();
+    }
+    if (options_.fault == WorkerFault::kExitBeforeRegister) {
+      return absl::AbortedError("fault injection: exiting before registering");
+    }
+    ASSIGN_OR_RETURN(socket_, DealerSocket::Connect(options_.endpoint,
+                                                    StrCat("worker-", options_.worker_id)));
+    proto::Envelope reg = MakeEnvelope();
+    reg.mutable_register_()->set_worker_id(options_.worker_id);
+    reg.mutable_register_()->set_pid(::getpid());
+    reg.mutable_register_()->set_device(options_.device);
+    RETURN_IF_ERROR(socket_->Send(reg));
+
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.assign_timeout_ms);
+    while (store_ == nullptr) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        return absl::DeadlineExceededError(StrCat("no Assign from the coordinator at ",
+                                                        options_.endpoint, " within ",
+                                                        options_.assign_timeout_ms / 1000.0, " s"));
+      }
+      ASSIGN_OR_RETURN(auto in, socket_->Receive(/*timeout_ms=*/200));
+      if (options_.parent_pid > 0 && ::getppid() != options_.parent_pid) return ParentGone();
+      if (!in) continue;
+      if (in->envelope.has_shutdown()) return absl::OkStatus();
+      if (!in->envelope.has_assign()) continue;
+      absl::Status st = HandleAssign(in->envelope.assign());
+      if (!st.ok()) {
+        SendError(st, 0);
+        return st;
+      }
+    }
+
+    uint32_t works = 0;
+    while (true) {
+      ASSIGN_OR_RETURN(auto in, socket_->Receive(/*timeout_ms=*/200));
+      if (options_.parent_pid > 0 && ::getppid() != options_.parent_pid) return ParentGone();
+      if (!in) continue;
+      const proto::Envelope& env = in->envelope;
+      if (env.has_shutdown()) return absl::OkStatus();
+      if (env.has_heartbeat()) {
+        RETURN_IF_ERROR(socket_->Send(env));
+        continue;
+      }
+      if (!env.has_work()) continue;
+      if (options_.fault != WorkerFault::kNone && works++ >= options_.fault_after_works) {
+        if (options_.fault == WorkerFault::kCrashOnWork) std::abort();
+        if (options_.fault == WorkerFault::kHangOnWork) {
+          while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+      }
+      auto start = std::chrono::steady_clock::now();
+      absl::StatusOr<uint32_t> pairs = HandleWork(env.work());
+      if (!pairs.ok()) {
+        SendError(pairs.status(), env.work().sequence());
+        continue;  // a bad message is the coordinator's bug; stay up for the next one
+      }
+      proto::Envelope done = MakeEnvelope();
+      done.mutable_done()->set_sequence(env.work().sequence());
+      done.mutable_done()->set_pairs_computed(*pairs);
+      done.mutable_done()->set_compute_seconds(Seconds(start));
+      RETURN_IF_ERROR(socket_->Send(done));
+    }
+  }
+
+ private:
+  absl::Status ParentGone() const {
+    return absl::AbortedError(StrCat("coordinator (pid ", options_.parent_pid, ") is gone"));
+  }
+
+  void SendError(const absl::Status& status, uint64_t sequence) {
+    proto::Envelope err = MakeEnvelope();
+    err.mutable_error()->set_message(std::string(status.message()));
+    err.mutable_error()->set_sequence(sequence);
+    socket_->Send(err).IgnoreError();  // best effort: the coordinator also sees us exit
+  }
+
+  absl::Status HandleAssign(const proto::Assign& assign) {
+    auto start = std::chrono::steady_clock::now();
+    for (const auto& b : assign.buffers()) {
+      ASSIGN_OR_RETURN(auto shm, SharedMemory::Open(b.shm_name(), b.size_bytes()));
+      buffers_[b.id()] = std::move(shm);
+    }
+    ASSIGN_OR_RETURN(config_, LoadModelConfig(assign.model_dir()));
+    ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(assign.model_dir()));
+    std::vector<LayerExpertSet> sets;
+    for (const auto& le : assign.experts()) {
+      LayerExpertSet s;
+      s.layer = static_cast<int>(le.layer());
+      s.experts.assign(le.experts().begin(), le.experts().end());
+      sets.push_back(std::move(s));
+    }
+    ASSIGN_OR_RETURN(store_, CpuExpertStore::Load(config_, *checkpoint, sets));
+    proto::Envelope ready = MakeEnvelope();
+    ready.mutable_ready()->set_weight_bytes(store_->checkpoint_bytes());
+    ready.mutable_ready()->set_experts_loaded(static_cast<uint32_t>(store_->num_experts()));
+    ready.mutable_ready()->set_load_seconds(Seconds(start));
+    return socket_->Send(ready);
+  }
+
+  absl::StatusOr<std::span<uint8_t>> Resolve(const proto::Slice& slice, uint64_t expected_bytes,
+                                             std::string_view what) {
+    auto it = buffers_.find(slice.buffer_id());
+    if (it == buffers_.end()) {
+      return absl::InvalidArgumentError(StrCat(what, " names unknown buffer ", slice.buffer_id()));
+    }
+    if (slice.length() != expected_bytes) {
+      return absl::InvalidArgumentError(StrCat(what, " is ", slice.length(), " bytes, expected ",
+                                                     expected_bytes));
+    }
+    if (slice.offset() % alignof(float) != 0) {
+      return absl::InvalidArgumentError(StrCat(what, " is misaligned"));
+    }
+    return it->second->Slice(slice.offset(), slice.length());
+  }
+
+  absl::StatusOr<uint32_t> HandleWork(const proto::Work& work) {
+    const uint64_t h = static_cast<uint64_t>(config_.hidden_size);
+    const uint64_t t = work.tokens(), k = work.top_k();
+    if (k != static_cast<uint64_t>(config_.top_k) || t == 0 || t > (1u << 24)) {
+      return absl::InvalidArgumentError(StrCat("Work ", work.sequence(), " has tokens=", t,
+                                                     " top_k=", k));
+    }
+    ASSIGN_OR_RETURN(auto in, Resolve(work.input(), t * h * sizeof(float), "input slice"));
+    ASSIGN_OR_RETURN(auto routing, Resolve(work.routing(), t * k * sizeof(int32_t), "routing slice"));
+    ASSIGN_OR_RETURN(auto out, Resolve(work.output(), t * k * h * sizeof(float), "output slice"));
+    return store_->Compute(static_cast<int>(work.layer()), reinterpret_cast<const float*>(in.data()),
+                           static_cast<uint32_t>(t), static_cast<uint32_t>(k),
+                           reinterpret_cast<const int32_t*>(routing.data()),
+                           reinterpret_cast<float*>(out.data()));
+  }
+
+  WorkerOptions options_;
+  std::unique_ptr<DealerSocket> socket_;
+  std::map<uint32_t, std::unique_ptr<SharedMemory>> buffers_;
+  ModelConfig config_;
+  std::unique_ptr<CpuExpertStore> store_;
+};
+
+}  // namespace
+
+absl::Status RunWorker(const WorkerOptions& options) { return Worker(options).Run(); }
+
+}  // namespace pinmoe
