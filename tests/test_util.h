@@ -1,0 +1,30 @@
+// Paths and small helpers shared by the tests.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+
+namespace pinmoe::testing {
+
+std::string TestData(const std::string& relative);
+std::string BinDir();
+std::string WorkerBinary();
+std::string Qwen3TokenizerPath();  // $PINMOE_QWEN3_TOKENIZER or the path scripts/setup fills
+
+// A fresh, empty directory under the test's temporary directory.
+std::string MakeTempDir(const std::string& name);
+// Copies every file of one directory into another (both flat).
+void CopyDir(const std::string& from, const std::string& to);
+nlohmann::json ReadJson(const std::string& path);
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs a shell command line with a time limit (seconds).
+CommandResult RunCommandLine(const std::string& command, int timeout_seconds = 120);
+
+}  // namespace pinmoe::testing
