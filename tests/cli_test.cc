@@ -1,0 +1,184 @@
+// The pinmoe program as a user meets it: help, the JSON output, the demo model, and one clear error line
+// with a non-zero exit (never a crash or a hang) for each kind of bad input.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_split.h"
+#include "common/files.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace pinmoe {
+namespace {
+
+using testing::RunCommandLine;
+
+std::string Pinmoe() { return testing::BinDir() + "/pinmoe"; }
+
+std::string BrokenCopy(const std::string& name) {
+  const std::string dir = testing::MakeTempDir(name);
+  testing::CopyDir(testing::TestData("qwen3moe-f32"), dir);
+  return dir;
+}
+
+void PatchFile(const std::string& path, const std::string& from, const std::string& to) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  size_t at = s.find(from);
+  ASSERT_NE(at, std::string::npos) << from << " not in " << path;
+  s.replace(at, from.size(), to);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << s;
+}
+
+// Runs pinmoe on a model directory and expects exactly one error line containing every word.
+void ExpectCleanFailure(const std::string& args, std::initializer_list<std::string> words) {
+  auto r = RunCommandLine(Pinmoe() + " run --prompt-ids 1,2,3 --max-new-tokens 4 " + args, 60);
+  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
+  std::vector<std::string> errors;
+  for (absl::string_view line : absl::StrSplit(r.err, '\n')) {
+    if (absl::StartsWith(line, "pinmoe: error:")) errors.emplace_back(line);
+  }
+  ASSERT_EQ(errors.size(), 1u) << r.err;
+  for (const auto& w : words) EXPECT_NE(errors[0].find(w), std::string::npos) << w << " not in " << errors[0];
+  EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
+}
+
+TEST(Cli, HelpExplainsUsage) {
+  auto r = RunCommandLine(Pinmoe() + " --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("pinmoe run"), std::string::npos);
+  EXPECT_NE(r.out.find("--top-logprobs"), std::string::npos);
+  auto bad = RunCommandLine(Pinmoe() + " frobnicate");
+  EXPECT_EQ(bad.exit_code, 2);
+}
+
+TEST(Cli, JsonOutputWithTopLogprobsMatchesReference) {
+  const auto ref = testing::ReadJson(testing::TestData("qwen3moe-f32/reference.json"))["cases"][1];
+  std::string ids;
+  for (int id : ref["prompt_ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  auto r = RunCommandLine(Pinmoe() + " run --model " + testing::TestData("qwen3moe-f32") +
+                          " --prompt-ids " + ids + " --max-new-tokens 6 --temperature 0 --ignore-eos" +
+                          " --workers 2 --json --top-logprobs 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_token_ids"], ref["prompt_ids"]);
+  std::vector<int> want(ref["greedy_ids"].begin(), ref["greedy_ids"].begin() + 6);
+  EXPECT_EQ(j["token_ids"].get<std::vector<int>>(), want);
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_GT(j["timing"]["prefill_tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(j["timing"]["decode_tokens_per_s"].get<double>(), 0);
+  ASSERT_EQ(j["top_logprobs"].size(), 6u);
+  for (size_t pos = 0; pos < 6; ++pos) {
+    const auto& list = j["top_logprobs"][pos];
+    ASSERT_EQ(list.size(), 3u);
+    EXPECT_EQ(list[0]["id"], want[pos]);
+    EXPECT_LE(list[0]["logprob"].get<double>(), 0.0);
+    EXPECT_GE(list[0]["logprob"].get<double>(), list[1]["logprob"].get<double>());
+    EXPECT_EQ(list[1]["id"], ref["top_logits"][pos][1]["id"]);
+  }
+}
+
+TEST(Cli, StopsAtEndOfSequenceFromGenerationConfig) {
+  const std::string dir = BrokenCopy("eos");
+  const auto ref = testing::ReadJson(testing::TestData("qwen3moe-f32/reference.json"))["cases"][0];
+  const int third = ref["greedy_ids"][2];
+  ASSERT_TRUE(WriteStringToFile(dir + "/generation_config.json",
+                                "{\"eos_token_id\": [" + std::to_string(third) + "]}").ok());
+  auto r = RunCommandLine(Pinmoe() + " run --model " + dir + " --prompt-ids 17 --max-new-tokens 20 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["finish_reason"], "stop");
+  EXPECT_EQ(j["token_ids"].size(), 2u);
+}
+
+TEST(Cli, DemoModelRunsEndToEndAndSaysItIsRandom) {
+  const std::string demo = testing::MakeTempDir("demo");
+  auto r = RunCommandLine("env PINMOE_DEMO_DIR=" + demo + "/m " + Pinmoe() +
+                          " run --prompt 'Hello there' --max-new-tokens 5 --workers 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("RANDOM"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("generated 5 tokens"), std::string::npos) << r.err;
+  EXPECT_TRUE(FileExists(demo + "/m/model.safetensors"));
+  auto t = RunCommandLine(Pinmoe() + " tokenize --model " + demo + "/m --text 'hi'");
+  ASSERT_EQ(t.exit_code, 0) << t.err;
+  EXPECT_EQ(nlohmann::json::parse(t.out), nlohmann::json::parse("[104, 105]"));  // byte-level, no merges
+}
+
+TEST(CliBadInput, TruncatedSafetensors) {
+  const std::string dir = BrokenCopy("trunc");
+  const std::string shard = dir + "/model-00002-of-00003.safetensors";
+  std::filesystem::resize_file(shard, std::filesystem::file_size(shard) / 2);
+  ExpectCleanFailure("--model " + dir, {"model-00002-of-00003.safetensors", "truncated"});
+}
+
+TEST(CliBadInput, HeaderThatLiesAboutOffsets) {
+  const std::string dir = BrokenCopy("lies");
+  // Grow the first tensor's end offset by one digit: its range no longer matches its shape.
+  const std::string shard = dir + "/model-00001-of-00003.safetensors";
+  PatchFile(shard, "\"data_offsets\":[0,", "\"data_offsets\":[1,");
+  ExpectCleanFailure("--model " + dir, {"model-00001-of-00003.safetensors", "tensor '"});
+}
+
+TEST(CliBadInput, MissingShard) {
+  const std::string dir = BrokenCopy("shard");
+  std::filesystem::remove(dir + "/model-00003-of-00003.safetensors");
+  ExpectCleanFailure("--model " + dir, {"model-00003-of-00003.safetensors", "missing"});
+}
+
+TEST(CliBadInput, TensorOfTheWrongShape) {
+  const std::string dir = BrokenCopy("shape");
+  PatchFile(dir + "/config.json", "\"moe_intermediate_size\": 48", "\"moe_intermediate_size\": 40");
+  ExpectCleanFailure("--model " + dir, {"mlp.experts.", "[48, 64]", "[40, 64]"});
+}
+
+TEST(CliBadInput, UnknownDtype) {
+  const std::string dir = BrokenCopy("dtype");
+  PatchFile(dir + "/model-00001-of-00003.safetensors", "\"dtype\":\"F32\"", "\"dtype\":\"Q4K\"");
+  ExpectCleanFailure("--model " + dir, {"model-00001-of-00003.safetensors", "unknown dtype 'Q4K'"});
+}
+
+TEST(CliBadInput, ConfigMissingAKey) {
+  const std::string dir = BrokenCopy("key");
+  PatchFile(dir + "/config.json", "\"hidden_size\": 64,", "");
+  ExpectCleanFailure("--model " + dir, {"config.json", "missing key 'hidden_size'"});
+}
+
+TEST(CliBadInput, UnsupportedArchitecture) {
+  const std::string dir = BrokenCopy("arch");
+  PatchFile(dir + "/config.json", "Qwen3MoeForCausalLM", "MambaForCausalLM");
+  ExpectCleanFailure("--model " + dir, {"unsupported architecture 'MambaForCausalLM'"});
+}
+
+TEST(CliBadInput, MalformedTokenizerJson) {
+  const std::string dir = BrokenCopy("tok");
+  ASSERT_TRUE(WriteStringToFile(dir + "/tokenizer.json", "{\"model\": [").ok());
+  ExpectCleanFailure("--model " + dir, {"tokenizer.json", "not a JSON object"});
+}
+
+TEST(CliBadInput, PromptLongerThanContext) {
+  ExpectCleanFailure("--model " + testing::TestData("qwen3moe-f32") + " --context 3",
+                     {"prompt has 3 tokens", "context is 3"});
+}
+
+TEST(CliBadInput, WorkerBinaryMissing) {
+  ExpectCleanFailure("--model " + testing::TestData("qwen3moe-f32") + " --worker-binary /nonexistent/w",
+                     {"/nonexistent/w"});
+}
+
+TEST(CliBadInput, WorkerThatExitsAtOnce) {
+  ExpectCleanFailure("--model " + testing::TestData("qwen3moe-f32") + " --worker-binary /bin/false --workers 2",
+                     {"worker", "exited with status 1"});
+}
+
+TEST(CliBadInput, TextPromptWithoutTokenizer) {
+  auto r = RunCommandLine(Pinmoe() + " run --model " + testing::TestData("qwen3moe-f32") + " --prompt hi");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--prompt-ids"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace pinmoe

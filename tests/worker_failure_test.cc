@@ -1,0 +1,103 @@
+// The coordinator's bounded waits: a worker that is missing, exits at once, crashes mid-run or hangs gives
+// an error naming it, within the time limit, and never a hang.
+#include <signal.h>
+
+#include <chrono>
+
+#include "coordinator/generate.h"
+#include "coordinator/session.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace pinmoe {
+namespace {
+
+SessionOptions Options(int workers) {
+  SessionOptions so;
+  so.model_dir = testing::TestData("qwen3moe-f32");
+  so.workers = workers;
+  so.worker_binary = testing::WorkerBinary();
+  so.register_timeout_ms = 5000;
+  so.step_timeout_ms = 2000;
+  return so;
+}
+
+absl::Status GenerateSome(Session& s) {
+  GenerateParams p;
+  p.max_new_tokens = 8;
+  return Generate(s.model(), {1, 2, 3, 4}, p, nullptr).status();
+}
+
+void ExpectMentions(const absl::Status& st, std::initializer_list<std::string> words) {
+  ASSERT_FALSE(st.ok());
+  for (const auto& w : words) EXPECT_NE(st.message().find(w), std::string_view::npos) << w << " in " << st;
+}
+
+TEST(WorkerFailure, MissingBinary) {
+  SessionOptions so = Options(2);
+  so.worker_binary = "/nonexistent/pinmoe-worker";
+  ExpectMentions(Session::Open(so, nullptr).status(), {"/nonexistent/pinmoe-worker", "No such file"});
+}
+
+TEST(WorkerFailure, WorkerThatExitsAtOnce) {
+  SessionOptions so = Options(2);
+  so.worker_binary = "/bin/false";
+  auto t0 = std::chrono::steady_clock::now();
+  ExpectMentions(Session::Open(so, nullptr).status(), {"worker", "exited with status 1", "registering"});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+  so = Options(2);
+  so.extra_worker_args = {"--fault=exit-before-register"};
+  ExpectMentions(Session::Open(so, nullptr).status(), {"worker", "exited with status 1"});
+}
+
+TEST(WorkerFailure, WorkerThatCrashesMidRunIsNamed) {
+  SessionOptions so = Options(3);
+  so.extra_worker_args = {"--fault=crash-on-work", "--fault_after=2"};
+  auto s = Session::Open(so, nullptr);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ExpectMentions(GenerateSome(**s), {"worker", "pid", "signal 6", "computing layer"});
+  // Every later step fails fast with the same error instead of waiting again.
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(GenerateSome(**s).ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
+}
+
+TEST(WorkerFailure, KilledWorkerIsNamed) {
+  auto s = Session::Open(Options(2), nullptr);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(GenerateSome(**s).ok());
+  const pid_t victim = (*s)->pool()->worker_pids()[1];
+  ::kill(victim, SIGKILL);
+  ExpectMentions(GenerateSome(**s), {"worker 1 (pid " + std::to_string(victim) + ")", "signal 9"});
+}
+
+TEST(WorkerFailure, HungWorkerTimesOut) {
+  SessionOptions so = Options(2);
+  so.extra_worker_args = {"--fault=hang-on-work"};
+  auto s = Session::Open(so, nullptr);
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto t0 = std::chrono::steady_clock::now();
+  ExpectMentions(GenerateSome(**s), {"no answer within 2.0 s", "computing layer", "may be hung"});
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(6));
+}
+
+TEST(Generate, PromptLongerThanContextIsRefused) {
+  SessionOptions so = Options(0);
+  so.context = 16;
+  auto s = Session::Open(so, nullptr);
+  ASSERT_TRUE(s.ok());
+  GenerateParams p;
+  std::vector<int32_t> prompt(16, 5);
+  ExpectMentions(Generate((*s)->model(), prompt, p, nullptr).status(), {"16 tokens", "context is 16"});
+  // Generation that reaches the end of the context stops there with finish reason "context".
+  prompt.resize(12);
+  p.max_new_tokens = 100;
+  p.ignore_eos = true;
+  auto r = Generate((*s)->model(), prompt, p, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->finish_reason, FinishReason::kContext);
+  EXPECT_EQ(r->token_ids.size(), 5u);
+}
+
+}  // namespace
+}  // namespace pinmoe
