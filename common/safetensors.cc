@@ -37,7 +37,9 @@ absl::StatusOr<std::vector<TensorInfo>> ParseSafetensorsHeader(std::string_view 
         StrCat(label, ": safetensors header is not a JSON object"));
   }
   std::vector<TensorInfo> out;
-  for (const auto& [name, entry] : header.items()) {
+  for (const auto& item : header.items()) {
+    const std::string& name = item.key();
+    const nlohmann::json& entry = item.value();
     if (name == "__metadata__") {
       if (!entry.is_object()) {
         return absl::InvalidArgumentError(StrCat(label, ": __metadata__ is not an object"));
