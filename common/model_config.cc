@@ -107,10 +107,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   c.architecture_name = arch;
   if (arch == "Qwen3MoeForCausalLM" || arch == "qwen3_moe") {
     c.architecture = Architecture::kQwen3Moe;
+  } else if (arch == "Qwen3NextForCausalLM" || arch == "qwen3_next") {
+    c.architecture = Architecture::kQwen3Next;
   } else {
-    return absl::UnimplementedError(StrCat(label, ": unsupported architecture '", arch,
-                                                 "' (supported: Qwen3MoeForCausalLM)"));
+    return absl::UnimplementedError(
+        StrCat(label, ": unsupported architecture '", arch,
+               "' (supported: Qwen3MoeForCausalLM, Qwen3NextForCausalLM)"));
   }
+  const bool next = c.architecture == Architecture::kQwen3Next;
 
   RETURN_IF_ERROR(r.Int("vocab_size", &c.vocab_size));
   RETURN_IF_ERROR(r.Int("hidden_size", &c.hidden_size));
@@ -175,12 +179,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
     if (!rp.is_object()) return r.Bad("rope_parameters", "is not an object");
     Reader rr(rp, StrCat(label, ": rope_parameters"));
     RETURN_IF_ERROR(rr.DoubleOr("rope_theta", &c.rope_theta, 10000.0));
+    RETURN_IF_ERROR(rr.DoubleOr("partial_rotary_factor", &c.partial_rotary_factor,
+                                next ? 0.25 : 1.0));
     if (rp.contains("rope_type") && rp["rope_type"] != "default") {
       return r.Bad("rope_parameters", StrCat("has rope_type ", rp["rope_type"].dump(),
                                                    "; only 'default' is supported"));
     }
   } else {
     RETURN_IF_ERROR(r.DoubleOr("rope_theta", &c.rope_theta, 10000.0));
+    RETURN_IF_ERROR(r.DoubleOr("partial_rotary_factor", &c.partial_rotary_factor, next ? 0.25 : 1.0));
     if (r.Has("rope_scaling")) {
       const Json& rs = j["rope_scaling"];
       std::string type = rs.is_object() && rs.contains("rope_type") ? rs["rope_type"].dump()
@@ -192,6 +199,47 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
     }
   }
   if (!(c.rope_theta > 0)) return r.Bad("rope_theta", "must be positive");
+  if (!(c.partial_rotary_factor > 0 && c.partial_rotary_factor <= 1) || c.RotaryDim() % 2 != 0) {
+    return r.Bad("partial_rotary_factor", "must give an even number of rotated dimensions");
+  }
+
+  // Layer kinds: layer_types when present, else every full_attention_interval-th layer is full
+  // attention (the hub's Qwen3-Next config.json has only the interval).
+  if (!next) {
+    c.layer_kinds.assign(c.num_layers, LayerKind::kFullAttention);
+  } else if (r.Has("layer_types")) {
+    const Json& lt = j["layer_types"];
+    if (!lt.is_array() || static_cast<int>(lt.size()) != c.num_layers) {
+      return r.Bad("layer_types", StrCat("is not a list of num_hidden_layers (", c.num_layers, ") kinds"));
+    }
+    for (const auto& v : lt) {
+      if (v == "linear_attention") {
+        c.layer_kinds.push_back(LayerKind::kLinearAttention);
+      } else if (v == "full_attention") {
+        c.layer_kinds.push_back(LayerKind::kFullAttention);
+      } else {
+        return r.Bad("layer_types", StrCat("holds ", v.dump(), "; expected linear_attention or full_attention"));
+      }
+    }
+  } else {
+    int interval = 4;
+    RETURN_IF_ERROR(r.IntOr("full_attention_interval", &interval, 4, 1));
+    for (int l = 0; l < c.num_layers; ++l) {
+      c.layer_kinds.push_back((l + 1) % interval == 0 ? LayerKind::kFullAttention
+                                                      : LayerKind::kLinearAttention);
+    }
+  }
+  if (next) {
+    RETURN_IF_ERROR(r.Int("linear_num_key_heads", &c.linear_num_key_heads));
+    RETURN_IF_ERROR(r.Int("linear_num_value_heads", &c.linear_num_value_heads));
+    RETURN_IF_ERROR(r.Int("linear_key_head_dim", &c.linear_key_head_dim));
+    RETURN_IF_ERROR(r.Int("linear_value_head_dim", &c.linear_value_head_dim));
+    RETURN_IF_ERROR(r.IntOr("linear_conv_kernel_dim", &c.linear_conv_kernel_dim, 4, 1));
+    RETURN_IF_ERROR(r.Int("shared_expert_intermediate_size", &c.shared_expert_intermediate_size));
+    if (c.linear_num_value_heads % c.linear_num_key_heads != 0) {
+      return r.Bad("linear_num_value_heads", "is not a multiple of linear_num_key_heads");
+    }
+  }
 
   std::string dtype_name = "bfloat16";
   for (const char* key : {"dtype", "torch_dtype"}) {

@@ -13,7 +13,10 @@
 
 namespace pinmoe {
 
-enum class Architecture { kQwen3Moe };
+enum class Architecture { kQwen3Moe, kQwen3Next };
+
+// The token mixer of a layer (Qwen3-Next alternates them; Qwen3-MoE has full attention only).
+enum class LayerKind { kFullAttention, kLinearAttention };
 
 struct ModelConfig {
   Architecture architecture = Architecture::kQwen3Moe;
@@ -36,8 +39,19 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   int max_position_embeddings = 0;
   DType weight_dtype = DType::kBF16;  // torch_dtype / dtype
+  double partial_rotary_factor = 1.0;  // RoPE rotates the first head_dim * factor dimensions
+  std::vector<LayerKind> layer_kinds;  // [num_layers]
+
+  // Qwen3-Next only: Gated DeltaNet shapes and the shared expert.
+  int linear_num_key_heads = 0;
+  int linear_num_value_heads = 0;
+  int linear_key_head_dim = 0;
+  int linear_value_head_dim = 0;
+  int linear_conv_kernel_dim = 0;
+  int shared_expert_intermediate_size = 0;
 
   bool IsMoeLayer(int layer) const;
+  int RotaryDim() const { return static_cast<int>(head_dim * partial_rotary_factor); }
   // Bytes of one routed expert's three projections in weight_dtype.
   uint64_t ExpertBytes() const;
 };

@@ -6,17 +6,10 @@
 #include "common/str_cat.h"
 #include "common/cpu_kernels.h"
 #include "common/status.h"
-#include "worker/expert_store.h"
+#include "coordinator/model_loading.h"
+#include "coordinator/moe_block.h"
 
 namespace pinmoe {
-namespace {
-
-std::string LayerName(int l, std::string_view rest) {
-  return StrCat("model.layers.", l, ".", rest);
-}
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelConfig& c,
                                                                    Checkpoint& ckpt,
                                                                    int max_context) {
@@ -32,50 +25,24 @@ absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelCo
                           "self_attn.q_proj.weight", "self_attn.k_proj.weight",
                           "self_attn.v_proj.weight", "self_attn.o_proj.weight",
                           "self_attn.q_norm.weight", "self_attn.k_norm.weight"}) {
-      expected.insert(LayerName(l, n));
+      expected.insert(LayerTensor(l, n));
     }
     if (c.IsMoeLayer(l)) {
-      expected.insert(LayerName(l, "mlp.gate.weight"));
-      for (int e = 0; e < c.num_experts; ++e) {
-        for (const char* p : {"gate_proj", "up_proj", "down_proj"}) expected.insert(ExpertTensorName(l, e, p));
-      }
+      expected.insert(LayerTensor(l, "mlp.gate.weight"));
     } else {
       for (const char* p : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"}) {
-        expected.insert(LayerName(l, p));
+        expected.insert(LayerTensor(l, p));
       }
     }
   }
-  for (const std::string& name : expected) {
-    if (!ckpt.Has(name)) {
-      return absl::NotFoundError(StrCat(ckpt.dir(), ": tensor '", name,
-                                              "' that config.json implies is not in the checkpoint"));
-    }
-  }
-  for (const std::string& name : ckpt.TensorNames()) {
-    if (expected.count(name) == 0 && !(c.tie_word_embeddings && name == "lm_head.weight")) {
-      return absl::InvalidArgumentError(StrCat(
-          ckpt.dir(), ": checkpoint has tensor '", name,
-          "' that config.json does not describe (wrong num_hidden_layers or num_experts?)"));
-    }
-  }
-  // Expert shapes and dtypes are checked here from the headers alone; the bytes stay with the workers.
-  for (int l = 0; l < c.num_layers; ++l) {
-    if (!c.IsMoeLayer(l)) continue;
-    for (int e = 0; e < c.num_experts; ++e) {
-      for (const char* p : {"gate_proj", "up_proj", "down_proj"}) {
-        const std::string name = ExpertTensorName(l, e, p);
-        ASSIGN_OR_RETURN(const TensorInfo* info, ckpt.Info(name));
-        const std::vector<int64_t> want = std::string_view(p) == "down_proj"
-                                              ? std::vector<int64_t>{h, c.moe_intermediate_size}
-                                              : std::vector<int64_t>{c.moe_intermediate_size, h};
-        if (info->shape != want || !IsWeightDType(info->dtype)) {
-          return absl::InvalidArgumentError(StrCat(
-              ckpt.dir(), ": tensor '", name, "' is ", DTypeName(info->dtype), " ",
-              ShapeString(info->shape), "; config.json implies a float ", ShapeString(want)));
-        }
-      }
-    }
-  }
+  AddExpertNames(c, &expected);
+  // Tied checkpoints sometimes carry lm_head.weight anyway; it is the embedding and is not read.
+  int ignored = 0;
+  RETURN_IF_ERROR(CheckTensorNames(ckpt, expected,
+                                   c.tie_word_embeddings ? std::vector<std::string>{"lm_head.weight"}
+                                                         : std::vector<std::string>{},
+                                   &ignored));
+  RETURN_IF_ERROR(CheckExpertShapes(c, ckpt));
 
   ASSIGN_OR_RETURN(m->embed_, ckpt.ReadF32("model.embed_tokens.weight", std::vector<int64_t>{c.vocab_size, h}));
   ASSIGN_OR_RETURN(m->norm_, ckpt.ReadF32("model.norm.weight", std::vector<int64_t>{h}));
@@ -86,7 +53,7 @@ absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelCo
   for (int l = 0; l < c.num_layers; ++l) {
     Layer& L = m->layers_[l];
     auto read = [&](std::string_view n, std::vector<int64_t> shape, std::vector<float>* dst) {
-      ASSIGN_OR_RETURN(*dst, ckpt.ReadF32(LayerName(l, n), shape));
+      ASSIGN_OR_RETURN(*dst, ckpt.ReadF32(LayerTensor(l, n), shape));
       return absl::OkStatus();
     };
     RETURN_IF_ERROR(read("input_layernorm.weight", {h}, &L.input_norm));
@@ -145,33 +112,6 @@ absl::Status Qwen3MoeModel::Attention(Layer& L, const float* h, int tokens, floa
   return absl::OkStatus();
 }
 
-absl::Status Qwen3MoeModel::Moe(int index, Layer& L, const float* h, int tokens, float* out) {
-  const size_t hidden = config_.hidden_size;
-  const int k = config_.top_k, ne = config_.num_experts;
-  std::vector<float> logits(static_cast<size_t>(tokens) * ne);
-  MatMulTransposed(h, L.router.data(), logits.data(), tokens, hidden, ne);
-  std::vector<int32_t> ids(static_cast<size_t>(tokens) * k);
-  std::vector<float> weights(ids.size());
-  for (int t = 0; t < tokens; ++t) {
-    RouteTopK(logits.data() + static_cast<size_t>(t) * ne, ne, k, config_.norm_topk_prob,
-              ids.data() + static_cast<size_t>(t) * k, weights.data() + static_cast<size_t>(t) * k);
-  }
-  std::vector<float> slots(ids.size() * hidden);
-  PINMOE_CHECK(experts_ != nullptr);
-  RETURN_IF_ERROR(experts_->RunMoe(index, h, static_cast<uint32_t>(tokens), ids.data(), slots.data()));
-  // Combine in slot order, the same whichever worker computed each slot.
-  for (int t = 0; t < tokens; ++t) {
-    float* o = out + static_cast<size_t>(t) * hidden;
-    std::fill(o, o + hidden, 0.0f);
-    for (int s = 0; s < k; ++s) {
-      const float w = weights[static_cast<size_t>(t) * k + s];
-      const float* y = slots.data() + (static_cast<size_t>(t) * k + s) * hidden;
-      for (size_t i = 0; i < hidden; ++i) o[i] += w * y[i];
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Qwen3MoeModel::Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) {
   const int tokens = static_cast<int>(ids.size());
   if (tokens == 0) return absl::InvalidArgumentError("no tokens to run");
@@ -195,7 +135,8 @@ absl::Status Qwen3MoeModel::Forward(std::span<const int32_t> ids, std::vector<fl
     for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
     RmsNorm(x.data(), L.post_norm.data(), h.data(), tokens, hidden, config_.rms_norm_eps);
     if (L.moe) {
-      RETURN_IF_ERROR(Moe(l, L, h.data(), tokens, y.data()));
+      PINMOE_CHECK(experts_ != nullptr);
+      RETURN_IF_ERROR(RoutedMoe(config_, *experts_, l, L.router.data(), h.data(), tokens, y.data()));
     } else {
       std::vector<float> scratch(2 * static_cast<size_t>(tokens) * config_.intermediate_size);
       SwigluFfn(h.data(), L.mlp_gate.data(), L.mlp_up.data(), L.mlp_down.data(), y.data(), tokens,

@@ -50,10 +50,9 @@ class Qwen3MoeModel : public CausalLm {
   Qwen3MoeModel(const ModelConfig& config, int max_context)
       : config_(config),
         max_context_(max_context),
-        rope_(config.head_dim, config.head_dim, config.rope_theta) {}
+        rope_(config.head_dim, config.RotaryDim(), config.rope_theta) {}
 
   absl::Status Attention(Layer& layer, const float* h, int tokens, float* out);
-  absl::Status Moe(int index, Layer& layer, const float* h, int tokens, float* out);
 
   ModelConfig config_;
   ExpertBackend* experts_ = nullptr;

@@ -3,7 +3,10 @@
 #include "absl/strings/str_format.h"
 #include "common/files.h"
 #include "common/status.h"
+#include <functional>
+
 #include "coordinator/qwen3_moe.h"
+#include "coordinator/qwen3_next.h"
 
 namespace pinmoe {
 
@@ -18,16 +21,28 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
   }
   ASSIGN_OR_RETURN(s->checkpoint_, Checkpoint::Open(options.model_dir));
   // The model checks every tensor name and shape before any worker starts.
-  std::unique_ptr<Qwen3MoeModel> model;
+  std::unique_ptr<CausalLm> model;
+  std::function<void(ExpertBackend*)> set_experts;
   switch (s->config_.architecture) {
     case Architecture::kQwen3Moe: {
-      ASSIGN_OR_RETURN(model, Qwen3MoeModel::Load(s->config_, *s->checkpoint_, options.context));
+      ASSIGN_OR_RETURN(auto m, Qwen3MoeModel::Load(s->config_, *s->checkpoint_, options.context));
+      set_experts = [p = m.get()](ExpertBackend* e) { p->set_experts(e); };
+      model = std::move(m);
+      break;
+    }
+    case Architecture::kQwen3Next: {
+      ASSIGN_OR_RETURN(auto m, Qwen3NextModel::Load(s->config_, *s->checkpoint_, options.context));
+      if (log != nullptr) {
+        for (const auto& note : m->notes()) *log << "pinmoe: " << note << "\n";
+      }
+      set_experts = [p = m.get()](ExpertBackend* e) { p->set_experts(e); };
+      model = std::move(m);
       break;
     }
   }
   if (options.workers == 0) {
     ASSIGN_OR_RETURN(s->in_process_, InProcessExperts::Load(s->config_, *s->checkpoint_));
-    model->set_experts(s->in_process_.get());
+    set_experts(s->in_process_.get());
     if (log != nullptr) *log << "pinmoe: experts run in the coordinator process (--workers 0)\n";
   } else {
     WorkerPoolOptions po;
@@ -43,7 +58,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
            << FormatPlacement(s->config_, MakePlacement(s->config_, options.workers));
     }
     ASSIGN_OR_RETURN(s->pool_, WorkerPool::Start(s->config_, po));
-    model->set_experts(s->pool_.get());
+    set_experts(s->pool_.get());
   }
   s->model_ = std::move(model);
   return s;

@@ -93,6 +93,7 @@ absl::Status WorkerPool::Launch() {
   auto handle = [&](Worker& w, const proto::Envelope& env) -> absl::Status {
     if (env.has_ready()) {
       w.ready = true;
+      w.weight_bytes = env.ready().weight_bytes();
       return absl::OkStatus();
     }
     if (!env.has_register_()) return absl::OkStatus();
@@ -280,6 +281,12 @@ std::vector<pid_t> WorkerPool::worker_pids() const {
   std::vector<pid_t> pids;
   for (const auto& w : workers_) pids.push_back(w.pid);
   return pids;
+}
+
+std::vector<uint64_t> WorkerPool::worker_weight_bytes() const {
+  std::vector<uint64_t> bytes;
+  for (const auto& w : workers_) bytes.push_back(w.weight_bytes);
+  return bytes;
 }
 
 void WorkerPool::Stop() {

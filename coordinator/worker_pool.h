@@ -47,6 +47,8 @@ class WorkerPool : public ExpertBackend {
   const Placement& placement() const { return placement_; }
   const std::string& runtime_dir() const { return runtime_dir_; }
   std::vector<pid_t> worker_pids() const;
+  // Bytes of expert weights each worker read from the checkpoint (from its Ready message).
+  std::vector<uint64_t> worker_weight_bytes() const;
 
  private:
   struct Worker {
@@ -57,6 +59,7 @@ class WorkerPool : public ExpertBackend {
     bool ready = false;
     bool exited = false;
     int wait_status = 0;
+    uint64_t weight_bytes = 0;  // as the worker reported in Ready
   };
   WorkerPool(const ModelConfig& config, const WorkerPoolOptions& options)
       : config_(config), options_(options) {}

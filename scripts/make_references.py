@@ -14,6 +14,9 @@ It writes, under OUTDIR:
   each with reference.json: per prompt, the prompt ids, 32 greedy ids and, per generated position, the
   top-5 (id, logit) of the fp32 forward pass (prefill, then one token at a time with the KV cache)
   tokenizer_corpus.json: text -> ids (tokenizers) and ids -> text, for the corpus below
+  qwen3next-f32/    hub-style Qwen3-Next config (full_attention_interval, top-level partial_rotary_factor),
+                    3 shards, fp32, a few mtp.* tensors; reference.json also holds per-layer hidden states
+  qwen3next-bf16/   the transformers 5 config (layer_types, rope_parameters), one bf16 file
   chat_templates.json: conversations rendered by apply_chat_template, with their ids
 
 Weights are drawn from a seeded generator and scaled so that the top logits stand well apart (the script
@@ -182,6 +185,126 @@ def make_qwen3moe(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed):
                    "new_tokens": NEW_TOKENS, "cases": refs}, f)
 
 
+def qwen3next_tensors(cfg, gen, dtype):
+    """Hub-style tensor names and shapes for Qwen3NextForCausalLM (plus a few mtp.* tensors)."""
+    h = cfg["hidden_size"]
+    hd = cfg["head_dim"]
+    nh = cfg["num_attention_heads"]
+    nkv = cfg["num_key_value_heads"]
+    nk, nv = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    dk, dv = cfg["linear_key_head_dim"], cfg["linear_value_head_dim"]
+    key_dim, value_dim = nk * dk, nv * dv
+    conv_dim = 2 * key_dim + value_dim
+    n_exp, inter, shared = cfg["num_experts"], cfg["moe_intermediate_size"], cfg["shared_expert_intermediate_size"]
+    vocab = cfg["vocab_size"]
+
+    def rnd(*shape, std, mean=0.0):
+        return (mean + torch.randn(*shape, generator=gen) * std).to(dtype)
+
+    t = {"model.embed_tokens.weight": rnd(vocab, h, std=1.0)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = rnd(h, std=0.2)  # zero-centred: applied as 1 + w
+        t[p + "post_attention_layernorm.weight"] = rnd(h, std=0.2)
+        if (i + 1) % cfg["full_attention_interval"] == 0:
+            t[p + "self_attn.q_proj.weight"] = rnd(2 * nh * hd, h, std=1.0 / math.sqrt(h))
+            t[p + "self_attn.k_proj.weight"] = rnd(nkv * hd, h, std=1.0 / math.sqrt(h))
+            t[p + "self_attn.v_proj.weight"] = rnd(nkv * hd, h, std=1.0 / math.sqrt(h))
+            t[p + "self_attn.o_proj.weight"] = rnd(h, nh * hd, std=1.0 / math.sqrt(nh * hd))
+            t[p + "self_attn.q_norm.weight"] = rnd(hd, std=0.2)
+            t[p + "self_attn.k_norm.weight"] = rnd(hd, std=0.2)
+        else:
+            q = p + "linear_attn."
+            t[q + "in_proj_qkvz.weight"] = rnd(2 * key_dim + 2 * value_dim, h, std=1.0 / math.sqrt(h))
+            t[q + "in_proj_ba.weight"] = rnd(2 * nv, h, std=1.0 / math.sqrt(h))
+            t[q + "conv1d.weight"] = rnd(conv_dim, 1, cfg["linear_conv_kernel_dim"], std=0.5)
+            t[q + "dt_bias"] = rnd(nv, std=0.5)
+            # Decays from fast to slow, so that the state carries information over many tokens.
+            t[q + "A_log"] = torch.log(torch.rand(nv, generator=gen) * 1.5 + 0.02).to(dtype)
+            t[q + "norm.weight"] = rnd(dv, std=0.2, mean=1.0)  # gated norm: weight as is
+            t[q + "out_proj.weight"] = rnd(h, value_dim, std=1.0 / math.sqrt(value_dim))
+        t[p + "mlp.gate.weight"] = rnd(n_exp, h, std=2.0 / math.sqrt(h))
+        for e in range(n_exp):
+            q = p + f"mlp.experts.{e}."
+            t[q + "gate_proj.weight"] = rnd(inter, h, std=1.0 / math.sqrt(h))
+            t[q + "up_proj.weight"] = rnd(inter, h, std=1.0 / math.sqrt(h))
+            t[q + "down_proj.weight"] = rnd(h, inter, std=1.0 / math.sqrt(inter))
+        t[p + "mlp.shared_expert.gate_proj.weight"] = rnd(shared, h, std=1.0 / math.sqrt(h))
+        t[p + "mlp.shared_expert.up_proj.weight"] = rnd(shared, h, std=1.0 / math.sqrt(h))
+        t[p + "mlp.shared_expert.down_proj.weight"] = rnd(h, shared, std=1.0 / math.sqrt(shared))
+        t[p + "mlp.shared_expert_gate.weight"] = rnd(1, h, std=1.0 / math.sqrt(h))
+    t["model.norm.weight"] = rnd(h, std=0.2)
+    # Eight layers of fp32 arithmetic leave a relative difference of a few 1e-6 between transformers'
+    # chunked prefill and a token-by-token recurrence; a head of std 6/sqrt(h) gave logits near 25 and
+    # absolute differences up to 1.1e-4. This scale keeps the top logits near 10, margins well above the
+    # 1e-4 tolerance, and the comparison about the model rather than fp32 rounding at large magnitudes.
+    t["lm_head.weight"] = rnd(vocab, h, std=2.5 / math.sqrt(h))
+    # Multi-token-prediction weights, as the hub checkpoint has them; inference ignores them.
+    t["mtp.fc.weight"] = rnd(h, 2 * h, std=0.1)
+    t["mtp.norm.weight"] = rnd(h, std=0.2)
+    t["mtp.pre_fc_norm_embedding.weight"] = rnd(h, std=0.2)
+    t["mtp.pre_fc_norm_hidden.weight"] = rnd(h, std=0.2)
+    return t
+
+
+def make_qwen3next(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed):
+    from transformers import AutoModelForCausalLM, Qwen3NextConfig
+
+    out_dir = os.path.join(out_root, name)
+    os.makedirs(out_dir, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    save_sharded(qwen3next_tensors(cfg_kwargs, gen, dtype), out_dir, n_shards)
+    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    if hub_style:
+        cfg = dict(cfg_kwargs)
+        cfg.update({"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
+                    "torch_dtype": dtype_name, "hidden_act": "silu", "attention_bias": False,
+                    "attention_dropout": 0.0, "use_cache": True, "output_router_logits": False,
+                    "router_aux_loss_coef": 0.001, "initializer_range": 0.02,
+                    "transformers_version": "4.57.0.dev0"})
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+    else:
+        kw = dict(cfg_kwargs)
+        theta = kw.pop("rope_theta")
+        prf = kw.pop("partial_rotary_factor")
+        interval = kw.pop("full_attention_interval")
+        kw["layer_types"] = ["linear_attention" if (i + 1) % interval else "full_attention"
+                             for i in range(kw["num_hidden_layers"])]
+        kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": prf}
+        conf = Qwen3NextConfig(**kw)
+        conf.architectures = ["Qwen3NextForCausalLM"]
+        conf.dtype = dtype_name
+        conf.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": cfg_kwargs["eos_token_id"], "do_sample": False}, f, indent=2)
+
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    model.eval()
+    print(name, "loaded:", type(model).__name__, "layer types", model.config.layer_types)
+    vocab = cfg_kwargs["vocab_size"]
+    pgen = torch.Generator().manual_seed(seed + 1)
+    prompts = [
+        [17],
+        torch.randint(0, vocab, (7,), generator=pgen).tolist(),
+        torch.randint(0, vocab, (70,), generator=pgen).tolist(),  # more than one 64-token chunk
+        torch.randint(0, vocab, (300,), generator=pgen).tolist(),
+    ]
+    refs = []
+    for p in prompts:
+        g, tops, margin = greedy_reference(model, p)
+        print(f"{name}: prompt {len(p)} tokens -> {g[:8]}... min top1-top2 margin {margin:.4f}")
+        refs.append({"prompt_ids": p, "greedy_ids": g, "top_logits": tops, "min_margin": margin})
+    # Per-layer hidden states of the 7-token prompt, to localise a mismatch.
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([prompts[1]]), output_hidden_states=True)
+    hidden = [hs[0].tolist() for hs in out.hidden_states]
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump({"model": name, "transformers_version": __import__("transformers").__version__,
+                   "torch_version": torch.__version__, "compute": "fp32 cpu",
+                   "new_tokens": NEW_TOKENS, "cases": refs, "hidden_states_prompt1": hidden}, f)
+
+
 TOKENIZER_CORPUS = [
     "Hello world", "Hello, world!", "hello world", " leading space", "trailing space ", "  two leading",
     "The quick brown fox jumps over the lazy dog.", "I'm sure you're right, they've said we'll go.",
@@ -275,6 +398,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer-dir", required=True)
+    ap.add_argument("--only", default="", help="qwen3moe, qwen3next or text: make only those references")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(8)
@@ -286,14 +410,33 @@ def main():
             "max_position_embeddings": 1024, "tie_word_embeddings": False, "sliding_window": None,
             "use_sliding_window": False, "max_window_layers": 3, "bos_token_id": 1000,
             "eos_token_id": 1001}
-    make_qwen3moe(args.out, "qwen3moe-f32", base, torch.float32, n_shards=3, hub_style=True, seed=1234)
     b = dict(base)
     b.update({"tie_word_embeddings": True, "norm_topk_prob": False, "mlp_only_layers": [1],
               "num_experts": 6, "num_experts_per_tok": 3, "rope_theta": 1000000.0,
               "eos_token_id": [1001, 1002]})
-    make_qwen3moe(args.out, "qwen3moe-bf16", b, torch.bfloat16, n_shards=1, hub_style=False, seed=99)
-    make_tokenizer_refs(args.tokenizer_dir, args.out)
-    make_chat_refs(args.tokenizer_dir, args.out)
+    if args.only in ("", "qwen3moe"):
+        make_qwen3moe(args.out, "qwen3moe-f32", base, torch.float32, n_shards=3, hub_style=True, seed=1234)
+        make_qwen3moe(args.out, "qwen3moe-bf16", b, torch.bfloat16, n_shards=1, hub_style=False, seed=99)
+    nxt = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
+           "shared_expert_intermediate_size": 48, "num_hidden_layers": 8, "full_attention_interval": 4,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+           "partial_rotary_factor": 0.25, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+           "linear_key_head_dim": 16, "linear_value_head_dim": 24, "linear_conv_kernel_dim": 4,
+           "num_experts": 8, "num_experts_per_tok": 3, "decoder_sparse_step": 1, "mlp_only_layers": [],
+           "norm_topk_prob": True, "rms_norm_eps": 1e-6, "rope_theta": 10000000.0,
+           "max_position_embeddings": 4096, "tie_word_embeddings": False, "bos_token_id": 1000,
+           "eos_token_id": 1001}
+    if args.only in ("", "qwen3next"):
+        make_qwen3next(args.out, "qwen3next-f32", nxt, torch.float32, n_shards=3, hub_style=True,
+                       seed=4321)
+        n2 = dict(nxt)
+        n2.update({"norm_topk_prob": False, "num_experts": 6, "num_experts_per_tok": 2,
+                   "eos_token_id": [1001, 1002]})
+        make_qwen3next(args.out, "qwen3next-bf16", n2, torch.bfloat16, n_shards=1, hub_style=False,
+                       seed=77)
+    if args.only in ("", "text"):
+        make_tokenizer_refs(args.tokenizer_dir, args.out)
+        make_chat_refs(args.tokenizer_dir, args.out)
 
 
 if __name__ == "__main__":

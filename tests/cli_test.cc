@@ -108,6 +108,24 @@ TEST(Cli, DemoModelRunsEndToEndAndSaysItIsRandom) {
   EXPECT_EQ(nlohmann::json::parse(t.out), nlohmann::json::parse("[104, 105]"));  // byte-level, no merges
 }
 
+TEST(Cli, Qwen3NextLoadsSaysItIgnoresMtpAndMatchesReference) {
+  const auto ref = testing::ReadJson(testing::TestData("qwen3next-f32/reference.json"))["cases"][0];
+  auto r = RunCommandLine(Pinmoe() + " run --model " + testing::TestData("qwen3next-f32") +
+                          " --prompt-ids 17 --max-new-tokens 4 --temperature 0 --workers 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("ignoring 4 mtp.* tensors"), std::string::npos) << r.err;
+  std::string want;
+  for (int i = 0; i < 4; ++i) want += std::to_string(ref["greedy_ids"][i].get<int>()) + " ";
+  EXPECT_EQ(r.out, want + "\n");
+}
+
+TEST(CliBadInput, LayerKindsThatDisagreeWithTheTensors) {
+  const std::string dir = testing::MakeTempDir("kinds");
+  testing::CopyDir(testing::TestData("qwen3next-f32"), dir);
+  PatchFile(dir + "/config.json", "\"full_attention_interval\": 4", "\"full_attention_interval\": 2");
+  ExpectCleanFailure("--model " + dir, {"layer 1", "full_attention", "linear_attn"});
+}
+
 TEST(CliBadInput, TruncatedSafetensors) {
   const std::string dir = BrokenCopy("trunc");
   const std::string shard = dir + "/model-00002-of-00003.safetensors";

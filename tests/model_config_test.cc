@@ -37,6 +37,29 @@ TEST(ModelConfig, TransformersV5Style) {
   EXPECT_EQ(g->eos_token_ids, (std::vector<int>{1001, 1002}));
 }
 
+TEST(ModelConfig, Qwen3NextLayerKindsFromIntervalOrLayerTypes) {
+  auto hub = LoadModelConfig(testing::TestData("qwen3next-f32"));  // full_attention_interval only
+  ASSERT_TRUE(hub.ok()) << hub.status();
+  auto v5 = LoadModelConfig(testing::TestData("qwen3next-bf16"));  // layer_types + rope_parameters
+  ASSERT_TRUE(v5.ok()) << v5.status();
+  for (const ModelConfig* c : {&*hub, &*v5}) {
+    EXPECT_EQ(c->architecture, Architecture::kQwen3Next);
+    ASSERT_EQ(c->layer_kinds.size(), 8u);
+    for (int l = 0; l < 8; ++l) {
+      EXPECT_EQ(c->layer_kinds[l], (l + 1) % 4 == 0 ? LayerKind::kFullAttention : LayerKind::kLinearAttention);
+    }
+    EXPECT_EQ(c->RotaryDim(), 8);  // head_dim 32 x partial_rotary_factor 0.25
+    EXPECT_EQ(c->linear_num_value_heads, 4);
+    EXPECT_EQ(c->linear_value_head_dim, 24);
+    EXPECT_EQ(c->shared_expert_intermediate_size, 48);
+  }
+  auto j = testing::ReadJson(testing::TestData("qwen3next-bf16/config.json"));
+  j["layer_types"][0] = "sliding_attention";
+  EXPECT_FALSE(ParseModelConfig(j.dump(), "x").ok());
+  j["layer_types"] = {"linear_attention"};  // wrong length
+  EXPECT_FALSE(ParseModelConfig(j.dump(), "x").ok());
+}
+
 TEST(ModelConfig, MissingKeyIsNamed) {
   for (const char* key : {"hidden_size", "num_hidden_layers", "num_experts", "vocab_size",
                           "num_experts_per_tok", "moe_intermediate_size", "max_position_embeddings"}) {

@@ -93,12 +93,16 @@ TEST_P(ReferenceTest, LogitsAreBitIdenticalForAnyWorkerCount) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Checkpoints, ReferenceTest,
-                         ::testing::Values("qwen3moe-f32", "qwen3moe-bf16"));
+                         ::testing::Values("qwen3moe-f32", "qwen3moe-bf16", "qwen3next-f32",
+                                           "qwen3next-bf16"));
 
-// Decoding after a prefill must equal feeding the same tokens one at a time.
-TEST(Qwen3Moe, PrefillThenDecodeEqualsTokenByToken) {
+// Decoding after a prefill must equal feeding the same tokens one at a time (for Qwen3-Next this checks
+// that the conv and recurrent states carry across calls).
+class PrefillDecodeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PrefillDecodeTest, PrefillThenDecodeEqualsTokenByToken) {
   SessionOptions so;
-  so.model_dir = TestData("qwen3moe-f32");
+  so.model_dir = TestData(GetParam());
   so.workers = 0;
   auto session = Session::Open(so, nullptr);
   ASSERT_TRUE(session.ok()) << session.status();
@@ -111,7 +115,15 @@ TEST(Qwen3Moe, PrefillThenDecodeEqualsTokenByToken) {
   for (int32_t id : ids) ASSERT_TRUE(m.Forward(std::span<const int32_t>(&id, 1), &one_by_one).ok());
   ASSERT_EQ(all_at_once.size(), one_by_one.size());
   for (size_t i = 0; i < all_at_once.size(); ++i) EXPECT_NEAR(all_at_once[i], one_by_one[i], 1e-4f);
+  // Prefill in two pieces, as a chat turn appended to a cached history does.
+  std::vector<float> split;
+  m.Reset();
+  ASSERT_TRUE(m.Forward(std::span<const int32_t>(ids).first(5), &split).ok());
+  ASSERT_TRUE(m.Forward(std::span<const int32_t>(ids).subspan(5), &split).ok());
+  for (size_t i = 0; i < split.size(); ++i) EXPECT_NEAR(split[i], one_by_one[i], 1e-4f);
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, PrefillDecodeTest, ::testing::Values("qwen3moe-f32", "qwen3next-f32"));
 
 }  // namespace
 }  // namespace pinmoe

@@ -33,6 +33,14 @@ void ExpectMentions(const absl::Status& st, std::initializer_list<std::string> w
   for (const auto& w : words) EXPECT_NE(st.message().find(w), std::string_view::npos) << w << " in " << st;
 }
 
+// Each worker reads exactly the bytes of the experts the placement plan gives it, and nothing more.
+TEST(WorkerPool, WorkersReadOnlyTheirExperts) {
+  auto s = Session::Open(Options(3), nullptr);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->pool()->worker_weight_bytes(), (*s)->pool()->placement().bytes_per_worker);
+  for (uint64_t b : (*s)->pool()->worker_weight_bytes()) EXPECT_GT(b, 0u);
+}
+
 TEST(WorkerFailure, MissingBinary) {
   SessionOptions so = Options(2);
   so.worker_binary = "/nonexistent/pinmoe-worker";
