@@ -25,9 +25,18 @@ struct RunCommandOptions {
   bool ignore_eos = false;
   bool json = false;
   int top_logprobs = 0;
+  // Chat mode: the prompt is the model's chat template rendered over [system?, user: chat].
+  std::optional<std::string> chat;
+  std::optional<std::string> system;
+  std::optional<bool> thinking;  // --think / --no-think (the template's enable_thinking)
 };
 
 absl::Status RunCommand(const RunCommandOptions& options, std::ostream& out, std::ostream& err);
+
+// An interactive multi-turn conversation on `in`: keeps the history, streams each reply, shows the
+// thinking apart from the answer. Commands: /exit, /reset.
+absl::Status ChatCommand(const RunCommandOptions& options, std::istream& in, std::ostream& out,
+                         std::ostream& err);
 
 // Prints the prompt's token ids as a JSON list.
 absl::Status TokenizeCommand(const std::string& model_dir, const std::string& text,

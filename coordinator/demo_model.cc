@@ -141,6 +141,16 @@ absl::Status WriteDemoModel(const DemoModelOptions& options) {
               {"top_p", 0.9}};
   RETURN_IF_ERROR(WriteStringToFile(JoinPath(options.out_dir, "generation_config.json"), gen.dump(2)));
   RETURN_IF_ERROR(WriteStringToFile(JoinPath(options.out_dir, "tokenizer.json"), tokenizer_text));
+  // The tokenizer's own tokenizer_config.json (it holds the chat template), when it has one beside it.
+  if (!options.tokenizer_json.empty()) {
+    const size_t slash = options.tokenizer_json.rfind('/');
+    const std::string config = JoinPath(
+        slash == std::string::npos ? "." : options.tokenizer_json.substr(0, slash), "tokenizer_config.json");
+    if (FileExists(config)) {
+      ASSIGN_OR_RETURN(std::string text, ReadFileToString(config, 64u << 20));
+      RETURN_IF_ERROR(WriteStringToFile(JoinPath(options.out_dir, "tokenizer_config.json"), text));
+    }
+  }
 
   WeightMaker w(options.seed);
   const float in_std = 1.0f / std::sqrt(static_cast<float>(kHidden));

@@ -31,6 +31,10 @@ ABSL_FLAG(int, context, 0, "Context length (0: the model's max_position_embeddin
 ABSL_FLAG(std::string, worker_binary, "", "pinmoe-worker to start (default: beside pinmoe)");
 ABSL_FLAG(std::vector<std::string>, worker_arg, {}, "Extra arguments for every worker (repeatable)");
 ABSL_FLAG(int, step_timeout_ms, 60000, "Longest wait for workers to finish one MoE layer");
+ABSL_FLAG(std::string, chat, "", "Chat message: the prompt is the model's chat template over it");
+ABSL_FLAG(std::string, system, "", "System message for --chat and `pinmoe chat`");
+ABSL_FLAG(bool, think, false, "Ask a thinking model to think (enable_thinking=true)");
+ABSL_FLAG(bool, no_think, false, "Ask a thinking model not to think (enable_thinking=false)");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
 
@@ -39,7 +43,8 @@ namespace {
 constexpr const char* kUsage = R"(pinmoe - run Mixture-of-Experts language models with experts pinned to worker processes
 
 Usage:
-  pinmoe run [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) [options]
+  pinmoe run [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3 | --chat TEXT) [options]
+  pinmoe chat [--model DIR] [--system TEXT] [--think | --no-think] [options]
   pinmoe tokenize --model DIR --text TEXT
   pinmoe make-demo [--out DIR] [--tokenizer tokenizer.json]
   pinmoe help
@@ -51,6 +56,11 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
                         model is used (random weights: meaningless text; made by `pinmoe make-demo`).
   --prompt TEXT         prompt text (tokenized with the model's tokenizer.json)
   --prompt-ids LIST     the prompt as token ids instead, e.g. --prompt-ids 9707,11,1879
+  --chat TEXT           a chat message: the prompt is the model's chat template (tokenizer_config.json
+                        or chat_template.jinja) rendered over it; generation stops at the end of the
+                        turn; thinking goes to stderr, the answer to stdout
+  --system TEXT         a system message for --chat (and for `pinmoe chat`)
+  --think, --no-think   turn a thinking model's reasoning on or off (the template's enable_thinking)
   --max-new-tokens N    most tokens to generate (default 128); generation also stops at an
                         end-of-sequence id from generation_config.json (see --ignore-eos)
   --temperature T       0 is greedy; default: generation_config.json's, else greedy
@@ -59,12 +69,17 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
   --seed S              seed for sampling (default 0)
   --workers N           expert worker processes (default 1); 0 keeps experts in this process
   --json                print one JSON object: prompt_token_ids, token_ids, text, finish_reason,
-                        timing (prefill and decode tokens/s)
+                        timing (prefill and decode tokens/s); with --chat also rendered_prompt and
+                        reasoning (the thinking, apart from the answer in text)
   --top-logprobs K      with --json: the K most likely ids and log-probabilities at each position
   --context N           context length (default: max_position_embeddings)
   --ignore-eos          do not stop at end-of-sequence ids
   --worker-binary PATH  the pinmoe-worker to start (default: the one beside pinmoe)
   --step-timeout-ms MS  longest wait for the workers on one MoE layer (default 60000)
+
+chat: an interactive conversation in the terminal that keeps the history and streams each reply,
+  showing the thinking apart from the answer. /reset forgets the conversation; /exit or Ctrl-D quits.
+  Takes run's sampling, --workers and --context options.
 
 tokenize: prints the token ids of --text as a JSON list.
 make-demo: writes the demo model (random weights) to --out, with --tokenizer's vocabulary if given.
@@ -156,7 +171,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pinmoe: wrote the demo model (random weights) to %s\n", d.out_dir.c_str());
     return 0;
   }
-  if (command != "run") return UsageError("unknown command '" + command + "'");
+  if (command != "run" && command != "chat") return UsageError("unknown command '" + command + "'");
 
   pinmoe::RunCommandOptions o;
   o.session.model_dir = absl::GetFlag(FLAGS_model);
@@ -179,15 +194,24 @@ int main(int argc, char** argv) {
   o.session.context = absl::GetFlag(FLAGS_context);
   o.session.step_timeout_ms = absl::GetFlag(FLAGS_step_timeout_ms);
   o.prompt = absl::GetFlag(FLAGS_prompt);
+  if (!absl::GetFlag(FLAGS_chat).empty()) o.chat = absl::GetFlag(FLAGS_chat);
+  if (!absl::GetFlag(FLAGS_system).empty()) o.system = absl::GetFlag(FLAGS_system);
+  if (absl::GetFlag(FLAGS_think) && absl::GetFlag(FLAGS_no_think)) {
+    return UsageError("--think and --no-think contradict each other");
+  }
+  if (absl::GetFlag(FLAGS_think)) o.thinking = true;
+  if (absl::GetFlag(FLAGS_no_think)) o.thinking = false;
   const std::string ids = absl::GetFlag(FLAGS_prompt_ids);
-  if (!ids.empty()) {
-    for (absl::string_view part : absl::StrSplit(ids, ',')) {
+  if (command == "run") {
+    const int sources = !ids.empty() + !o.prompt.empty() + o.chat.has_value();
+    if (sources != 1) {
+      return UsageError("run needs exactly one of --prompt TEXT, --prompt-ids LIST or --chat TEXT");
+    }
+    for (absl::string_view part : absl::StrSplit(ids, ',', absl::SkipEmpty())) {
       int32_t id;
       if (!absl::SimpleAtoi(part, &id)) return UsageError("--prompt-ids: '" + std::string(part) + "' is not an id");
       o.prompt_ids.push_back(id);
     }
-  } else if (o.prompt.empty()) {
-    return UsageError("run needs --prompt TEXT or --prompt-ids LIST");
   }
   o.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   std::string error;
@@ -200,6 +224,7 @@ int main(int argc, char** argv) {
   o.json = absl::GetFlag(FLAGS_json);
   o.top_logprobs = absl::GetFlag(FLAGS_top_logprobs);
   o.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
-  absl::Status st = pinmoe::RunCommand(o, std::cout, std::cerr);
+  absl::Status st = command == "chat" ? pinmoe::ChatCommand(o, std::cin, std::cout, std::cerr)
+                                      : pinmoe::RunCommand(o, std::cout, std::cerr);
   return st.ok() ? 0 : Fail(st);
 }

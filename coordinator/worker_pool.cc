@@ -250,8 +250,15 @@ absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, cons
       if (!needed[w]) continue;
       absl::Status st = router_->Send(workers_[w].identity, env);
       if (!st.ok()) {
+        // A peer that vanished has usually exited: give the exit a moment to be reaped and report it.
+        absl::Status exited = absl::OkStatus();
+        for (int tries = 0; tries < 40 && exited.ok(); ++tries) {
+          exited = CheckChildren(StrCat("computing layer ", layer));
+          if (exited.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
         broken_ = true;
-        first_error_ = absl::UnavailableError(StrCat(Describe(workers_[w]), ": ", st.message()));
+        first_error_ = !exited.ok() ? exited
+                                    : absl::UnavailableError(StrCat(Describe(workers_[w]), ": ", st.message()));
         return first_error_;
       }
       answered[w] = false;

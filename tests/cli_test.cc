@@ -36,7 +36,9 @@ void PatchFile(const std::string& path, const std::string& from, const std::stri
 
 // Runs pinmoe on a model directory and expects exactly one error line containing every word.
 void ExpectCleanFailure(const std::string& args, std::initializer_list<std::string> words) {
-  auto r = RunCommandLine(Pinmoe() + " run --prompt-ids 1,2,3 --max-new-tokens 4 " + args, 60);
+  // A chat run takes its prompt from the template; the others get a fixed prompt.
+  const std::string prompt = args.find("--chat") == std::string::npos ? " --prompt-ids 1,2,3" : "";
+  auto r = RunCommandLine(Pinmoe() + " run --max-new-tokens 4" + prompt + " " + args, 60);
   EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
   std::vector<std::string> errors;
   for (absl::string_view line : absl::StrSplit(r.err, '\n')) {
@@ -124,6 +126,64 @@ TEST(CliBadInput, LayerKindsThatDisagreeWithTheTensors) {
   testing::CopyDir(testing::TestData("qwen3next-f32"), dir);
   PatchFile(dir + "/config.json", "\"full_attention_interval\": 4", "\"full_attention_interval\": 2");
   ExpectCleanFailure("--model " + dir, {"layer 1", "full_attention", "linear_attn"});
+}
+
+// The demo model with the real Qwen3 tokenizer and chat template (random weights).
+std::string Qwen3Demo() {
+  static const std::string dir = [] {
+    const std::string d = testing::MakeTempDir("qwen3-demo");
+    auto r = RunCommandLine(Pinmoe() + " make-demo --out " + d + " --tokenizer " + testing::Qwen3TokenizerPath());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return d;
+  }();
+  return dir;
+}
+
+TEST(CliChat, RunChatRendersTheTemplateExactlyAsTransformers) {
+  const auto refs = testing::ReadJson(testing::TestData("chat_templates.json"))["cases"];
+  struct Case {
+    int ref;
+    std::string flags;
+  } cases[] = {{0, "--chat 'Hello!' --think"}, {1, "--chat 'Hello!' --no-think"},
+               {2, "--chat Hi --system 'You are terse.'"}};
+  for (const auto& c : cases) {
+    auto r = RunCommandLine(Pinmoe() + " run --model " + Qwen3Demo() + " " + c.flags +
+                            " --max-new-tokens 3 --json --workers 2");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["rendered_prompt"], refs[c.ref]["text"]) << c.flags;
+    EXPECT_EQ(j["prompt_token_ids"], refs[c.ref]["ids"]) << c.flags;
+    EXPECT_TRUE(j.contains("reasoning"));
+    EXPECT_EQ(j["token_ids"].size(), 3u);
+  }
+}
+
+TEST(CliChat, InteractiveSessionKeepsGoingAcrossTurnsAndResets) {
+  const std::string script = testing::MakeTempDir("script") + "/in.txt";
+  ASSERT_TRUE(WriteStringToFile(script, "Hello\nAnd again\n/reset\nFresh start\n/exit\n").ok());
+  auto r = RunCommandLine(Pinmoe() + " chat --model " + Qwen3Demo() + " --max-new-tokens 4 --no-think", 120, script);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("/reset forgets"), std::string::npos);
+  EXPECT_NE(r.out.find("(conversation cleared)"), std::string::npos);
+  size_t prompts = 0;
+  for (size_t p = r.out.find("> "); p != std::string::npos; p = r.out.find("> ", p + 2)) ++prompts;
+  EXPECT_GE(prompts, 5u) << r.out;
+}
+
+TEST(CliBadInput, ChatTemplateWithAnUnsupportedConstruct) {
+  const std::string dir = testing::MakeTempDir("badtmpl");
+  testing::CopyDir(Qwen3Demo(), dir);
+  ASSERT_TRUE(WriteStringToFile(dir + "/chat_template.jinja", "{% for m in messages %}\n{% include 'x' %}{% endfor %}").ok());
+  ExpectCleanFailure("--model " + dir + " --chat hi",
+                     {"chat_template.jinja", "line 2", "unsupported tag {% include %}"});
+}
+
+TEST(CliBadInput, ChatTemplateThatLoopsForever) {
+  const std::string dir = testing::MakeTempDir("looptmpl");
+  testing::CopyDir(Qwen3Demo(), dir);
+  ASSERT_TRUE(WriteStringToFile(dir + "/chat_template.jinja",
+                                "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}").ok());
+  ExpectCleanFailure("--model " + dir + " --chat hi", {"exceeded", "steps"});
 }
 
 TEST(CliBadInput, TruncatedSafetensors) {

@@ -47,11 +47,11 @@ nlohmann::json ReadJson(const std::string& path) {
   return nlohmann::json::parse(ss.str());
 }
 
-CommandResult RunCommandLine(const std::string& command, int timeout_seconds) {
+CommandResult RunCommandLine(const std::string& command, int timeout_seconds, const std::string& stdin_path) {
   const std::string dir = MakeTempDir("cmd");
   const std::string out = dir + "/out", err = dir + "/err";
   const std::string line = "timeout -s KILL " + std::to_string(timeout_seconds) + " " + command +
-                           " >" + out + " 2>" + err + " </dev/null";
+                           " >" + out + " 2>" + err + " <" + stdin_path;
   int status = std::system(line.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

@@ -24,7 +24,8 @@ struct CommandResult {
   std::string out;  // stdout
   std::string err;  // stderr
 };
-// Runs a shell command line with a time limit (seconds).
-CommandResult RunCommandLine(const std::string& command, int timeout_seconds = 120);
+// Runs a shell command line with a time limit (seconds), standard input from `stdin_path`.
+CommandResult RunCommandLine(const std::string& command, int timeout_seconds = 120,
+                             const std::string& stdin_path = "/dev/null");
 
 }  // namespace pinmoe::testing
