@@ -1,0 +1,170 @@
+// GPU decode expert FFN throughput against the card's memory bandwidth.
+//
+// Shape: Qwen3-30B-A3B experts (hidden 2048, intermediate 768, bf16), top-8 routing, batch 1: each
+// token-layer reads 8 x 9.4 MB = 75 MB of expert weights, more than the L2 cache, so the kernel is bound
+// by device memory. 256 experts (2.4 GB) are allocated and every layer step picks 8 of them at random;
+// 48 steps make one token. Prints per-layer time, GB/s of weights read, the fraction of a device-to-device
+// copy's measured bandwidth and of the card's datasheet bandwidth.
+//
+//   build-device/bin/gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "worker/gpu/expert_ffn.h"
+
+namespace {
+
+#define CHECK_CUDA(call)                                                                            \
+  do {                                                                                              \
+    cudaError_t e_ = (call);                                                                        \
+    if (e_ != cudaSuccess) {                                                                        \
+      std::fprintf(stderr, "gpu_expert_ffn_bench: %s: %s\n", #call, cudaGetErrorString(e_));        \
+      std::exit(1);                                                                                 \
+    }                                                                                               \
+  } while (0)
+
+__global__ void FillBf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    p[i] = __float2bfloat16((static_cast<float>(h & 0xffff) / 65536.f - 0.5f) * 0.05f);
+  }
+}
+
+double DatasheetGBs(const cudaDeviceProp& prop) {
+  const std::string name = prop.name;
+  if (name.find("H200") != std::string::npos) return 4800;
+  if (name.find("H100") != std::string::npos) return name.find("PCIe") != std::string::npos ? 2000 : 3350;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int hidden = 2048, inter = 768, experts = 256, top_k = 8, tokens = 1, layers = 48, reps = 20;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    const int v = std::atoi(argv[i + 1]);
+    if (a == "--hidden") hidden = v;
+    else if (a == "--inter") inter = v;
+    else if (a == "--experts") experts = v;
+    else if (a == "--top-k") top_k = v;
+    else if (a == "--tokens") tokens = v;
+    else {
+      std::fprintf(stderr, "usage: gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]\n");
+      return 2;
+    }
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  const size_t mat = static_cast<size_t>(hidden) * inter;
+  __nv_bfloat16* weights;
+  CHECK_CUDA(cudaMalloc(&weights, mat * 3 * experts * sizeof(__nv_bfloat16)));
+  FillBf16<<<1024, 256>>>(weights, mat * 3 * experts, 7);
+  CHECK_CUDA(cudaGetLastError());
+  std::vector<pinmoe::GpuExpert> table(experts);
+  for (int e = 0; e < experts; ++e) {
+    table[e] = {weights + mat * 3 * e, weights + mat * (3 * e + 1), weights + mat * (3 * e + 2)};
+  }
+  const int pairs = tokens * top_k;
+  float *x, *act, *out;
+  int32_t* routing;
+  pinmoe::GpuExpert* d_table;
+  CHECK_CUDA(cudaMalloc(&x, static_cast<size_t>(tokens) * hidden * 4));
+  CHECK_CUDA(cudaMalloc(&act, static_cast<size_t>(pairs) * inter * 4));
+  CHECK_CUDA(cudaMalloc(&out, static_cast<size_t>(pairs) * hidden * 4));
+  CHECK_CUDA(cudaMalloc(&routing, static_cast<size_t>(layers) * pairs * 4));
+  CHECK_CUDA(cudaMalloc(&d_table, experts * sizeof(pinmoe::GpuExpert)));
+  CHECK_CUDA(cudaMemcpy(d_table, table.data(), experts * sizeof(pinmoe::GpuExpert), cudaMemcpyHostToDevice));
+  std::vector<float> hx(static_cast<size_t>(tokens) * hidden, 0.25f);
+  CHECK_CUDA(cudaMemcpy(x, hx.data(), hx.size() * 4, cudaMemcpyHostToDevice));
+  // A routing table per layer: top_k distinct experts per token, at random.
+  std::mt19937 rng(3);
+  std::vector<int32_t> hr(static_cast<size_t>(layers) * pairs);
+  std::vector<int> ids(experts);
+  for (int l = 0; l < layers; ++l) {
+    for (int t = 0; t < tokens; ++t) {
+      for (int e = 0; e < experts; ++e) ids[e] = e;
+      std::shuffle(ids.begin(), ids.end(), rng);
+      for (int k = 0; k < top_k; ++k) hr[(static_cast<size_t>(l) * tokens + t) * top_k + k] = ids[k];
+    }
+  }
+  CHECK_CUDA(cudaMemcpy(routing, hr.data(), hr.size() * 4, cudaMemcpyHostToDevice));
+
+  // Ceiling: a large device-to-device copy (bytes read + written).
+  const size_t copy_bytes = 1ull << 30;
+  void *ca, *cb;
+  CHECK_CUDA(cudaMalloc(&ca, copy_bytes));
+  CHECK_CUDA(cudaMalloc(&cb, copy_bytes));
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  CHECK_CUDA(cudaMemcpy(cb, ca, copy_bytes, cudaMemcpyDeviceToDevice));
+  CHECK_CUDA(cudaEventRecord(e0));
+  for (int r = 0; r < 10; ++r) CHECK_CUDA(cudaMemcpyAsync(cb, ca, copy_bytes, cudaMemcpyDeviceToDevice));
+  CHECK_CUDA(cudaEventRecord(e1));
+  CHECK_CUDA(cudaEventSynchronize(e1));
+  float copy_ms;
+  CHECK_CUDA(cudaEventElapsedTime(&copy_ms, e0, e1));
+  const double copy_gbs = 2.0 * copy_bytes * 10 / (copy_ms * 1e-3) / 1e9;
+
+  // One "token": 48 layers, each a different random expert set. Captured as a graph to keep launch gaps
+  // out, replayed `reps` times; median of the replays.
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int l = 0; l < layers; ++l) {
+    pinmoe::ExpertFfnArgs a;
+    a.x = x;
+    a.routing = routing + static_cast<size_t>(l) * pairs;
+    a.experts = d_table;
+    a.num_experts = experts;
+    a.tokens = tokens;
+    a.top_k = top_k;
+    a.hidden = hidden;
+    a.inter = inter;
+    a.act = act;
+    a.out = out;
+    CHECK_CUDA(pinmoe::LaunchExpertFfnDecode(a, stream));
+  }
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK_CUDA(cudaGraphLaunch(exec, stream));  // warm-up
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  std::vector<float> times;
+  for (int r = 0; r < reps; ++r) {
+    CHECK_CUDA(cudaEventRecord(e0, stream));
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    CHECK_CUDA(cudaEventRecord(e1, stream));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float ms;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+    times.push_back(ms);
+  }
+  std::sort(times.begin(), times.end());
+  const double ms = times[times.size() / 2];
+  // Distinct experts per layer (tokens > 1 may share experts; each is still read once per pair).
+  const double bytes = static_cast<double>(layers) * pairs * mat * 3 * 2;
+  const double gbs = bytes / (ms * 1e-3) / 1e9;
+  const double peak = DatasheetGBs(prop);
+  std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
+  std::printf("shape: hidden %d, intermediate %d, bf16; top-%d of %d experts; %d token(s); %d layers\n",
+              hidden, inter, top_k, experts, tokens, layers);
+  std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
+  std::printf("expert FFN decode: %.1f us per layer, %.0f GB/s of weights read = %.0f%% of the copy",
+              ms * 1e3 / layers, gbs, 100 * gbs / copy_gbs);
+  if (peak > 0) std::printf(", %.0f%% of the %.0f GB/s datasheet bandwidth", 100 * gbs / peak, peak);
+  std::printf("\n");
+  return 0;
+}

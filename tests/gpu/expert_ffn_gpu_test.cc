@@ -1,0 +1,142 @@
+// The GPU decode expert FFN against a CPU reference (double accumulation over the same bf16 weights),
+// over several shapes, token counts and top-k, with some experts owned elsewhere (their outputs must be
+// left untouched). Runs on a machine with a GPU: scripts/device-test.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "common/dtype.h"
+#include "gtest/gtest.h"
+#include "worker/gpu/expert_ffn.h"
+
+namespace pinmoe {
+namespace {
+
+#define ASSERT_CUDA(call) ASSERT_EQ((call), cudaSuccess) << #call << ": " << cudaGetErrorString(cudaGetLastError())
+
+struct Shape {
+  int hidden, inter, experts, tokens, top_k;
+};
+
+class ExpertFfnGpuTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
+  const Shape s = GetParam();
+  std::mt19937 rng(s.hidden * 31 + s.tokens);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const size_t in_elems = static_cast<size_t>(s.inter) * s.hidden;
+  // Host weights (bf16 bits) and their fp32 values.
+  std::vector<std::vector<uint16_t>> w(s.experts * 3);
+  for (auto& m : w) {
+    m.resize(in_elems);
+    for (auto& v : m) v = F32ToBf16(normal(rng) / std::sqrt(static_cast<float>(s.hidden)));
+  }
+  std::vector<float> x(static_cast<size_t>(s.tokens) * s.hidden);
+  for (float& v : x) v = normal(rng);
+  std::vector<int32_t> routing(static_cast<size_t>(s.tokens) * s.top_k);
+  for (int t = 0; t < s.tokens; ++t) {
+    std::vector<int> ids(s.experts);
+    for (int e = 0; e < s.experts; ++e) ids[e] = e;
+    std::shuffle(ids.begin(), ids.end(), rng);
+    for (int k = 0; k < s.top_k; ++k) routing[t * s.top_k + k] = ids[k];
+  }
+  // This "worker" owns the even experts.
+  auto owned = [](int e) { return e % 2 == 0; };
+
+  std::vector<__nv_bfloat16*> dev(w.size(), nullptr);
+  std::vector<GpuExpert> table(s.experts);
+  for (int e = 0; e < s.experts; ++e) {
+    if (!owned(e)) continue;
+    for (int p = 0; p < 3; ++p) {
+      ASSERT_CUDA(cudaMalloc(&dev[e * 3 + p], in_elems * 2));
+      ASSERT_CUDA(cudaMemcpy(dev[e * 3 + p], w[e * 3 + p].data(), in_elems * 2, cudaMemcpyHostToDevice));
+    }
+    table[e] = {dev[e * 3], dev[e * 3 + 1], dev[e * 3 + 2]};
+  }
+  const size_t pairs = routing.size();
+  float *d_x, *d_act, *d_out;
+  int32_t* d_routing;
+  GpuExpert* d_table;
+  ASSERT_CUDA(cudaMalloc(&d_x, x.size() * 4));
+  ASSERT_CUDA(cudaMalloc(&d_act, pairs * s.inter * 4));
+  ASSERT_CUDA(cudaMalloc(&d_out, pairs * s.hidden * 4));
+  ASSERT_CUDA(cudaMalloc(&d_routing, pairs * 4));
+  ASSERT_CUDA(cudaMalloc(&d_table, table.size() * sizeof(GpuExpert)));
+  ASSERT_CUDA(cudaMemcpy(d_x, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemcpy(d_routing, routing.data(), pairs * 4, cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemcpy(d_table, table.data(), table.size() * sizeof(GpuExpert), cudaMemcpyHostToDevice));
+  // Poison: every owned pair must be overwritten, every other pair left alone.
+  std::vector<float> poison(pairs * s.hidden, 12345.f);
+  ASSERT_CUDA(cudaMemcpy(d_out, poison.data(), poison.size() * 4, cudaMemcpyHostToDevice));
+
+  ExpertFfnArgs a;
+  a.x = d_x;
+  a.routing = d_routing;
+  a.experts = d_table;
+  a.num_experts = s.experts;
+  a.tokens = s.tokens;
+  a.top_k = s.top_k;
+  a.hidden = s.hidden;
+  a.inter = s.inter;
+  a.act = d_act;
+  a.out = d_out;
+  ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<float> out(pairs * s.hidden);
+  ASSERT_CUDA(cudaMemcpy(out.data(), d_out, out.size() * 4, cudaMemcpyDeviceToHost));
+
+  double err2 = 0, ref2 = 0;
+  for (size_t p = 0; p < pairs; ++p) {
+    const int e = routing[p];
+    const float* xt = x.data() + (p / s.top_k) * s.hidden;
+    if (!owned(e)) {
+      for (int o = 0; o < s.hidden; ++o) ASSERT_EQ(out[p * s.hidden + o], 12345.f) << "pair " << p << " not owned";
+      continue;
+    }
+    std::vector<double> act(s.inter);
+    for (int i = 0; i < s.inter; ++i) {
+      double g = 0, u = 0;
+      for (int h = 0; h < s.hidden; ++h) {
+        g += static_cast<double>(Bf16ToF32(w[e * 3][i * s.hidden + h])) * xt[h];
+        u += static_cast<double>(Bf16ToF32(w[e * 3 + 1][i * s.hidden + h])) * xt[h];
+      }
+      act[i] = g / (1 + std::exp(-g)) * u;
+    }
+    for (int o = 0; o < s.hidden; ++o) {
+      double ref = 0;
+      for (int i = 0; i < s.inter; ++i) ref += static_cast<double>(Bf16ToF32(w[e * 3 + 2][o * s.inter + i])) * act[i];
+      const double got = out[p * s.hidden + o];
+      ASSERT_TRUE(std::isfinite(got));
+      err2 += (got - ref) * (got - ref);
+      ref2 += ref * ref;
+    }
+  }
+  const double rel = std::sqrt(err2 / std::max(ref2, 1e-30));
+  EXPECT_LT(rel, 1e-5) << "relative L2 error " << rel;  // fp32 accumulation of the same bf16 weights
+  RecordProperty("relative_l2_error", std::to_string(rel));
+  for (auto* p : dev) cudaFree(p);
+  cudaFree(d_x);
+  cudaFree(d_act);
+  cudaFree(d_out);
+  cudaFree(d_routing);
+  cudaFree(d_table);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ExpertFfnGpuTest,
+                         ::testing::Values(Shape{64, 32, 4, 1, 2}, Shape{64, 48, 8, 5, 3},
+                                           Shape{256, 512, 16, 3, 8}, Shape{2048, 768, 16, 1, 8},
+                                           Shape{2048, 512, 12, 7, 10}, Shape{1032, 136, 6, 17, 2}));
+
+TEST(ExpertFfnGpu, RejectsUnalignedShapes) {
+  ExpertFfnArgs a;
+  a.hidden = 60;
+  a.inter = 32;
+  a.tokens = 1;
+  a.top_k = 1;
+  EXPECT_EQ(LaunchExpertFfnDecode(a, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace pinmoe
