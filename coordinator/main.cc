@@ -13,6 +13,7 @@
 #include "common/files.h"
 #include "coordinator/cli.h"
 #include "coordinator/demo_model.h"
+#include "coordinator/plan.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory (config.json, *.safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, prompt, "", "Prompt text");
@@ -35,6 +36,9 @@ ABSL_FLAG(std::string, chat, "", "Chat message: the prompt is the model's chat t
 ABSL_FLAG(std::string, system, "", "System message for --chat and `pinmoe chat`");
 ABSL_FLAG(bool, think, false, "Ask a thinking model to think (enable_thinking=true)");
 ABSL_FLAG(bool, no_think, false, "Ask a thinking model not to think (enable_thinking=false)");
+ABSL_FLAG(std::string, gpus, "", "plan: GPUs to use, e.g. 0,1");
+ABSL_FLAG(std::string, gpu_mem, "", "plan: memory budget per GPU, e.g. 0=70GiB,1=14GiB");
+ABSL_FLAG(std::string, cpu_mem, "", "plan: system memory for experts that do not fit on the GPUs, e.g. 64GiB");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
 
@@ -45,6 +49,7 @@ constexpr const char* kUsage = R"(pinmoe - run Mixture-of-Experts language model
 Usage:
   pinmoe run [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3 | --chat TEXT) [options]
   pinmoe chat [--model DIR] [--system TEXT] [--think | --no-think] [options]
+  pinmoe plan --model DIR --gpu-mem 0=70GiB[,1=14GiB] [--gpus 0,1] [--cpu-mem 64GiB] [--context N]
   pinmoe tokenize --model DIR --text TEXT
   pinmoe make-demo [--out DIR] [--tokenizer tokenizer.json]
   pinmoe help
@@ -80,6 +85,10 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
 chat: an interactive conversation in the terminal that keeps the history and streams each reply,
   showing the thinking apart from the answer. /reset forgets the conversation; /exit or Ctrl-D quits.
   Takes run's sampling, --workers and --context options.
+
+plan: from config.json alone (no weights are read), prints how the model splits over the devices:
+  the dense part and its caches on the first, every MoE layer's experts spread over all of them in
+  proportion to their free budget; refuses (exit 1) when the budgets cannot hold the model.
 
 tokenize: prints the token ids of --text as a JSON list.
 make-demo: writes the demo model (random weights) to --out, with --tokenizer's vocabulary if given.
@@ -161,6 +170,20 @@ int main(int argc, char** argv) {
     if (absl::GetFlag(FLAGS_model).empty()) return UsageError("tokenize needs --model");
     absl::Status st = pinmoe::TokenizeCommand(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_text), std::cout);
     return st.ok() ? 0 : Fail(st);
+  }
+  if (command == "plan") {
+    if (absl::GetFlag(FLAGS_model).empty()) return UsageError("plan needs --model");
+    auto config = pinmoe::LoadModelConfig(absl::GetFlag(FLAGS_model));
+    if (!config.ok()) return Fail(config.status());
+    auto devices = pinmoe::ParseDeviceBudgets(absl::GetFlag(FLAGS_gpus), absl::GetFlag(FLAGS_gpu_mem),
+                                              absl::GetFlag(FLAGS_cpu_mem));
+    if (!devices.ok()) return Fail(devices.status());
+    int context = absl::GetFlag(FLAGS_context);
+    if (context <= 0 || context > config->max_position_embeddings) context = config->max_position_embeddings;
+    auto plan = pinmoe::PlanMemory(*config, *devices, context);
+    if (!plan.ok()) return Fail(plan.status());
+    std::fputs(pinmoe::FormatMemoryPlan(*config, *plan, context).c_str(), stdout);
+    return 0;
   }
   if (command == "make-demo") {
     pinmoe::DemoModelOptions d;

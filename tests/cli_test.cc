@@ -186,6 +186,22 @@ TEST(CliBadInput, ChatTemplateThatLoopsForever) {
   ExpectCleanFailure("--model " + dir + " --chat hi", {"exceeded", "steps"});
 }
 
+TEST(CliPlan, PrintsATableFromConfigAloneAndRefusesWhatDoesNotFit) {
+  // Only config.json: plan must not need weights.
+  const std::string dir = testing::MakeTempDir("plan");
+  std::filesystem::copy_file(testing::TestData("qwen3next-f32/config.json"), dir + "/config.json");
+  auto ok = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=64MiB,1=16MiB");
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("cuda:0"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("cuda:1"), std::string::npos) << ok.out;
+  auto refused = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=2MiB --context 64");
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("pinmoe: error: the model needs"), std::string::npos) << refused.err;
+  auto no_budget = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpus 0,1 --gpu-mem 0=1GiB");
+  EXPECT_EQ(no_budget.exit_code, 1);
+  EXPECT_NE(no_budget.err.find("no memory budget for GPU 1"), std::string::npos) << no_budget.err;
+}
+
 TEST(CliBadInput, TruncatedSafetensors) {
   const std::string dir = BrokenCopy("trunc");
   const std::string shard = dir + "/model-00002-of-00003.safetensors";

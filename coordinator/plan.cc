@@ -1,0 +1,248 @@
+#include "coordinator/plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "common/str_cat.h"
+
+namespace pinmoe {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// 1.50 GiB, 12.3 MiB or 512 KiB: small test models stay readable.
+std::string Size(uint64_t bytes) {
+  if (bytes >= (1ull << 30)) return absl::StrFormat("%.2f GiB", bytes / kGiB);
+  if (bytes >= (1ull << 20)) return absl::StrFormat("%.1f MiB", bytes / (1024.0 * 1024.0));
+  return absl::StrFormat("%.0f KiB", bytes / 1024.0);
+}
+
+}  // namespace
+
+uint64_t DenseWeightBytes(const ModelConfig& c) {
+  const uint64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const bool next = c.architecture == Architecture::kQwen3Next;
+  uint64_t params = static_cast<uint64_t>(c.vocab_size) * h * (c.tie_word_embeddings ? 1 : 2) + h;
+  for (int l = 0; l < c.num_layers; ++l) {
+    params += 2 * h;
+    if (c.layer_kinds[l] == LayerKind::kFullAttention) {
+      params += nh * hd * h * (next ? 2 : 1) + 2 * nkv * hd * h + h * nh * hd + 2 * hd;
+    } else {
+      const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
+      const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
+      const uint64_t nv = c.linear_num_value_heads;
+      params += (2 * kd + 2 * vd) * h + 2 * nv * h + (2 * kd + vd) * c.linear_conv_kernel_dim + 2 * nv +
+                c.linear_value_head_dim + h * vd;
+    }
+    if (c.IsMoeLayer(l)) {
+      params += static_cast<uint64_t>(c.num_experts) * h;
+      if (next) params += 3 * h * c.shared_expert_intermediate_size + h;
+    } else {
+      params += 3 * h * c.intermediate_size;
+    }
+  }
+  return params * DTypeSize(c.weight_dtype);
+}
+
+uint64_t CacheBytes(const ModelConfig& c, int context) {
+  uint64_t bytes = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (c.layer_kinds[l] == LayerKind::kFullAttention) {
+      bytes += 2ull * c.num_kv_heads * c.head_dim * static_cast<uint64_t>(context) * 2;
+    } else {
+      const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
+      const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
+      bytes += (static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_key_head_dim * c.linear_value_head_dim +
+                (2 * kd + vd) * (c.linear_conv_kernel_dim - 1)) * 4;
+    }
+  }
+  return bytes;
+}
+
+absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<DeviceBudget>& devices, int context) {
+  if (devices.empty()) return absl::InvalidArgumentError("no devices to plan for (--gpus/--gpu-mem/--cpu-mem)");
+  MemoryPlan plan;
+  plan.dense_bytes = DenseWeightBytes(c);
+  plan.cache_bytes = CacheBytes(c, context);
+  const uint64_t per_expert = c.ExpertBytes();
+  int moe_layers = 0;
+  for (int l = 0; l < c.num_layers; ++l) moe_layers += c.IsMoeLayer(l);
+  const uint64_t total_experts = static_cast<uint64_t>(moe_layers) * c.num_experts;
+  plan.expert_bytes = total_experts * per_expert;
+
+  // Expert capacity of each device once the first has taken the dense part.
+  std::vector<uint64_t> capacity(devices.size());
+  uint64_t budget_total = 0, capacity_total = 0;
+  for (size_t d = 0; d < devices.size(); ++d) {
+    uint64_t free = devices[d].bytes;
+    if (d == 0) free = free > plan.dense_bytes + plan.cache_bytes ? free - plan.dense_bytes - plan.cache_bytes : 0;
+    capacity[d] = per_expert > 0 ? free / per_expert : 0;
+    capacity_total += capacity[d];
+    budget_total += devices[d].bytes;
+  }
+  // System memory is the slow tier: it takes only what the GPUs cannot hold.
+  uint64_t gpu_capacity = 0;
+  for (size_t d = 0; d < devices.size(); ++d) gpu_capacity += devices[d].name == "cpu" ? 0 : capacity[d];
+  for (size_t d = 0; d < devices.size(); ++d) {
+    if (devices[d].name != "cpu") continue;
+    const uint64_t overflow = total_experts > gpu_capacity ? total_experts - gpu_capacity : 0;
+    capacity_total -= capacity[d];
+    capacity[d] = std::min(capacity[d], overflow);
+    capacity_total += capacity[d];
+  }
+  const uint64_t needed = plan.dense_bytes + plan.cache_bytes + plan.expert_bytes;
+  if (devices[0].bytes < plan.dense_bytes + plan.cache_bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s holds the dense part (%s of weights + %s of caches for %d tokens) but its budget is %s; give "
+        "it more (--gpu-mem) or shorten --context",
+        devices[0].name, Size(plan.dense_bytes), Size(plan.cache_bytes), context, Size(devices[0].bytes)));
+  }
+  if (capacity_total < total_experts) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "the model needs %s (dense %s, caches %s, experts %s) but the budgets give %s: %llu of %llu "
+        "experts do not fit; add GPUs, raise --gpu-mem, or put the rest in system memory with --cpu-mem",
+        Size(needed), Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.expert_bytes),
+        Size(budget_total), static_cast<unsigned long long>(total_experts - capacity_total),
+        static_cast<unsigned long long>(total_experts)));
+  }
+
+  // Per layer, split the experts in proportion to capacity; the largest running deficits take the
+  // remainders, so totals track the proportions and never pass a device's capacity.
+  const size_t n = devices.size();
+  Placement& p = plan.placement;
+  p.per_worker.assign(n, {});
+  p.bytes_per_worker.assign(n, 0);
+  p.owner.assign(c.num_layers, std::vector<int>(c.num_experts, -1));
+  std::vector<uint64_t> assigned(n, 0);
+  int layer_index = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.IsMoeLayer(l)) continue;
+    ++layer_index;
+    std::vector<int> count(n, 0);
+    int left = c.num_experts;
+    // Target cumulative count after this layer.
+    std::vector<double> deficit(n);
+    for (size_t d = 0; d < n; ++d) {
+      const double target = static_cast<double>(layer_index) * c.num_experts * capacity[d] / capacity_total;
+      deficit[d] = target - static_cast<double>(assigned[d]);
+      const int base = std::max(0, static_cast<int>(std::floor(deficit[d])));
+      count[d] = static_cast<int>(std::min<uint64_t>({static_cast<uint64_t>(base), capacity[d] - assigned[d],
+                                                      static_cast<uint64_t>(left)}));
+      left -= count[d];
+    }
+    while (left > 0) {
+      size_t best = n;
+      for (size_t d = 0; d < n; ++d) {
+        if (assigned[d] + count[d] >= capacity[d]) continue;
+        if (best == n || deficit[d] - count[d] > deficit[best] - count[best]) best = d;
+      }
+      PINMOE_CHECK(best < n);  // capacity_total >= total_experts
+      ++count[best];
+      --left;
+    }
+    int next_expert = 0;
+    for (size_t d = 0; d < n; ++d) {
+      if (count[d] == 0) continue;
+      LayerExpertSet set;
+      set.layer = l;
+      for (int k = 0; k < count[d]; ++k) {
+        set.experts.push_back(next_expert);
+        p.owner[l][next_expert++] = static_cast<int>(d);
+      }
+      assigned[d] += count[d];
+      p.bytes_per_worker[d] += static_cast<uint64_t>(count[d]) * per_expert;
+      p.per_worker[d].push_back(std::move(set));
+    }
+  }
+  for (size_t d = 0; d < n; ++d) {
+    DevicePlan dp;
+    dp.name = devices[d].name;
+    dp.budget = devices[d].bytes;
+    dp.dense_bytes = d == 0 ? plan.dense_bytes + plan.cache_bytes : 0;
+    dp.expert_bytes = p.bytes_per_worker[d];
+    dp.experts = static_cast<int>(assigned[d]);
+    plan.devices.push_back(dp);
+  }
+  return plan;
+}
+
+std::string FormatMemoryPlan(const ModelConfig& c, const MemoryPlan& plan, int context) {
+  std::string out = absl::StrFormat(
+      "%s: %d layers, %d experts per MoE layer (top-%d), %s weights; context %d tokens\n"
+      "dense %s, caches %s, routed experts %s (%s each)\n\n",
+      c.architecture_name, c.num_layers, c.num_experts, c.top_k, std::string(DTypeName(c.weight_dtype)), context,
+      Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.expert_bytes), Size(c.ExpertBytes()));
+  out += absl::StrFormat("%-8s %8s %12s %12s %12s %12s %6s\n", "device", "experts", "experts", "dense+cache",
+                         "used", "budget", "used");
+  for (const auto& d : plan.devices) {
+    out += absl::StrFormat("%-8s %8d %12s %12s %12s %12s %5.0f%%\n", d.name, d.experts, Size(d.expert_bytes),
+                           Size(d.dense_bytes), Size(d.dense_bytes + d.expert_bytes), Size(d.budget),
+                           d.budget > 0 ? 100.0 * (d.dense_bytes + d.expert_bytes) / d.budget : 0.0);
+  }
+  return out;
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
+  size_t k = 0;
+  while (k < text.size() && (std::isdigit(static_cast<unsigned char>(text[k])) || text[k] == '.')) ++k;
+  double value;
+  if (k == 0 || !absl::SimpleAtod(text.substr(0, k), &value) || value < 0) {
+    return absl::InvalidArgumentError(StrCat("'", text, "' is not a size like 70GiB"));
+  }
+  static const std::map<std::string, double> kUnits = {
+      {"", 1},          {"B", 1},           {"KiB", 1024.0},      {"MiB", 1024.0 * 1024},
+      {"GiB", kGiB},    {"TiB", kGiB * 1024}, {"KB", 1e3},         {"MB", 1e6},
+      {"GB", 1e9},      {"TB", 1e12},       {"K", 1024.0},        {"M", 1024.0 * 1024},
+      {"G", kGiB},      {"T", kGiB * 1024}};
+  auto it = kUnits.find(text.substr(k));
+  if (it == kUnits.end()) return absl::InvalidArgumentError(StrCat("'", text, "': unknown unit (use GiB, GB, MiB...)"));
+  return static_cast<uint64_t>(value * it->second);
+}
+
+absl::StatusOr<std::vector<DeviceBudget>> ParseDeviceBudgets(const std::string& gpus, const std::string& gpu_mem,
+                                                             const std::string& cpu_mem) {
+  std::map<int, uint64_t> mem;
+  for (absl::string_view part : absl::StrSplit(gpu_mem, ',', absl::SkipEmpty())) {
+    std::vector<std::string> kv = absl::StrSplit(part, '=');
+    int id;
+    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &id) || id < 0) {
+      return absl::InvalidArgumentError(StrCat("--gpu-mem: '", std::string(part), "' is not GPU=SIZE (e.g. 0=70GiB)"));
+    }
+    ASSIGN_OR_RETURN(mem[id], ParseByteSize(kv[1]));
+  }
+  std::vector<int> ids;
+  if (!gpus.empty()) {
+    for (absl::string_view part : absl::StrSplit(gpus, ',', absl::SkipEmpty())) {
+      int id;
+      if (!absl::SimpleAtoi(part, &id) || id < 0) return absl::InvalidArgumentError(StrCat("--gpus: '", std::string(part), "' is not a GPU index"));
+      ids.push_back(id);
+    }
+  } else {
+    for (const auto& [id, b] : mem) ids.push_back(id);
+  }
+  std::vector<DeviceBudget> out;
+  for (int id : ids) {
+    auto it = mem.find(id);
+    if (it == mem.end()) {
+      return absl::InvalidArgumentError(StrCat("no memory budget for GPU ", id, ": add ", id, "=SIZE to --gpu-mem"));
+    }
+    out.push_back({StrCat("cuda:", id), it->second});
+  }
+  for (const auto& [id, b] : mem) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) {
+      return absl::InvalidArgumentError(StrCat("--gpu-mem names GPU ", id, ", which --gpus leaves out"));
+    }
+  }
+  if (!cpu_mem.empty()) {
+    ASSIGN_OR_RETURN(uint64_t b, ParseByteSize(cpu_mem));
+    out.push_back({"cpu", b});
+  }
+  return out;
+}
+
+}  // namespace pinmoe

@@ -1,0 +1,54 @@
+// Memory planning from config.json alone (no weights are read): how many bytes the dense part, the caches
+// and the routed experts need, and how the experts split over devices with given budgets. The dense part
+// (and its caches) sits on the first device; every device then takes a share of every MoE layer's
+// experts in proportion to what its budget has left, so that per-layer work follows capacity.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "coordinator/placement.h"
+
+namespace pinmoe {
+
+struct DeviceBudget {
+  std::string name;    // "cuda:0", ..., or "cpu"
+  uint64_t bytes = 0;  // memory this device may use for pinmoe
+};
+
+struct DevicePlan {
+  std::string name;
+  uint64_t budget = 0;
+  uint64_t dense_bytes = 0;   // dense weights + caches (first device only)
+  uint64_t expert_bytes = 0;
+  int experts = 0;
+};
+
+struct MemoryPlan {
+  uint64_t dense_bytes = 0;
+  uint64_t cache_bytes = 0;
+  uint64_t expert_bytes = 0;  // all routed experts
+  std::vector<DevicePlan> devices;
+  Placement placement;        // per_worker index = device index
+};
+
+// Bytes of everything but the routed experts, in the config's weight dtype.
+uint64_t DenseWeightBytes(const ModelConfig& config);
+// KV cache (bf16) for `context` tokens plus the recurrent and conv states (fp32) of one sequence.
+uint64_t CacheBytes(const ModelConfig& config, int context);
+
+// Fails with a message that says how much is missing when the budgets cannot hold the model.
+absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& config, const std::vector<DeviceBudget>& devices,
+                                      int context);
+std::string FormatMemoryPlan(const ModelConfig& config, const MemoryPlan& plan, int context);
+
+// "70GiB", "14.5GB", "512MiB", "1024" (bytes).
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text);
+// --gpus "0,1" with --gpu-mem "0=70GiB,1=14GiB" and an optional --cpu-mem "64GiB".
+absl::StatusOr<std::vector<DeviceBudget>> ParseDeviceBudgets(const std::string& gpus, const std::string& gpu_mem,
+                                                             const std::string& cpu_mem);
+
+}  // namespace pinmoe

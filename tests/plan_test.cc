@@ -1,0 +1,106 @@
+// Memory planning from config.json alone, on the real shapes of Qwen3-30B-A3B and Qwen3-Next-80B-A3B.
+#include "coordinator/plan.h"
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace pinmoe {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+ModelConfig Qwen3_30B() {
+  nlohmann::json j = {{"architectures", {"Qwen3MoeForCausalLM"}}, {"vocab_size", 151936}, {"hidden_size", 2048},
+                      {"num_hidden_layers", 48}, {"num_attention_heads", 32}, {"num_key_value_heads", 4},
+                      {"head_dim", 128}, {"num_experts", 128}, {"num_experts_per_tok", 8},
+                      {"moe_intermediate_size", 768}, {"intermediate_size", 6144}, {"max_position_embeddings", 40960},
+                      {"rope_theta", 1000000.0}, {"norm_topk_prob", true}, {"torch_dtype", "bfloat16"}};
+  return ParseModelConfig(j.dump(), "qwen3-30b").value();
+}
+
+ModelConfig Qwen3Next80B() {
+  nlohmann::json j = {{"architectures", {"Qwen3NextForCausalLM"}}, {"vocab_size", 151936}, {"hidden_size", 2048},
+                      {"num_hidden_layers", 48}, {"num_attention_heads", 16}, {"num_key_value_heads", 2},
+                      {"head_dim", 256}, {"num_experts", 512}, {"num_experts_per_tok", 10},
+                      {"moe_intermediate_size", 512}, {"shared_expert_intermediate_size", 512},
+                      {"intermediate_size", 5120}, {"max_position_embeddings", 262144},
+                      {"full_attention_interval", 4}, {"partial_rotary_factor", 0.25}, {"rope_theta", 10000000.0},
+                      {"linear_num_key_heads", 16}, {"linear_num_value_heads", 32}, {"linear_key_head_dim", 128},
+                      {"linear_value_head_dim", 128}, {"linear_conv_kernel_dim", 4}, {"norm_topk_prob", true},
+                      {"torch_dtype", "bfloat16"}};
+  return ParseModelConfig(j.dump(), "qwen3-next").value();
+}
+
+void ExpectConsistent(const ModelConfig& c, const MemoryPlan& p) {
+  uint64_t experts = 0, bytes = 0;
+  for (const auto& d : p.devices) {
+    EXPECT_LE(d.dense_bytes + d.expert_bytes, d.budget) << d.name;
+    experts += d.experts;
+    bytes += d.expert_bytes;
+  }
+  EXPECT_EQ(experts, 48u * c.num_experts);
+  EXPECT_EQ(bytes, p.expert_bytes);
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (int e = 0; e < c.num_experts; ++e) ASSERT_GE(p.placement.owner[l][e], 0) << l << "," << e;
+  }
+}
+
+TEST(Plan, ParameterCountsMatchThePublishedSizes) {
+  // Qwen3-30B-A3B has 30.5 B parameters; Qwen3-Next-80B-A3B 80 B (of which 3 B are not routed experts).
+  const ModelConfig a = Qwen3_30B(), b = Qwen3Next80B();
+  const double a_params = (DenseWeightBytes(a) + 48.0 * 128 * a.ExpertBytes()) / 2;
+  const double b_params = (DenseWeightBytes(b) + 48.0 * 512 * b.ExpertBytes()) / 2;
+  EXPECT_NEAR(a_params / 1e9, 30.5, 0.3);
+  EXPECT_NEAR(b_params / 1e9, 79.7, 0.8);
+}
+
+TEST(Plan, SplitsByCapacityAndStaysWithinBudgets) {
+  const ModelConfig c = Qwen3_30B();
+  auto plan = PlanMemory(c, {{"cuda:0", static_cast<uint64_t>(70 * kGiB)}, {"cuda:1", static_cast<uint64_t>(14 * kGiB)}}, 8192);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ExpectConsistent(c, *plan);
+  // Every layer's experts are spread over both cards, the larger taking the larger share.
+  for (const auto& set : plan->placement.per_worker[1]) EXPECT_GT(set.experts.size(), 0u);
+  EXPECT_GT(plan->devices[0].experts, plan->devices[1].experts);
+  EXPECT_NE(FormatMemoryPlan(c, *plan, 8192).find("cuda:1"), std::string::npos);
+}
+
+TEST(Plan, RefusesWhatDoesNotFitAndTakesSystemMemory) {
+  const ModelConfig c = Qwen3Next80B();
+  std::vector<DeviceBudget> two = {{"cuda:0", static_cast<uint64_t>(70 * kGiB)}, {"cuda:1", static_cast<uint64_t>(70 * kGiB)}};
+  auto refused = PlanMemory(c, two, 32768);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("do not fit"), std::string_view::npos) << refused.status();
+  two.push_back({"cpu", static_cast<uint64_t>(64 * kGiB)});
+  auto fits = PlanMemory(c, two, 32768);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  ExpectConsistent(c, *fits);
+  // The GPUs are filled first; system memory holds only the overflow.
+  const uint64_t per = c.ExpertBytes();
+  EXPECT_GT(fits->devices[0].dense_bytes + fits->devices[0].expert_bytes + per, fits->devices[0].budget);
+  EXPECT_GT(fits->devices[1].expert_bytes + per, fits->devices[1].budget);
+  EXPECT_LT(fits->devices[2].experts, 48 * 512 / 10);
+  // With room on the GPUs, nothing goes to system memory.
+  auto roomy = PlanMemory(c, {{"cuda:0", static_cast<uint64_t>(140 * kGiB)}, {"cuda:1", static_cast<uint64_t>(70 * kGiB)},
+                              {"cpu", static_cast<uint64_t>(64 * kGiB)}}, 32768);
+  ASSERT_TRUE(roomy.ok()) << roomy.status();
+  EXPECT_EQ(roomy->devices[2].experts, 0);
+  auto tiny = PlanMemory(c, {{"cuda:0", static_cast<uint64_t>(1 * kGiB)}}, 32768);
+  ASSERT_FALSE(tiny.ok());
+  EXPECT_NE(tiny.status().message().find("dense part"), std::string_view::npos);
+}
+
+TEST(Plan, ParsesBudgets) {
+  auto d = ParseDeviceBudgets("0,1", "0=70GiB,1=14.5GB", "64GiB");
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(d->size(), 3u);
+  EXPECT_EQ((*d)[0].bytes, static_cast<uint64_t>(70 * kGiB));
+  EXPECT_EQ((*d)[1].bytes, 14500000000u);
+  EXPECT_EQ((*d)[2].name, "cpu");
+  EXPECT_FALSE(ParseDeviceBudgets("0,1", "0=70GiB", "").ok());   // no budget for GPU 1
+  EXPECT_FALSE(ParseDeviceBudgets("", "0=70XB", "").ok());
+  EXPECT_FALSE(ParseDeviceBudgets("0", "0=70GiB,2=8GiB", "").ok());
+}
+
+}  // namespace
+}  // namespace pinmoe
