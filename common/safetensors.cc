@@ -276,6 +276,19 @@ absl::Status Checkpoint::ReadF32Into(std::string_view name, std::span<const int6
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::span<const uint8_t>> Checkpoint::RawBytes(std::string_view name) {
+  std::string file_name;
+  ASSIGN_OR_RETURN(SafetensorsFile * file, FileFor(name, &file_name));
+  const TensorInfo* info = file->Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(StrCat(file->path(), ": tensor '", name,
+                                      "' is listed in the index but not in this shard"));
+  }
+  std::span<const uint8_t> bytes = file->Bytes(*info);
+  bytes_read_ += bytes.size();
+  return bytes;
+}
+
 absl::StatusOr<std::vector<float>> Checkpoint::ReadF32(std::string_view name,
                                                        std::span<const int64_t> expected_shape) {
   uint64_t n = 1;

@@ -93,6 +93,8 @@ class Checkpoint {
                                              std::span<const int64_t> expected_shape);
   absl::Status ReadF32Into(std::string_view name, std::span<const int64_t> expected_shape,
                            float* dst);
+  // A tensor's bytes as stored (valid while this object lives); counted in bytes_read().
+  absl::StatusOr<std::span<const uint8_t>> RawBytes(std::string_view name);
   // Bytes of tensor data read so far through this object (what a worker touched).
   uint64_t bytes_read() const { return bytes_read_; }
   const std::string& dir() const { return dir_; }

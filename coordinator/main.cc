@@ -25,6 +25,7 @@ ABSL_FLAG(std::string, top_k, "", "Sample from the k most likely tokens (0: all)
 ABSL_FLAG(std::string, top_p, "", "Nucleus sampling mass (1: off)");
 ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
 ABSL_FLAG(int, workers, 1, "Expert worker processes (0: experts in the coordinator)");
+ABSL_FLAG(std::string, worker_device, "cpu", "Where workers keep their experts: cpu or cuda:N");
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of streaming text");
 ABSL_FLAG(int, top_logprobs, 0, "With --json: the K most likely tokens at each generated position");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence tokens");
@@ -73,6 +74,8 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
   --top-p P             sample from the smallest set of tokens whose probability reaches P
   --seed S              seed for sampling (default 0)
   --workers N           expert worker processes (default 1); 0 keeps experts in this process
+  --worker-device D     where the workers keep their experts: cpu (default) or cuda:N; with cuda:N the
+                        activations reach them through CUDA IPC (the dense part still runs on the CPU)
   --json                print one JSON object: prompt_token_ids, token_ids, text, finish_reason,
                         timing (prefill and decode tokens/s); with --chat also rendered_prompt and
                         reasoning (the thinking, apart from the answer in text)
@@ -214,6 +217,7 @@ int main(int argc, char** argv) {
                                 ? pinmoe::JoinPath(pinmoe::ExecutableDir(), "pinmoe-worker")
                                 : absl::GetFlag(FLAGS_worker_binary);
   o.session.extra_worker_args = absl::GetFlag(FLAGS_worker_arg);
+  o.session.worker_device = absl::GetFlag(FLAGS_worker_device);
   o.session.context = absl::GetFlag(FLAGS_context);
   o.session.step_timeout_ms = absl::GetFlag(FLAGS_step_timeout_ms);
   o.prompt = absl::GetFlag(FLAGS_prompt);

@@ -52,9 +52,11 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
     po.extra_worker_args = options.extra_worker_args;
     po.step_timeout_ms = options.step_timeout_ms;
     po.register_timeout_ms = options.register_timeout_ms;
+    po.worker_device = options.worker_device;
     if (log != nullptr) {
-      *log << absl::StrFormat("pinmoe: placement plan, %d worker(s), %d MoE layers x %d experts\n",
-                              options.workers, s->config_.num_layers, s->config_.num_experts)
+      *log << absl::StrFormat("pinmoe: placement plan, %d worker(s) on %s, %d layers x %d experts\n",
+                              options.workers, options.worker_device, s->config_.num_layers,
+                              s->config_.num_experts)
            << FormatPlacement(s->config_, MakePlacement(s->config_, options.workers));
     }
     ASSIGN_OR_RETURN(s->pool_, WorkerPool::Start(s->config_, po));

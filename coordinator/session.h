@@ -25,6 +25,7 @@ struct SessionOptions {
   int context = 0;  // 0: the model's max_position_embeddings
   int step_timeout_ms = 60000;
   int register_timeout_ms = 10000;
+  std::string worker_device = "cpu";  // or "cuda:N": every worker keeps its experts on that GPU
 };
 
 class Session {

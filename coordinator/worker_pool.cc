@@ -16,7 +16,13 @@
 
 #include "common/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/numbers.h"
 #include "common/status.h"
+#if PINMOE_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "worker/gpu/cuda_check.h"
+#endif
 
 extern char** environ;
 
@@ -79,7 +85,20 @@ absl::Status WorkerPool::Launch() {
   routing_offset_ = AlignUp(t * h * sizeof(float), 4096);
   output_offset_ = AlignUp(routing_offset_ + t * k * sizeof(int32_t), 4096);
   const uint64_t total = output_offset_ + t * k * h * sizeof(float);
-  ASSIGN_OR_RETURN(buffer_, SharedMemory::Create("pinmoe-moe", total));
+  if (options_.worker_device == "cpu") {
+    ASSIGN_OR_RETURN(buffer_, SharedMemory::Create("pinmoe-moe", total));
+  } else {
+    int gpu = -1;
+    if (options_.worker_device.rfind("cuda:", 0) != 0 || !absl::SimpleAtoi(options_.worker_device.substr(5), &gpu) ||
+        gpu < 0) {
+      return absl::InvalidArgumentError(StrCat("worker device '", options_.worker_device, "' is not cpu or cuda:N"));
+    }
+#if PINMOE_WITH_CUDA
+    ASSIGN_OR_RETURN(device_buffer_, DeviceBuffer::Create(gpu, total));
+#else
+    return absl::UnimplementedError(StrCat("--worker-device ", options_.worker_device, ": this build has no CUDA"));
+#endif
+  }
 
   workers_.resize(options_.num_workers);
   for (int i = 0; i < options_.num_workers; ++i) {
@@ -112,8 +131,17 @@ absl::Status WorkerPool::Launch() {
     }
     proto::SharedBuffer* b = a->add_buffers();
     b->set_id(0);
-    b->set_shm_name(buffer_->name());
-    b->set_size_bytes(buffer_->size());
+    if (buffer_ != nullptr) {
+      b->set_shm_name(buffer_->name());
+      b->set_size_bytes(buffer_->size());
+    }
+#if PINMOE_WITH_CUDA
+    if (device_buffer_ != nullptr) {
+      b->set_cuda_ipc_handle(device_buffer_->ipc_handle());
+      b->set_cuda_device(device_buffer_->device());
+      b->set_size_bytes(device_buffer_->size());
+    }
+#endif
     return router_->Send(w.identity, assign);
   };
   auto all = [&](bool Worker::*flag) {
@@ -130,7 +158,7 @@ absl::Status WorkerPool::Spawn(Worker& w) {
   std::vector<std::string> args = {options_.worker_binary,
                                    StrCat("--connect=ipc://", runtime_dir_, "/control"),
                                    StrCat("--worker_id=", w.index),
-                                   StrCat("--parent_pid=", ::getpid())};
+                                   StrCat("--parent_pid=", ::getpid()), StrCat("--device=", options_.worker_device)};
   args.insert(args.end(), options_.extra_worker_args.begin(), options_.extra_worker_args.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -214,11 +242,10 @@ absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, cons
                                 float* out) {
   if (broken_) return first_error_;
   const uint64_t h = config_.hidden_size, k = config_.top_k;
-  uint8_t* base = buffer_->data();
   for (uint32_t t0 = 0; t0 < tokens; t0 += options_.max_tokens_per_step) {
     const uint32_t n = std::min(tokens - t0, options_.max_tokens_per_step);
-    std::memcpy(base + input_offset_, x + static_cast<uint64_t>(t0) * h, n * h * sizeof(float));
-    std::memcpy(base + routing_offset_, routing + static_cast<uint64_t>(t0) * k, n * k * sizeof(int32_t));
+    RETURN_IF_ERROR(CopyIn(input_offset_, x + static_cast<uint64_t>(t0) * h, n * h * sizeof(float)));
+    RETURN_IF_ERROR(CopyIn(routing_offset_, routing + static_cast<uint64_t>(t0) * k, n * k * sizeof(int32_t)));
     // Only workers owning an expert that some token was routed to get a message.
     std::vector<bool> needed(workers_.size(), false);
     for (uint64_t p = 0; p < n * k; ++p) {
@@ -279,9 +306,39 @@ absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, cons
       return absl::InternalError(StrCat("workers computed ", pairs, " of ", n * k,
                                               " (token, expert) pairs in layer ", layer));
     }
-    std::memcpy(out + static_cast<uint64_t>(t0) * k * h, base + output_offset_, n * k * h * sizeof(float));
+    RETURN_IF_ERROR(CopyOut(out + static_cast<uint64_t>(t0) * k * h, output_offset_, n * k * h * sizeof(float)));
   }
   return absl::OkStatus();
+}
+
+// The coordinator's dense part still runs on the CPU: activations enter and leave the device buffer with
+// plain copies. (When the dense part moves to the GPU they stay there.)
+absl::Status WorkerPool::CopyIn(uint64_t offset, const void* src, uint64_t bytes) {
+  if (buffer_ != nullptr) {
+    std::memcpy(buffer_->data() + offset, src, bytes);
+    return absl::OkStatus();
+  }
+#if PINMOE_WITH_CUDA
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(device_buffer_->data() + offset, src, bytes, cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+#else
+  PINMOE_CHECK(false);
+#endif
+}
+
+absl::Status WorkerPool::CopyOut(void* dst, uint64_t offset, uint64_t bytes) {
+  if (buffer_ != nullptr) {
+    std::memcpy(dst, buffer_->data() + offset, bytes);
+    return absl::OkStatus();
+  }
+#if PINMOE_WITH_CUDA
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(dst, device_buffer_->data() + offset, bytes, cudaMemcpyDeviceToHost));
+  return absl::OkStatus();
+#else
+  PINMOE_CHECK(false);
+#endif
 }
 
 std::vector<pid_t> WorkerPool::worker_pids() const {
@@ -323,6 +380,7 @@ void WorkerPool::Stop() {
   }
   router_.reset();
   buffer_.reset();
+  device_buffer_.reset();
   if (!runtime_dir_.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(runtime_dir_, ec);

@@ -21,6 +21,7 @@
 #include "common/transport.h"
 #include "coordinator/expert_backend.h"
 #include "coordinator/placement.h"
+#include "worker/gpu/device_buffer.h"
 
 namespace pinmoe {
 
@@ -33,6 +34,9 @@ struct WorkerPoolOptions {
   int load_timeout_ms = 600000;  // loading weights from disk can be slow
   int step_timeout_ms = 60000;
   uint32_t max_tokens_per_step = 512;  // larger batches are split into several Work rounds
+  // Where every worker keeps its experts: "cpu", or "cuda:N" (the activation buffer then lives on GPU N
+  // and travels to the workers as a CUDA IPC handle).
+  std::string worker_device = "cpu";
 };
 
 class WorkerPool : public ExpertBackend {
@@ -82,6 +86,9 @@ class WorkerPool : public ExpertBackend {
   std::string runtime_dir_;
   std::unique_ptr<RouterSocket> router_;
   std::unique_ptr<SharedMemory> buffer_;
+  std::unique_ptr<DeviceBuffer> device_buffer_;  // instead of buffer_ for GPU workers
+  absl::Status CopyIn(uint64_t offset, const void* src, uint64_t bytes);
+  absl::Status CopyOut(void* dst, uint64_t offset, uint64_t bytes);
   uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
   std::vector<Worker> workers_;
   uint64_t sequence_ = 0;

@@ -11,8 +11,13 @@
 
 namespace pinmoe::testing {
 
-std::string TestData(const std::string& relative) { return std::string(PINMOE_TEST_DATA) + "/" + relative; }
-std::string BinDir() { return PINMOE_BIN_DIR; }
+// Compiled-in paths, overridable for a tree that moved (the GPU machine gets a copy of it).
+std::string EnvOr(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+std::string TestData(const std::string& relative) { return EnvOr("PINMOE_TEST_DATA", PINMOE_TEST_DATA) + "/" + relative; }
+std::string BinDir() { return EnvOr("PINMOE_BIN_DIR", PINMOE_BIN_DIR); }
 std::string WorkerBinary() { return BinDir() + "/pinmoe-worker"; }
 
 std::string Qwen3TokenizerPath() {

@@ -12,7 +12,7 @@ ABSL_FLAG(std::string, connect, "", "Coordinator control endpoint (ipc://...)");
 ABSL_FLAG(uint32_t, worker_id, 0, "This worker's index in the coordinator's placement plan");
 ABSL_FLAG(int64_t, parent_pid, 0, "Exit when this process stops being our parent (0: never)");
 ABSL_FLAG(int, assign_timeout_ms, 60000, "How long to wait for the coordinator's assignment");
-ABSL_FLAG(std::string, device, "cpu", "Where experts live: cpu");
+ABSL_FLAG(std::string, device, "cpu", "Where experts live: cpu or cuda:N");
 ABSL_FLAG(std::string, fault, "", "Testing only: crash-on-work, hang-on-work or exit-before-register");
 ABSL_FLAG(uint32_t, fault_after, 0, "Testing only: Work messages served before the fault fires");
 
@@ -43,11 +43,6 @@ int main(int argc, char** argv) {
   }
   if (options.endpoint.empty()) {
     std::fprintf(stderr, "pinmoe-worker: error: --connect is required\n");
-    return 2;
-  }
-  if (options.device != "cpu") {
-    std::fprintf(stderr, "pinmoe-worker: error: --device %s: this build has CPU experts only\n",
-                 options.device.c_str());
     return 2;
   }
   absl::Status status = pinmoe::RunWorker(options);

@@ -16,6 +16,10 @@
 #include "common/status.h"
 #include "common/transport.h"
 #include "worker/expert_store.h"
+#if PINMOE_WITH_CUDA
+#include "worker/gpu/device_buffer.h"
+#include "worker/gpu/gpu_expert_store.h"
+#endif
 
 namespace pinmoe {
 namespace {
@@ -45,7 +49,7 @@ class Worker {
     RETURN_IF_ERROR(socket_->Send(reg));
 
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.assign_timeout_ms);
-    while (store_ == nullptr) {
+    while (!loaded_) {
       if (std::chrono::steady_clock::now() > deadline) {
         return absl::DeadlineExceededError(StrCat("no Assign from the coordinator at ",
                                                         options_.endpoint, " within ",
@@ -107,9 +111,34 @@ class Worker {
     socket_->Send(err).IgnoreError();  // best effort: the coordinator also sees us exit
   }
 
+  // "cpu" -> -1, "cuda:N" -> N.
+  absl::StatusOr<int> DeviceIndex() const {
+    if (options_.device == "cpu") return -1;
+    int n;
+    if (options_.device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(options_.device.substr(5), &n) && n >= 0) {
+#if PINMOE_WITH_CUDA
+      return n;
+#else
+      return absl::UnimplementedError(StrCat("--device ", options_.device, ": this build has no CUDA"));
+#endif
+    }
+    return absl::InvalidArgumentError(StrCat("--device '", options_.device, "' is not cpu or cuda:N"));
+  }
+
   absl::Status HandleAssign(const proto::Assign& assign) {
     auto start = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(device_, DeviceIndex());
     for (const auto& b : assign.buffers()) {
+      if (!b.cuda_ipc_handle().empty()) {
+#if PINMOE_WITH_CUDA
+        if (device_ < 0) return absl::InvalidArgumentError("a CPU worker was given a CUDA buffer");
+        ASSIGN_OR_RETURN(auto dev, DeviceBuffer::Open(device_, b.cuda_ipc_handle(), b.size_bytes()));
+        device_buffers_[b.id()] = std::move(dev);
+        continue;
+#else
+        return absl::UnimplementedError("a CUDA buffer was assigned to a worker built without CUDA");
+#endif
+      }
       ASSIGN_OR_RETURN(auto shm, SharedMemory::Open(b.shm_name(), b.size_bytes()));
       buffers_[b.id()] = std::move(shm);
     }
@@ -122,28 +151,50 @@ class Worker {
       s.experts.assign(le.experts().begin(), le.experts().end());
       sets.push_back(std::move(s));
     }
-    ASSIGN_OR_RETURN(store_, CpuExpertStore::Load(config_, *checkpoint, sets));
+    uint64_t weight_bytes = 0;
+    size_t experts = 0;
+    if (device_ >= 0) {
+#if PINMOE_WITH_CUDA
+      ASSIGN_OR_RETURN(gpu_store_, GpuExpertStore::Load(config_, *checkpoint, sets, device_));
+      weight_bytes = gpu_store_->checkpoint_bytes();
+      experts = gpu_store_->num_experts();
+#endif
+    } else {
+      ASSIGN_OR_RETURN(store_, CpuExpertStore::Load(config_, *checkpoint, sets));
+      weight_bytes = store_->checkpoint_bytes();
+      experts = store_->num_experts();
+    }
+    loaded_ = true;
     proto::Envelope ready = MakeEnvelope();
-    ready.mutable_ready()->set_weight_bytes(store_->checkpoint_bytes());
-    ready.mutable_ready()->set_experts_loaded(static_cast<uint32_t>(store_->num_experts()));
+    ready.mutable_ready()->set_weight_bytes(weight_bytes);
+    ready.mutable_ready()->set_experts_loaded(static_cast<uint32_t>(experts));
     ready.mutable_ready()->set_load_seconds(Seconds(start));
     return socket_->Send(ready);
   }
 
-  absl::StatusOr<std::span<uint8_t>> Resolve(const proto::Slice& slice, uint64_t expected_bytes,
-                                             std::string_view what) {
-    auto it = buffers_.find(slice.buffer_id());
-    if (it == buffers_.end()) {
-      return absl::InvalidArgumentError(StrCat(what, " names unknown buffer ", slice.buffer_id()));
-    }
+  // A bounds-checked slice of an imported buffer (host or device memory).
+  absl::StatusOr<uint8_t*> Resolve(const proto::Slice& slice, uint64_t expected_bytes, std::string_view what) {
     if (slice.length() != expected_bytes) {
-      return absl::InvalidArgumentError(StrCat(what, " is ", slice.length(), " bytes, expected ",
-                                                     expected_bytes));
+      return absl::InvalidArgumentError(StrCat(what, " is ", slice.length(), " bytes, expected ", expected_bytes));
     }
-    if (slice.offset() % alignof(float) != 0) {
-      return absl::InvalidArgumentError(StrCat(what, " is misaligned"));
+    if (slice.offset() % alignof(float) != 0) return absl::InvalidArgumentError(StrCat(what, " is misaligned"));
+    auto it = buffers_.find(slice.buffer_id());
+    if (it != buffers_.end()) {
+      ASSIGN_OR_RETURN(std::span<uint8_t> span, it->second->Slice(slice.offset(), slice.length()));
+      return span.data();
     }
-    return it->second->Slice(slice.offset(), slice.length());
+#if PINMOE_WITH_CUDA
+    auto dev = device_buffers_.find(slice.buffer_id());
+    if (dev != device_buffers_.end()) {
+      const uint64_t size = dev->second->size();
+      if (slice.offset() > size || slice.length() > size - slice.offset()) {
+        return absl::OutOfRangeError(StrCat(what, " [", slice.offset(), ", +", slice.length(),
+                                            ") is outside device buffer ", slice.buffer_id(), " of ", size, " bytes"));
+      }
+      return dev->second->data() + slice.offset();
+    }
+#endif
+    return absl::InvalidArgumentError(StrCat(what, " names unknown buffer ", slice.buffer_id()));
   }
 
   absl::StatusOr<uint32_t> HandleWork(const proto::Work& work) {
@@ -153,13 +204,19 @@ class Worker {
       return absl::InvalidArgumentError(StrCat("Work ", work.sequence(), " has tokens=", t,
                                                      " top_k=", k));
     }
-    ASSIGN_OR_RETURN(auto in, Resolve(work.input(), t * h * sizeof(float), "input slice"));
-    ASSIGN_OR_RETURN(auto routing, Resolve(work.routing(), t * k * sizeof(int32_t), "routing slice"));
-    ASSIGN_OR_RETURN(auto out, Resolve(work.output(), t * k * h * sizeof(float), "output slice"));
-    return store_->Compute(static_cast<int>(work.layer()), reinterpret_cast<const float*>(in.data()),
+    ASSIGN_OR_RETURN(uint8_t* in, Resolve(work.input(), t * h * sizeof(float), "input slice"));
+    ASSIGN_OR_RETURN(uint8_t* routing, Resolve(work.routing(), t * k * sizeof(int32_t), "routing slice"));
+    ASSIGN_OR_RETURN(uint8_t* out, Resolve(work.output(), t * k * h * sizeof(float), "output slice"));
+#if PINMOE_WITH_CUDA
+    if (gpu_store_ != nullptr) {
+      return gpu_store_->Compute(static_cast<int>(work.layer()), reinterpret_cast<const float*>(in),
+                                 static_cast<uint32_t>(t), static_cast<uint32_t>(k),
+                                 reinterpret_cast<const int32_t*>(routing), reinterpret_cast<float*>(out));
+    }
+#endif
+    return store_->Compute(static_cast<int>(work.layer()), reinterpret_cast<const float*>(in),
                            static_cast<uint32_t>(t), static_cast<uint32_t>(k),
-                           reinterpret_cast<const int32_t*>(routing.data()),
-                           reinterpret_cast<float*>(out.data()));
+                           reinterpret_cast<const int32_t*>(routing), reinterpret_cast<float*>(out));
   }
 
   WorkerOptions options_;
@@ -167,6 +224,12 @@ class Worker {
   std::map<uint32_t, std::unique_ptr<SharedMemory>> buffers_;
   ModelConfig config_;
   std::unique_ptr<CpuExpertStore> store_;
+  bool loaded_ = false;
+  int device_ = -1;  // -1: CPU
+#if PINMOE_WITH_CUDA
+  std::map<uint32_t, std::unique_ptr<DeviceBuffer>> device_buffers_;
+  std::unique_ptr<GpuExpertStore> gpu_store_;  // declared after the buffers: freed first
+#endif
 };
 
 }  // namespace

@@ -18,6 +18,7 @@ namespace {
 
 struct Shape {
   int hidden, inter, experts, tokens, top_k;
+  bool fp32 = false;  // fp32 weights instead of bf16
 };
 
 class ExpertFfnGpuTest : public ::testing::TestWithParam<Shape> {};
@@ -29,10 +30,12 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
   const size_t in_elems = static_cast<size_t>(s.inter) * s.hidden;
   // Host weights (bf16 bits) and their fp32 values.
   std::vector<std::vector<uint16_t>> w(s.experts * 3);
+  // Weight values are bf16-representable in both modes, so one reference serves both.
   for (auto& m : w) {
     m.resize(in_elems);
     for (auto& v : m) v = F32ToBf16(normal(rng) / std::sqrt(static_cast<float>(s.hidden)));
   }
+  const size_t wbytes = s.fp32 ? 4 : 2;
   std::vector<float> x(static_cast<size_t>(s.tokens) * s.hidden);
   for (float& v : x) v = normal(rng);
   std::vector<int32_t> routing(static_cast<size_t>(s.tokens) * s.top_k);
@@ -45,13 +48,19 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
   // This "worker" owns the even experts.
   auto owned = [](int e) { return e % 2 == 0; };
 
-  std::vector<__nv_bfloat16*> dev(w.size(), nullptr);
+  std::vector<void*> dev(w.size(), nullptr);
   std::vector<GpuExpert> table(s.experts);
   for (int e = 0; e < s.experts; ++e) {
     if (!owned(e)) continue;
     for (int p = 0; p < 3; ++p) {
-      ASSERT_CUDA(cudaMalloc(&dev[e * 3 + p], in_elems * 2));
-      ASSERT_CUDA(cudaMemcpy(dev[e * 3 + p], w[e * 3 + p].data(), in_elems * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMalloc(&dev[e * 3 + p], in_elems * wbytes));
+      if (s.fp32) {
+        std::vector<float> wide(in_elems);
+        for (size_t i = 0; i < in_elems; ++i) wide[i] = Bf16ToF32(w[e * 3 + p][i]);
+        ASSERT_CUDA(cudaMemcpy(dev[e * 3 + p], wide.data(), in_elems * 4, cudaMemcpyHostToDevice));
+      } else {
+        ASSERT_CUDA(cudaMemcpy(dev[e * 3 + p], w[e * 3 + p].data(), in_elems * 2, cudaMemcpyHostToDevice));
+      }
     }
     table[e] = {dev[e * 3], dev[e * 3 + 1], dev[e * 3 + 2]};
   }
@@ -82,6 +91,7 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
   a.inter = s.inter;
   a.act = d_act;
   a.out = d_out;
+  a.fp32_weights = s.fp32;
   ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<float> out(pairs * s.hidden);
@@ -127,7 +137,8 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, ExpertFfnGpuTest,
                          ::testing::Values(Shape{64, 32, 4, 1, 2}, Shape{64, 48, 8, 5, 3},
                                            Shape{256, 512, 16, 3, 8}, Shape{2048, 768, 16, 1, 8},
-                                           Shape{2048, 512, 12, 7, 10}, Shape{1032, 136, 6, 17, 2}));
+                                           Shape{2048, 512, 12, 7, 10}, Shape{1032, 136, 6, 17, 2},
+                                           Shape{64, 48, 8, 5, 3, true}, Shape{2048, 768, 16, 2, 8, true}));
 
 TEST(ExpertFfnGpu, RejectsUnalignedShapes) {
   ExpertFfnArgs a;

@@ -35,9 +35,28 @@ __device__ __forceinline__ float RowDot(const __nv_bfloat16* __restrict__ row, c
   return WarpSum(acc);
 }
 
+// The fp32-weight variant: 4 elements (16 bytes) per lane per step.
+__device__ __forceinline__ float RowDot(const float* __restrict__ row, const float* __restrict__ v, int n,
+                                        int lane) {
+  float acc = 0.f;
+  const float4* r = reinterpret_cast<const float4*>(row);
+  const int steps = n / 4;
+#pragma unroll 4
+  for (int s = lane; s < steps; s += 32) {
+    const float4 w = __ldg(r + s);
+    const float* vv = v + s * 4;
+    acc = fmaf(w.x, vv[0], acc);
+    acc = fmaf(w.y, vv[1], acc);
+    acc = fmaf(w.z, vv[2], acc);
+    acc = fmaf(w.w, vv[3], acc);
+  }
+  return WarpSum(acc);
+}
+
 __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); }
 
 // grid: (ceil(inter / kRowsPerBlock), tokens * top_k)
+template <typename W>
 __global__ void __launch_bounds__(kThreads) GateUpKernel(ExpertFfnArgs a) {
   const int pair = blockIdx.y;
   const int e = a.routing[pair];
@@ -53,13 +72,14 @@ __global__ void __launch_bounds__(kThreads) GateUpKernel(ExpertFfnArgs a) {
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int row = blockIdx.x * kRowsPerBlock + warp * kRowsPerWarp + r;
     if (row >= a.inter) break;
-    const float g = RowDot(ex.gate + static_cast<size_t>(row) * a.hidden, xs, a.hidden, lane);
-    const float u = RowDot(ex.up + static_cast<size_t>(row) * a.hidden, xs, a.hidden, lane);
+    const float g = RowDot(static_cast<const W*>(ex.gate) + static_cast<size_t>(row) * a.hidden, xs, a.hidden, lane);
+    const float u = RowDot(static_cast<const W*>(ex.up) + static_cast<size_t>(row) * a.hidden, xs, a.hidden, lane);
     if (lane == 0) a.act[static_cast<size_t>(pair) * a.inter + row] = Silu(g) * u;
   }
 }
 
 // grid: (ceil(hidden / kRowsPerBlock), tokens * top_k)
+template <typename W>
 __global__ void __launch_bounds__(kThreads) DownKernel(ExpertFfnArgs a) {
   const int pair = blockIdx.y;
   const int e = a.routing[pair];
@@ -75,36 +95,42 @@ __global__ void __launch_bounds__(kThreads) DownKernel(ExpertFfnArgs a) {
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int row = blockIdx.x * kRowsPerBlock + warp * kRowsPerWarp + r;
     if (row >= a.hidden) break;
-    const float y = RowDot(ex.down + static_cast<size_t>(row) * a.inter, acts, a.inter, lane);
+    const float y = RowDot(static_cast<const W*>(ex.down) + static_cast<size_t>(row) * a.inter, acts, a.inter, lane);
     if (lane == 0) a.out[static_cast<size_t>(pair) * a.hidden + row] = y;
   }
+}
+
+
+template <typename W>
+cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
+  const int pairs = a.tokens * a.top_k;
+  const size_t smem_x = static_cast<size_t>(a.hidden) * sizeof(float);
+  const size_t smem_act = static_cast<size_t>(a.inter) * sizeof(float);
+  if (smem_x > 48 * 1024) {
+    cudaError_t err = cudaFuncSetAttribute(GateUpKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem_x));
+    if (err != cudaSuccess) return err;
+  }
+  if (smem_act > 48 * 1024) {
+    cudaError_t err = cudaFuncSetAttribute(DownKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem_act));
+    if (err != cudaSuccess) return err;
+  }
+  dim3 g1((a.inter + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
+  GateUpKernel<W><<<g1, kThreads, smem_x, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  dim3 g2((a.hidden + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
+  DownKernel<W><<<g2, kThreads, smem_act, stream>>>(a);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
-  const int pairs = a.tokens * a.top_k;
-  if (pairs > 65535) return cudaErrorInvalidValue;  // grid.y limit; callers split larger batches
-  const size_t smem_x = static_cast<size_t>(a.hidden) * sizeof(float);
-  const size_t smem_act = static_cast<size_t>(a.inter) * sizeof(float);
-  if (smem_x > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(GateUpKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem_x));
-    if (err != cudaSuccess) return err;
-  }
-  if (smem_act > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(DownKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem_act));
-    if (err != cudaSuccess) return err;
-  }
-  dim3 g1((a.inter + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
-  GateUpKernel<<<g1, kThreads, smem_x, stream>>>(a);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  dim3 g2((a.hidden + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
-  DownKernel<<<g2, kThreads, smem_act, stream>>>(a);
-  return cudaGetLastError();
+  if (a.tokens * a.top_k > 65535) return cudaErrorInvalidValue;  // grid.y limit; callers split larger batches
+  return a.fp32_weights ? Launch<float>(a, stream) : Launch<__nv_bfloat16>(a, stream);
 }
 
 }  // namespace pinmoe

@@ -1,4 +1,4 @@
-// GPU expert FFN for decode: bf16 weights, fp32 activations and accumulation. Reads only the weights of
+// GPU expert FFN for decode: bf16 (or fp32) weights, fp32 activations and accumulation. Reads only the weights of
 // experts that some token was routed to, each row once per (token, slot), with 16-byte loads.
 //
 // Two kernels per MoE layer: gate/up (+ SiLU(gate) * up, into an fp32 scratch) and down. A pair whose
@@ -14,11 +14,12 @@
 namespace pinmoe {
 
 // One routed expert's weights in device memory: gate, up [inter, hidden], down [hidden, inter],
-// row-major bf16 as the checkpoint stores them. All null when another worker owns the expert.
+// row-major as the checkpoint stores them, bf16 or fp32 (ExpertFfnArgs::fp32_weights). All null when
+// another worker owns the expert.
 struct GpuExpert {
-  const __nv_bfloat16* gate = nullptr;
-  const __nv_bfloat16* up = nullptr;
-  const __nv_bfloat16* down = nullptr;
+  const void* gate = nullptr;
+  const void* up = nullptr;
+  const void* down = nullptr;
 };
 
 struct ExpertFfnArgs {
@@ -32,6 +33,7 @@ struct ExpertFfnArgs {
   int inter = 0;                      // multiple of 8
   float* act = nullptr;               // scratch [tokens, top_k, inter]
   float* out = nullptr;               // [tokens, top_k, hidden]; pairs not owned are left untouched
+  bool fp32_weights = false;          // weights are fp32 (checked against references) instead of bf16
 };
 
 // Enqueues both kernels on `stream`. Returns the launch error, if any.

@@ -1,0 +1,50 @@
+// The routed experts a GPU worker owns, resident in device memory in the checkpoint's dtype (bf16, or
+// fp32 for the reference checkpoints; f16 is widened to fp32), and the decode FFN over them.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "worker/expert_store.h"
+#include "worker/gpu/expert_ffn.h"
+
+namespace pinmoe {
+
+class GpuExpertStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<GpuExpertStore>> Load(const ModelConfig& config, Checkpoint& checkpoint,
+                                                              const std::vector<LayerExpertSet>& assignment,
+                                                              int device);
+  ~GpuExpertStore();
+
+  // Device pointers: x [tokens, hidden], routing [tokens, top_k], out [tokens, top_k, hidden]. Runs on
+  // the store's stream and waits for it; returns the number of (token, slot) pairs computed.
+  absl::StatusOr<uint32_t> Compute(int layer, const float* x, uint32_t tokens, uint32_t top_k,
+                                   const int32_t* routing, float* out);
+
+  uint64_t checkpoint_bytes() const { return checkpoint_bytes_; }
+  size_t num_experts() const { return num_experts_; }
+
+ private:
+  GpuExpertStore() = default;
+  ModelConfig config_;
+  int device_ = 0;
+  bool fp32_ = false;
+  cudaStream_t stream_ = nullptr;
+  std::vector<void*> allocations_;
+  std::map<int, GpuExpert*> tables_;   // layer -> device array [num_experts]
+  std::map<int, std::vector<bool>> owned_;
+  float* act_ = nullptr;
+  size_t act_capacity_ = 0;
+  uint64_t checkpoint_bytes_ = 0;
+  size_t num_experts_ = 0;
+};
+
+}  // namespace pinmoe
