@@ -321,6 +321,9 @@ absl::Status WorkerPool::CopyIn(uint64_t offset, const void* src, uint64_t bytes
 #if PINMOE_WITH_CUDA
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
   CUDA_RETURN_IF_ERROR(cudaMemcpy(device_buffer_->data() + offset, src, bytes, cudaMemcpyHostToDevice));
+  // From pageable memory cudaMemcpy may return before the DMA lands; the workers (other processes) must
+  // not see the buffer before it has.
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(nullptr));
   return absl::OkStatus();
 #else
   PINMOE_CHECK(false);
