@@ -239,26 +239,26 @@ absl::StatusOr<SafetensorsFile*> Checkpoint::FileFor(std::string_view name,
   return open->second.get();
 }
 
-absl::StatusOr<const TensorInfo*> Checkpoint::Info(std::string_view name) {
+absl::StatusOr<std::pair<SafetensorsFile*, const TensorInfo*>> Checkpoint::Locate(std::string_view name) {
   std::string file_name;
   ASSIGN_OR_RETURN(SafetensorsFile * file, FileFor(name, &file_name));
   const TensorInfo* info = file->Find(name);
   if (info == nullptr) {
     return absl::NotFoundError(StrCat(file->path(), ": tensor '", name,
-                                            "' is listed in the index but not in this shard"));
+                                      "' is listed in the index but not in this shard"));
   }
-  return info;
+  return std::make_pair(file, info);
+}
+
+absl::StatusOr<const TensorInfo*> Checkpoint::Info(std::string_view name) {
+  ASSIGN_OR_RETURN(auto located, Locate(name));
+  return located.second;
 }
 
 absl::Status Checkpoint::ReadF32Into(std::string_view name, std::span<const int64_t> expected_shape,
                                      float* dst) {
-  std::string file_name;
-  ASSIGN_OR_RETURN(SafetensorsFile * file, FileFor(name, &file_name));
-  const TensorInfo* info = file->Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(StrCat(file->path(), ": tensor '", name,
-                                            "' is listed in the index but not in this shard"));
-  }
+  ASSIGN_OR_RETURN(auto located, Locate(name));
+  auto [file, info] = located;
   if (!std::equal(info->shape.begin(), info->shape.end(), expected_shape.begin(),
                   expected_shape.end())) {
     return absl::InvalidArgumentError(StrCat(
@@ -277,14 +277,8 @@ absl::Status Checkpoint::ReadF32Into(std::string_view name, std::span<const int6
 }
 
 absl::StatusOr<std::span<const uint8_t>> Checkpoint::RawBytes(std::string_view name) {
-  std::string file_name;
-  ASSIGN_OR_RETURN(SafetensorsFile * file, FileFor(name, &file_name));
-  const TensorInfo* info = file->Find(name);
-  if (info == nullptr) {
-    return absl::NotFoundError(StrCat(file->path(), ": tensor '", name,
-                                      "' is listed in the index but not in this shard"));
-  }
-  std::span<const uint8_t> bytes = file->Bytes(*info);
+  ASSIGN_OR_RETURN(auto located, Locate(name));
+  std::span<const uint8_t> bytes = located.first->Bytes(*located.second);
   bytes_read_ += bytes.size();
   return bytes;
 }

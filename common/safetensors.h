@@ -101,6 +101,8 @@ class Checkpoint {
 
  private:
   absl::StatusOr<SafetensorsFile*> FileFor(std::string_view name, std::string* file_name);
+  // The open shard holding `name` and the tensor's header entry.
+  absl::StatusOr<std::pair<SafetensorsFile*, const TensorInfo*>> Locate(std::string_view name);
 
   std::string dir_;
   std::map<std::string, std::string, std::less<>> weight_map_;  // tensor -> shard file name

@@ -5,6 +5,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <limits>
 
@@ -52,6 +53,17 @@ void ByteLevelTable(uint32_t table[256]) {
 }
 
 }  // namespace
+
+std::string ByteLevelSymbol(uint8_t byte) {
+  static const auto* table = [] {
+    uint32_t cps[256];
+    ByteLevelTable(cps);
+    auto* t = new std::array<std::string, 256>();
+    for (int b = 0; b < 256; ++b) AppendUtf8(cps[b], &(*t)[b]);
+    return t;
+  }();
+  return (*table)[byte];
+}
 
 struct Tokenizer::Regex {
   pcre2_code* code = nullptr;

@@ -20,6 +20,9 @@
 
 namespace pinmoe {
 
+// GPT-2's reversible byte -> printable character map, as UTF-8 (the symbols of a byte-level vocabulary).
+std::string ByteLevelSymbol(uint8_t byte);
+
 class Tokenizer {
  public:
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(std::string_view json,

@@ -30,22 +30,7 @@ constexpr const char* kQwenPattern =
 
 Json ByteLevelTokenizer() {
   Json vocab = Json::object();
-  bool direct[256] = {};
-  for (int b = '!'; b <= '~'; ++b) direct[b] = true;
-  for (int b = 0xa1; b <= 0xac; ++b) direct[b] = true;
-  for (int b = 0xae; b <= 0xff; ++b) direct[b] = true;
-  uint32_t next = 256;
-  for (int b = 0; b < 256; ++b) {
-    uint32_t cp = direct[b] ? static_cast<uint32_t>(b) : next++;
-    std::string s;
-    if (cp < 0x80) {
-      s.push_back(static_cast<char>(cp));
-    } else {
-      s.push_back(static_cast<char>(0xc0 | (cp >> 6)));
-      s.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-    }
-    vocab[s] = b;
-  }
+  for (int b = 0; b < 256; ++b) vocab[ByteLevelSymbol(static_cast<uint8_t>(b))] = b;
   Json added = Json::array();
   int id = 256;
   for (const char* t : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/cpu_kernels.h"
+#include "common/str_cat.h"
 
 namespace pinmoe {
 
@@ -91,6 +92,35 @@ void RouteTopK(const float* logits, int num_experts, int top_k, bool norm_topk_p
   if (norm_topk_prob) {
     for (int i = 0; i < top_k; ++i) weights[i] /= picked;
   }
+}
+
+absl::Status EmbedTokens(const ModelConfig& config, const std::vector<float>& embed,
+                         std::span<const int32_t> ids, int position, int max_context, std::vector<float>* x) {
+  const int tokens = static_cast<int>(ids.size());
+  if (tokens == 0) return absl::InvalidArgumentError("no tokens to run");
+  if (position + tokens > max_context) {
+    return absl::OutOfRangeError(StrCat("sequence of ", position + tokens, " tokens exceeds the context of ",
+                                        max_context));
+  }
+  const size_t hidden = config.hidden_size;
+  x->resize(static_cast<size_t>(tokens) * hidden);
+  for (int t = 0; t < tokens; ++t) {
+    if (ids[t] < 0 || ids[t] >= config.vocab_size) {
+      return absl::InvalidArgumentError(StrCat("token id ", ids[t], " is outside the vocabulary of ",
+                                               config.vocab_size));
+    }
+    std::copy_n(embed.data() + static_cast<size_t>(ids[t]) * hidden, hidden, x->data() + t * hidden);
+  }
+  return absl::OkStatus();
+}
+
+void LastTokenLogits(const ModelConfig& config, const float* x_last, const float* norm, const float* head,
+                     std::vector<float>* logits) {
+  const size_t hidden = config.hidden_size;
+  std::vector<float> normed(hidden);
+  RmsNorm(x_last, norm, normed.data(), 1, hidden, config.rms_norm_eps);
+  logits->resize(config.vocab_size);
+  MatMulTransposed(normed.data(), head, logits->data(), 1, hidden, config.vocab_size);
 }
 
 }  // namespace pinmoe

@@ -4,7 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
+
+#include "absl/status/status.h"
+#include "common/model_config.h"
 
 namespace pinmoe {
 
@@ -37,5 +41,15 @@ void CausalAttention(const float* q, int tokens, int heads, const KvCache& cache
 // index), renormalised when norm_topk_prob. ids/weights: [top_k].
 void RouteTopK(const float* logits, int num_experts, int top_k, bool norm_topk_prob, int32_t* ids,
                float* weights);
+
+// The start of every forward pass: checks that `ids` fit the context after `position` tokens and the
+// vocabulary, then gathers their embedding rows into x [tokens, hidden].
+absl::Status EmbedTokens(const ModelConfig& config, const std::vector<float>& embed,
+                         std::span<const int32_t> ids, int position, int max_context, std::vector<float>* x);
+
+// The end: final RMSNorm of one hidden row (norm holds the effective weights) and the head, logits
+// [vocab].
+void LastTokenLogits(const ModelConfig& config, const float* x_last, const float* norm, const float* head,
+                     std::vector<float>* logits);
 
 }  // namespace pinmoe

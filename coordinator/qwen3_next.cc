@@ -297,20 +297,10 @@ absl::Status Qwen3NextModel::Mlp(int index, Layer& L, const float* h, int tokens
 
 absl::Status Qwen3NextModel::Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) {
   const int tokens = static_cast<int>(ids.size());
-  if (tokens == 0) return absl::InvalidArgumentError("no tokens to run");
-  if (position_ + tokens > max_context_) {
-    return absl::OutOfRangeError(StrCat("sequence of ", position_ + tokens,
-                                        " tokens exceeds the context of ", max_context_));
-  }
+  std::vector<float> x;
+  RETURN_IF_ERROR(EmbedTokens(config_, embed_, ids, position_, max_context_, &x));
   const size_t hidden = config_.hidden_size;
-  std::vector<float> x(static_cast<size_t>(tokens) * hidden), h(x.size()), y(x.size());
-  for (int t = 0; t < tokens; ++t) {
-    if (ids[t] < 0 || ids[t] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(StrCat("token id ", ids[t], " is outside the vocabulary of ",
-                                               config_.vocab_size));
-    }
-    std::copy_n(embed_.data() + static_cast<size_t>(ids[t]) * hidden, hidden, x.data() + t * hidden);
-  }
+  std::vector<float> h(x.size()), y(x.size());
   for (int l = 0; l < config_.num_layers; ++l) {
     Layer& L = layers_[l];
     RmsNorm(x.data(), L.input_norm.data(), h.data(), tokens, hidden, config_.rms_norm_eps);
@@ -325,11 +315,8 @@ absl::Status Qwen3NextModel::Forward(std::span<const int32_t> ids, std::vector<f
     for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
   }
   position_ += tokens;
-  std::vector<float> last(hidden);
-  RmsNorm(x.data() + (tokens - 1) * hidden, norm_.data(), last.data(), 1, hidden, config_.rms_norm_eps);
-  last_logits->resize(config_.vocab_size);
-  const float* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
-  MatMulTransposed(last.data(), head, last_logits->data(), 1, hidden, config_.vocab_size);
+  LastTokenLogits(config_, x.data() + (tokens - 1) * hidden, norm_.data(),
+                  config_.tie_word_embeddings ? embed_.data() : lm_head_.data(), last_logits);
   return absl::OkStatus();
 }
 

@@ -20,26 +20,13 @@ using testing::TestData;
 
 constexpr float kLogitTolerance = 1e-4f;
 
-struct GreedyRun {
-  std::vector<int32_t> ids;
-  std::vector<std::vector<float>> logits;
-};
+using testing::GreedyRun;
 
 GreedyRun Greedy(const std::string& model_dir, int workers, const std::vector<int32_t>& prompt, int new_tokens) {
   SessionOptions so;
   so.model_dir = model_dir;
   so.workers = workers;
-  so.worker_binary = testing::WorkerBinary();
-  auto session = Session::Open(so, nullptr);
-  EXPECT_TRUE(session.ok()) << session.status();
-  if (!session.ok()) return {};
-  GenerateParams p;
-  p.max_new_tokens = new_tokens;
-  p.ignore_eos = true;
-  auto r = Generate((*session)->model(), prompt, p, nullptr, /*keep_logits=*/true);
-  EXPECT_TRUE(r.ok()) << r.status();
-  if (!r.ok()) return {};
-  return {r->token_ids, r->logits};
+  return testing::Greedy(so, prompt, new_tokens);
 }
 
 class ReferenceTest : public ::testing::TestWithParam<std::string> {};

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "coordinator/generate.h"
 #include "gtest/gtest.h"
 
 namespace pinmoe::testing {
@@ -69,6 +70,20 @@ CommandResult RunCommandLine(const std::string& command, int timeout_seconds, co
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+GreedyRun Greedy(SessionOptions options, const std::vector<int32_t>& prompt, int new_tokens) {
+  if (options.worker_binary.empty()) options.worker_binary = WorkerBinary();
+  auto session = Session::Open(options, nullptr);
+  EXPECT_TRUE(session.ok()) << session.status();
+  if (!session.ok()) return {};
+  GenerateParams p;
+  p.max_new_tokens = new_tokens;
+  p.ignore_eos = true;
+  auto r = Generate((*session)->model(), prompt, p, nullptr, /*keep_logits=*/true);
+  EXPECT_TRUE(r.ok()) << r.status();
+  if (!r.ok()) return {};
+  return {r->token_ids, r->logits};
 }
 
 }  // namespace pinmoe::testing

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/session.h"
 #include "nlohmann/json.hpp"
 
 namespace pinmoe::testing {
@@ -27,5 +28,13 @@ struct CommandResult {
 // Runs a shell command line with a time limit (seconds), standard input from `stdin_path`.
 CommandResult RunCommandLine(const std::string& command, int timeout_seconds = 120,
                              const std::string& stdin_path = "/dev/null");
+
+// Greedy generation (ignoring end-of-sequence) with every position's logits; failures are test failures
+// and give an empty result.
+struct GreedyRun {
+  std::vector<int32_t> ids;
+  std::vector<std::vector<float>> logits;
+};
+GreedyRun Greedy(SessionOptions options, const std::vector<int32_t>& prompt, int new_tokens);
 
 }  // namespace pinmoe::testing

@@ -7,29 +7,16 @@
 
 #include "common/tokenizer.h"
 #include "common/utf8.h"
+#include "nlohmann/json.hpp"
 
 namespace {
 
 const pinmoe::Tokenizer& Small() {
   static const pinmoe::Tokenizer* tok = [] {
-    std::string vocab;
-    bool direct[256] = {};
-    for (int b = '!'; b <= '~'; ++b) direct[b] = true;
-    for (int b = 0xa1; b <= 0xac; ++b) direct[b] = true;
-    for (int b = 0xae; b <= 0xff; ++b) direct[b] = true;
-    unsigned next = 256;
-    for (int b = 0; b < 256; ++b) {
-      unsigned cp = direct[b] ? static_cast<unsigned>(b) : next++;
-      std::string s;
-      if (cp < 0x80) {
-        if (cp == '"' || cp == '\\') s = "\\";
-        s.push_back(static_cast<char>(cp));
-      } else {
-        s.push_back(static_cast<char>(0xc0 | (cp >> 6)));
-        s.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-      }
-      vocab += (b ? "," : "") + std::string("\"") + s + "\":" + std::to_string(b);
-    }
+    nlohmann::json v = nlohmann::json::object();
+    for (int b = 0; b < 256; ++b) v[pinmoe::ByteLevelSymbol(static_cast<uint8_t>(b))] = b;
+    std::string vocab = v.dump();
+    vocab = vocab.substr(1, vocab.size() - 2);  // the members, to splice into the model below
     vocab += ",\"ab\":256,\"abab\":257";
     std::string json = R"({"added_tokens":[{"id":258,"content":"<|x|>","special":true}],)"
                        R"("normalizer":{"type":"NFC"},"pre_tokenizer":{"type":"ByteLevel",)"

@@ -13,29 +13,16 @@
 namespace pinmoe {
 namespace {
 
-struct GreedyRun {
-  std::vector<int32_t> ids;
-  std::vector<std::vector<float>> logits;
-};
+using testing::GreedyRun;
 
 GreedyRun Greedy(const std::string& model, const std::string& device, int workers, const std::vector<int32_t>& prompt,
-           int new_tokens) {
+                 int new_tokens) {
   SessionOptions so;
   so.model_dir = model;
   so.workers = workers;
-  so.worker_binary = testing::WorkerBinary();
   so.worker_device = device;
   so.register_timeout_ms = 60000;
-  auto session = Session::Open(so, nullptr);
-  EXPECT_TRUE(session.ok()) << session.status();
-  if (!session.ok()) return {};
-  GenerateParams p;
-  p.max_new_tokens = new_tokens;
-  p.ignore_eos = true;
-  auto r = Generate((*session)->model(), prompt, p, nullptr, /*keep_logits=*/true);
-  EXPECT_TRUE(r.ok()) << r.status();
-  if (!r.ok()) return {};
-  return {r->token_ids, r->logits};
+  return testing::Greedy(so, prompt, new_tokens);
 }
 
 class GpuWorkerTest : public ::testing::TestWithParam<std::string> {};
