@@ -37,9 +37,9 @@ ABSL_FLAG(std::string, chat, "", "Chat message: the prompt is the model's chat t
 ABSL_FLAG(std::string, system, "", "System message for --chat and `pinmoe chat`");
 ABSL_FLAG(bool, think, false, "Ask a thinking model to think (enable_thinking=true)");
 ABSL_FLAG(bool, no_think, false, "Ask a thinking model not to think (enable_thinking=false)");
-ABSL_FLAG(std::string, gpus, "", "plan: GPUs to use, e.g. 0,1");
-ABSL_FLAG(std::string, gpu_mem, "", "plan: memory budget per GPU, e.g. 0=70GiB,1=14GiB");
-ABSL_FLAG(std::string, cpu_mem, "", "plan: system memory for experts that do not fit on the GPUs, e.g. 64GiB");
+ABSL_FLAG(std::string, gpus, "", "GPUs to use, e.g. 0,1 (with --gpu-mem)");
+ABSL_FLAG(std::string, gpu_mem, "", "Memory budget per GPU, e.g. 0=70GiB,1=14GiB");
+ABSL_FLAG(std::string, cpu_mem, "", "System memory for experts that do not fit on the GPUs, e.g. 64GiB");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
 
@@ -75,7 +75,11 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
   --seed S              seed for sampling (default 0)
   --workers N           expert worker processes (default 1); 0 keeps experts in this process
   --worker-device D     where the workers keep their experts: cpu (default) or cuda:N; with cuda:N the
-                        activations reach them through CUDA IPC (the dense part still runs on the CPU)
+                        activations reach them through CUDA IPC (the dense part still runs on the CPU);
+                        a list (cuda:0,cpu) gives each worker its own device
+  --gpus 0,1 --gpu-mem 0=70GiB,1=14GiB [--cpu-mem 64GiB]
+                        one worker per device, experts split by `pinmoe plan` over these budgets
+                        (system memory takes only what the GPUs cannot hold)
   --json                print one JSON object: prompt_token_ids, token_ids, text, finish_reason,
                         timing (prefill and decode tokens/s); with --chat also rendered_prompt and
                         reasoning (the thinking, apart from the answer in text)
@@ -218,6 +222,14 @@ int main(int argc, char** argv) {
                                 : absl::GetFlag(FLAGS_worker_binary);
   o.session.extra_worker_args = absl::GetFlag(FLAGS_worker_arg);
   o.session.worker_device = absl::GetFlag(FLAGS_worker_device);
+  if (!absl::GetFlag(FLAGS_gpu_mem).empty() || !absl::GetFlag(FLAGS_cpu_mem).empty()) {
+    auto devices = pinmoe::ParseDeviceBudgets(absl::GetFlag(FLAGS_gpus), absl::GetFlag(FLAGS_gpu_mem),
+                                              absl::GetFlag(FLAGS_cpu_mem));
+    if (!devices.ok()) return Fail(devices.status());
+    o.session.devices = *devices;
+  } else if (!absl::GetFlag(FLAGS_gpus).empty()) {
+    return UsageError("--gpus needs --gpu-mem with a budget for each GPU (e.g. --gpu-mem 0=70GiB)");
+  }
   o.session.context = absl::GetFlag(FLAGS_context);
   o.session.step_timeout_ms = absl::GetFlag(FLAGS_step_timeout_ms);
   o.prompt = absl::GetFlag(FLAGS_prompt);

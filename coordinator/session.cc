@@ -1,8 +1,10 @@
 #include "coordinator/session.h"
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "common/status.h"
+#include <algorithm>
 #include <functional>
 
 #include "coordinator/qwen3_moe.h"
@@ -40,7 +42,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
       break;
     }
   }
-  if (options.workers == 0) {
+  if (options.workers == 0 && options.devices.empty()) {
     ASSIGN_OR_RETURN(s->in_process_, InProcessExperts::Load(s->config_, *s->checkpoint_));
     set_experts(s->in_process_.get());
     if (log != nullptr) *log << "pinmoe: experts run in the coordinator process (--workers 0)\n";
@@ -53,11 +55,23 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
     po.step_timeout_ms = options.step_timeout_ms;
     po.register_timeout_ms = options.register_timeout_ms;
     po.worker_device = options.worker_device;
-    if (log != nullptr) {
+    if (options.worker_device.find(',') != std::string::npos) {  // one device per worker, e.g. cuda:0,cpu
+      po.worker_devices = absl::StrSplit(options.worker_device, ',');
+      po.num_workers = static_cast<int>(po.worker_devices.size());
+    }
+    if (!options.devices.empty()) {
+      const int context = options.context > 0 ? std::min(options.context, s->config_.max_position_embeddings)
+                                              : s->config_.max_position_embeddings;
+      ASSIGN_OR_RETURN(MemoryPlan plan, PlanMemory(s->config_, options.devices, context));
+      if (log != nullptr) *log << "pinmoe: memory plan\n" << FormatMemoryPlan(s->config_, plan, context);
+      po.num_workers = static_cast<int>(options.devices.size());
+      for (const auto& d : options.devices) po.worker_devices.push_back(d.name);
+      po.placement = plan.placement;
+    } else if (log != nullptr) {
       *log << absl::StrFormat("pinmoe: placement plan, %d worker(s) on %s, %d layers x %d experts\n",
-                              options.workers, options.worker_device, s->config_.num_layers,
+                              po.num_workers, options.worker_device, s->config_.num_layers,
                               s->config_.num_experts)
-           << FormatPlacement(s->config_, MakePlacement(s->config_, options.workers));
+           << FormatPlacement(s->config_, MakePlacement(s->config_, po.num_workers));
     }
     ASSIGN_OR_RETURN(s->pool_, WorkerPool::Start(s->config_, po));
     set_experts(s->pool_.get());

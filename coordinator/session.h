@@ -13,6 +13,7 @@
 #include "common/tokenizer.h"
 #include "coordinator/causal_lm.h"
 #include "coordinator/expert_backend.h"
+#include "coordinator/plan.h"
 #include "coordinator/worker_pool.h"
 
 namespace pinmoe {
@@ -25,7 +26,12 @@ struct SessionOptions {
   int context = 0;  // 0: the model's max_position_embeddings
   int step_timeout_ms = 60000;
   int register_timeout_ms = 10000;
-  std::string worker_device = "cpu";  // or "cuda:N": every worker keeps its experts on that GPU
+  // "cpu" or "cuda:N" for every worker, or one device per worker ("cuda:0,cpu,cuda:1": CPU and GPU
+  // workers mix; the list sets the worker count).
+  std::string worker_device = "cpu";
+  // Device budgets (--gpus/--gpu-mem/--cpu-mem): one worker per device, placed by PlanMemory. When set,
+  // `workers` and `worker_device` are ignored.
+  std::vector<DeviceBudget> devices;
 };
 
 class Session {

@@ -54,6 +54,18 @@ absl::StatusOr<std::string> MakeRuntimeDir() {
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+// Buffer ids in Assign and Work messages.
+constexpr uint32_t kHostBuffer = 0;
+constexpr uint32_t kDeviceBuffer = 1;
+
+// "cpu" -> -1, "cuda:N" -> N.
+absl::StatusOr<int> ParseDevice(const std::string& device) {
+  if (device == "cpu") return -1;
+  int n;
+  if (device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(device.substr(5), &n) && n >= 0) return n;
+  return absl::InvalidArgumentError(StrCat("worker device '", device, "' is not cpu or cuda:N"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Start(const ModelConfig& config,
@@ -75,35 +87,49 @@ absl::StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Start(const ModelConfig&
 }
 
 absl::Status WorkerPool::Launch() {
-  placement_ = MakePlacement(config_, options_.num_workers);
+  if (options_.placement.has_value()) {
+    if (static_cast<int>(options_.placement->per_worker.size()) != options_.num_workers) {
+      return absl::InvalidArgumentError("the placement plan and the worker count disagree");
+    }
+    placement_ = *options_.placement;
+  } else {
+    placement_ = MakePlacement(config_, options_.num_workers);
+  }
+  std::vector<std::string> devices = options_.worker_devices;
+  if (devices.empty()) devices.assign(options_.num_workers, options_.worker_device);
+  if (static_cast<int>(devices.size()) != options_.num_workers) {
+    return absl::InvalidArgumentError("one device per worker is needed");
+  }
   ASSIGN_OR_RETURN(runtime_dir_, MakeRuntimeDir());
   ASSIGN_OR_RETURN(router_, RouterSocket::Bind(StrCat("ipc://", runtime_dir_, "/control")));
 
-  // One shared buffer: input [T, H] f32 | routing [T, K] i32 | output [T, K, H] f32.
+  // One buffer per kind of worker in use: input [T, H] f32 | routing [T, K] i32 | output [T, K, H] f32.
   const uint64_t t = options_.max_tokens_per_step, h = config_.hidden_size, k = config_.top_k;
   input_offset_ = 0;
   routing_offset_ = AlignUp(t * h * sizeof(float), 4096);
   output_offset_ = AlignUp(routing_offset_ + t * k * sizeof(int32_t), 4096);
   const uint64_t total = output_offset_ + t * k * h * sizeof(float);
-  if (options_.worker_device == "cpu") {
+  int first_gpu = -1;
+  bool any_cpu = false;
+  for (const std::string& d : devices) {
+    ASSIGN_OR_RETURN(int gpu, ParseDevice(d));
+    if (gpu < 0) any_cpu = true;
+    if (gpu >= 0 && first_gpu < 0) first_gpu = gpu;
+  }
+  if (any_cpu) {
     ASSIGN_OR_RETURN(buffer_, SharedMemory::Create("pinmoe-moe", total));
-  } else {
-    int gpu = -1;
-    if (options_.worker_device.rfind("cuda:", 0) != 0 || !absl::SimpleAtoi(options_.worker_device.substr(5), &gpu) ||
-        gpu < 0) {
-      return absl::InvalidArgumentError(StrCat("worker device '", options_.worker_device, "' is not cpu or cuda:N"));
-    }
-#if PINMOE_WITH_CUDA
-    ASSIGN_OR_RETURN(device_buffer_, DeviceBuffer::Create(gpu, total));
-#else
-    return absl::UnimplementedError(StrCat("--worker-device ", options_.worker_device, ": this build has no CUDA"));
-#endif
+  }
+  if (first_gpu >= 0) {
+    // On the first GPU worker's device; workers on other GPUs reach it through peer access.
+    ASSIGN_OR_RETURN(device_buffer_, DeviceBuffer::Create(first_gpu, total));
   }
 
   workers_.resize(options_.num_workers);
   for (int i = 0; i < options_.num_workers; ++i) {
     workers_[i].index = i;
     workers_[i].identity = StrCat("worker-", i);
+    workers_[i].device = devices[i];
+    workers_[i].gpu = devices[i] != "cpu";
     RETURN_IF_ERROR(Spawn(workers_[i]));
   }
 
@@ -130,18 +156,16 @@ absl::Status WorkerPool::Launch() {
       for (int e : set.experts) le->add_experts(e);
     }
     proto::SharedBuffer* b = a->add_buffers();
-    b->set_id(0);
-    if (buffer_ != nullptr) {
+    if (!w.gpu) {
+      b->set_id(kHostBuffer);
       b->set_shm_name(buffer_->name());
       b->set_size_bytes(buffer_->size());
-    }
-#if PINMOE_WITH_CUDA
-    if (device_buffer_ != nullptr) {
+    } else {
+      b->set_id(kDeviceBuffer);
       b->set_cuda_ipc_handle(device_buffer_->ipc_handle());
       b->set_cuda_device(device_buffer_->device());
       b->set_size_bytes(device_buffer_->size());
     }
-#endif
     return router_->Send(w.identity, assign);
   };
   auto all = [&](bool Worker::*flag) {
@@ -158,7 +182,7 @@ absl::Status WorkerPool::Spawn(Worker& w) {
   std::vector<std::string> args = {options_.worker_binary,
                                    StrCat("--connect=ipc://", runtime_dir_, "/control"),
                                    StrCat("--worker_id=", w.index),
-                                   StrCat("--parent_pid=", ::getpid()), StrCat("--device=", options_.worker_device)};
+                                   StrCat("--parent_pid=", ::getpid()), StrCat("--device=", w.device)};
   args.insert(args.end(), options_.extra_worker_args.begin(), options_.extra_worker_args.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -244,8 +268,12 @@ absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, cons
   const uint64_t h = config_.hidden_size, k = config_.top_k;
   for (uint32_t t0 = 0; t0 < tokens; t0 += options_.max_tokens_per_step) {
     const uint32_t n = std::min(tokens - t0, options_.max_tokens_per_step);
-    RETURN_IF_ERROR(CopyIn(input_offset_, x + static_cast<uint64_t>(t0) * h, n * h * sizeof(float)));
-    RETURN_IF_ERROR(CopyIn(routing_offset_, routing + static_cast<uint64_t>(t0) * k, n * k * sizeof(int32_t)));
+    for (bool device : {false, true}) {
+      const bool present = device ? device_buffer_ != nullptr : buffer_ != nullptr;
+      if (!present) continue;
+      RETURN_IF_ERROR(CopyIn(device, input_offset_, x + static_cast<uint64_t>(t0) * h, n * h * sizeof(float)));
+      RETURN_IF_ERROR(CopyIn(device, routing_offset_, routing + static_cast<uint64_t>(t0) * k, n * k * sizeof(int32_t)));
+    }
     // Only workers owning an expert that some token was routed to get a message.
     std::vector<bool> needed(workers_.size(), false);
     for (uint64_t p = 0; p < n * k; ++p) {
@@ -256,26 +284,30 @@ absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, cons
       needed[placement_.owner[layer][e]] = true;
     }
     const uint64_t seq = ++sequence_;
-    proto::Envelope env = MakeEnvelope();
-    proto::Work* work = env.mutable_work();
-    work->set_sequence(seq);
-    work->set_layer(layer);
-    work->set_tokens(n);
-    work->set_top_k(static_cast<uint32_t>(k));
-    auto set_slice = [](proto::Slice* s, uint64_t off, uint64_t len) {
-      s->set_buffer_id(0);
-      s->set_offset(off);
-      s->set_length(len);
-    };
-    set_slice(work->mutable_input(), input_offset_, n * h * sizeof(float));
-    set_slice(work->mutable_routing(), routing_offset_, n * k * sizeof(int32_t));
-    set_slice(work->mutable_output(), output_offset_, n * k * h * sizeof(float));
+    // One message per buffer kind: CPU workers read the shared memory, GPU workers the device buffer.
+    proto::Envelope envs[2];
+    for (uint32_t id : {kHostBuffer, kDeviceBuffer}) {
+      envs[id] = MakeEnvelope();
+      proto::Work* work = envs[id].mutable_work();
+      work->set_sequence(seq);
+      work->set_layer(layer);
+      work->set_tokens(n);
+      work->set_top_k(static_cast<uint32_t>(k));
+      auto set_slice = [id](proto::Slice* s, uint64_t off, uint64_t len) {
+        s->set_buffer_id(id);
+        s->set_offset(off);
+        s->set_length(len);
+      };
+      set_slice(work->mutable_input(), input_offset_, n * h * sizeof(float));
+      set_slice(work->mutable_routing(), routing_offset_, n * k * sizeof(int32_t));
+      set_slice(work->mutable_output(), output_offset_, n * k * h * sizeof(float));
+    }
     size_t pending = 0;
     std::vector<bool> answered(workers_.size(), true);
     uint64_t pairs = 0;
     for (size_t w = 0; w < workers_.size(); ++w) {
       if (!needed[w]) continue;
-      absl::Status st = router_->Send(workers_[w].identity, env);
+      absl::Status st = router_->Send(workers_[w].identity, envs[workers_[w].gpu ? kDeviceBuffer : kHostBuffer]);
       if (!st.ok()) {
         // A peer that vanished has usually exited: give the exit a moment to be reaped and report it.
         absl::Status exited = absl::OkStatus();
@@ -306,15 +338,30 @@ absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, cons
       return absl::InternalError(StrCat("workers computed ", pairs, " of ", n * k,
                                               " (token, expert) pairs in layer ", layer));
     }
-    RETURN_IF_ERROR(CopyOut(out + static_cast<uint64_t>(t0) * k * h, output_offset_, n * k * h * sizeof(float)));
+    // Each (token, slot) comes back from the buffer of the worker that owns its expert.
+    float* dst = out + static_cast<uint64_t>(t0) * k * h;
+    const uint64_t out_bytes = n * k * h * sizeof(float);
+    if (buffer_ == nullptr || device_buffer_ == nullptr) {
+      RETURN_IF_ERROR(CopyOut(device_buffer_ != nullptr, dst, output_offset_, out_bytes));
+    } else {
+      RETURN_IF_ERROR(CopyOut(/*from_device=*/false, dst, output_offset_, out_bytes));
+      std::vector<float> from_gpu(n * k * h);
+      RETURN_IF_ERROR(CopyOut(/*from_device=*/true, from_gpu.data(), output_offset_, out_bytes));
+      for (uint64_t p = 0; p < n * k; ++p) {
+        const int32_t e = routing[static_cast<uint64_t>(t0) * k + p];
+        if (workers_[placement_.owner[layer][e]].gpu) {
+          std::copy_n(from_gpu.data() + p * h, h, dst + p * h);
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }
 
 // The coordinator's dense part still runs on the CPU: activations enter and leave the device buffer with
 // plain copies. (When the dense part moves to the GPU they stay there.)
-absl::Status WorkerPool::CopyIn(uint64_t offset, const void* src, uint64_t bytes) {
-  if (buffer_ != nullptr) {
+absl::Status WorkerPool::CopyIn(bool to_device, uint64_t offset, const void* src, uint64_t bytes) {
+  if (!to_device) {
     std::memcpy(buffer_->data() + offset, src, bytes);
     return absl::OkStatus();
   }
@@ -330,8 +377,8 @@ absl::Status WorkerPool::CopyIn(uint64_t offset, const void* src, uint64_t bytes
 #endif
 }
 
-absl::Status WorkerPool::CopyOut(void* dst, uint64_t offset, uint64_t bytes) {
-  if (buffer_ != nullptr) {
+absl::Status WorkerPool::CopyOut(bool from_device, void* dst, uint64_t offset, uint64_t bytes) {
+  if (!from_device) {
     std::memcpy(dst, buffer_->data() + offset, bytes);
     return absl::OkStatus();
   }

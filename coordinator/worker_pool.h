@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,10 @@ struct WorkerPoolOptions {
   // Where every worker keeps its experts: "cpu", or "cuda:N" (the activation buffer then lives on GPU N
   // and travels to the workers as a CUDA IPC handle).
   std::string worker_device = "cpu";
+  // Per-worker devices instead (CPU and GPU workers may mix), and a placement to use instead of the
+  // even split (from PlanMemory); both empty by default.
+  std::vector<std::string> worker_devices;
+  std::optional<Placement> placement;
 };
 
 class WorkerPool : public ExpertBackend {
@@ -64,6 +69,8 @@ class WorkerPool : public ExpertBackend {
     bool exited = false;
     int wait_status = 0;
     uint64_t weight_bytes = 0;  // as the worker reported in Ready
+    std::string device;         // "cpu" or "cuda:N"
+    bool gpu = false;
   };
   WorkerPool(const ModelConfig& config, const WorkerPoolOptions& options)
       : config_(config), options_(options) {}
@@ -87,8 +94,9 @@ class WorkerPool : public ExpertBackend {
   std::unique_ptr<RouterSocket> router_;
   std::unique_ptr<SharedMemory> buffer_;
   std::unique_ptr<DeviceBuffer> device_buffer_;  // instead of buffer_ for GPU workers
-  absl::Status CopyIn(uint64_t offset, const void* src, uint64_t bytes);
-  absl::Status CopyOut(void* dst, uint64_t offset, uint64_t bytes);
+  // Copies into or out of the shared-memory buffer (to_device false) or the device buffer.
+  absl::Status CopyIn(bool to_device, uint64_t offset, const void* src, uint64_t bytes);
+  absl::Status CopyOut(bool from_device, void* dst, uint64_t offset, uint64_t bytes);
   uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
   std::vector<Worker> workers_;
   uint64_t sequence_ = 0;

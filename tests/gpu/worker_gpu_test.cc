@@ -1,7 +1,8 @@
 // Expert workers on the GPU, fed through CUDA IPC: the transformers references still hold (fp32 weights:
 // greedy ids equal, logits within 1e-3; bf16 weights: the same bf16 values accumulated in fp32, so the
 // same bound holds), results are bit-identical for 1, 2 and 3 workers sharing one GPU, and within fp32
-// tolerance of the CPU workers. Runs on a machine with a GPU: scripts/device-test.
+// tolerance of CPU workers and of a mix of CPU and GPU workers. Runs on a machine with a GPU:
+// scripts/device-test.
 #include <cmath>
 #include <cstring>
 
@@ -50,10 +51,15 @@ TEST_P(GpuWorkerTest, MatchesTransformersAndIsIdenticalForAnyWorkerCount) {
     for (size_t s = 0; s < 8; ++s) {
       ASSERT_EQ(0, std::memcmp(three.logits[s].data(), one.logits[s].data(), one.logits[s].size() * 4)) << s;
     }
-    GreedyRun cpu = Greedy(dir, "cpu", 2, prompt, 8);
-    ASSERT_EQ(cpu.ids, std::vector<int32_t>(one.ids.begin(), one.ids.begin() + 8));
-    for (size_t s = 0; s < 8; ++s) {
-      for (size_t i = 0; i < cpu.logits[s].size(); ++i) ASSERT_NEAR(cpu.logits[s][i], one.logits[s][i], 1e-3f);
+    // CPU workers alone, and CPU and GPU workers mixed: within fp32 tolerance, same ids.
+    for (const char* devices : {"cpu", "cuda:0,cpu,cuda:0"}) {
+      GreedyRun other = Greedy(dir, devices, 2, prompt, 8);
+      ASSERT_EQ(other.ids, std::vector<int32_t>(one.ids.begin(), one.ids.begin() + 8)) << devices;
+      for (size_t s = 0; s < 8; ++s) {
+        for (size_t i = 0; i < other.logits[s].size(); ++i) {
+          ASSERT_NEAR(other.logits[s][i], one.logits[s][i], 1e-3f) << devices;
+        }
+      }
     }
   }
 }
