@@ -94,8 +94,9 @@ chat: an interactive conversation in the terminal that keeps the history and str
   Takes run's sampling, --workers and --context options.
 
 plan: from config.json alone (no weights are read), prints how the model splits over the devices:
-  the dense part and its caches on the first, every MoE layer's experts spread over all of them in
-  proportion to their free budget; refuses (exit 1) when the budgets cannot hold the model.
+  the dense part and its caches on the first, every MoE layer's experts spread over the GPUs in
+  proportion to their free budget, system memory (--cpu-mem) only for what the GPUs cannot hold;
+  refuses (exit 1) when the budgets cannot hold the model.
 
 tokenize: prints the token ids of --text as a JSON list.
 make-demo: writes the demo model (random weights) to --out, with --tokenizer's vocabulary if given.
