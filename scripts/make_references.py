@@ -17,6 +17,8 @@ It writes, under OUTDIR:
   qwen3next-f32/    hub-style Qwen3-Next config (full_attention_interval, top-level partial_rotary_factor),
                     3 shards, fp32, a few mtp.* tensors; reference.json also holds per-layer hidden states
   qwen3next-bf16/   the transformers 5 config (layer_types, rope_parameters), one bf16 file
+  */reference_bf16_cuda.json (for the bf16 checkpoints, where a GPU is present): the same prompts through
+                    transformers in bf16 on the GPU, for the GPU path's bf16 checks
   chat_templates.json: conversations rendered by apply_chat_template, with their ids
 
 Weights are drawn from a seeded generator and scaled so that the top logits stand well apart (the script
@@ -394,11 +396,52 @@ def make_chat_refs(tok_dir, out_root):
                   ensure_ascii=False, indent=1)
 
 
+def make_bf16_cuda_refs(out_root, name):
+    """The same prompts through transformers in bf16 on the GPU: the reference for pinmoe's GPU path with
+    bf16 weights (bf16 activations there, so ids may part where the fp32 margins are small)."""
+    from transformers import AutoModelForCausalLM
+    out_dir = os.path.join(out_root, name)
+    fp32_ref = json.load(open(os.path.join(out_dir, "reference.json")))
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16).to("cuda")
+    model.eval()
+    cases = []
+    with torch.no_grad():
+        for c in fp32_ref["cases"]:
+            ids = torch.tensor([c["prompt_ids"]], device="cuda")
+            out = model(input_ids=ids, use_cache=True)
+            past, logits = out.past_key_values, out.logits[0, -1].float()
+            gen, tops = [], []
+            for step in range(NEW_TOKENS):
+                vals, idx = torch.topk(logits, TOP_K)
+                tops.append([{"id": int(i), "logit": float(v)} for v, i in zip(vals, idx)])
+                nxt = int(idx[0])
+                gen.append(nxt)
+                if step + 1 == NEW_TOKENS:
+                    break
+                out = model(input_ids=torch.tensor([[nxt]], device="cuda"), past_key_values=past, use_cache=True)
+                past, logits = out.past_key_values, out.logits[0, -1].float()
+            agree = sum(a == b for a, b in zip(gen, c["greedy_ids"]))
+            print(f"{name} bf16 cuda: prompt {len(c['prompt_ids'])} -> first {agree_prefix(gen, c['greedy_ids'])} "
+                  f"ids equal to fp32 ({agree}/{NEW_TOKENS} positions)")
+            cases.append({"prompt_ids": c["prompt_ids"], "greedy_ids": gen, "top_logits": tops})
+    with open(os.path.join(out_dir, "reference_bf16_cuda.json"), "w") as f:
+        json.dump({"model": name, "transformers_version": __import__("transformers").__version__,
+                   "torch_version": torch.__version__, "compute": "bf16 cuda",
+                   "device": torch.cuda.get_device_name(0), "new_tokens": NEW_TOKENS, "cases": cases}, f)
+
+
+def agree_prefix(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer-dir", required=True)
-    ap.add_argument("--only", default="", help="qwen3moe, qwen3next or text: make only those references")
+    ap.add_argument("--only", default="", help="qwen3moe, qwen3next, text or bf16cuda: make only those references")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(8)
@@ -434,6 +477,9 @@ def main():
                    "eos_token_id": [1001, 1002]})
         make_qwen3next(args.out, "qwen3next-bf16", n2, torch.bfloat16, n_shards=1, hub_style=False,
                        seed=77)
+    if args.only in ("", "bf16cuda") and torch.cuda.is_available():
+        for name in ("qwen3moe-bf16", "qwen3next-bf16"):
+            make_bf16_cuda_refs(args.out, name)
     if args.only in ("", "text"):
         make_tokenizer_refs(args.tokenizer_dir, args.out)
         make_chat_refs(args.tokenizer_dir, args.out)
