@@ -68,6 +68,22 @@ void CausalAttention(const float* q, int tokens, int heads, const KvCache& cache
   }
 }
 
+void QkNormRopeAttend(const Rope& rope, const float* q_norm, const float* k_norm, float eps, int position,
+                      int tokens, int heads, float* q, std::vector<float>& k, const std::vector<float>& v,
+                      KvCache* cache, float* attn) {
+  const int hd = cache->head_dim, kvh = cache->kv_heads;
+  RmsNorm(q, q_norm, q, static_cast<size_t>(tokens) * heads, hd, eps);
+  RmsNorm(k.data(), k_norm, k.data(), static_cast<size_t>(tokens) * kvh, hd, eps);
+  for (int t = 0; t < tokens; ++t) {
+    rope.Apply(q + static_cast<size_t>(t) * heads * hd, heads, position + t);
+    rope.Apply(k.data() + static_cast<size_t>(t) * kvh * hd, kvh, position + t);
+  }
+  cache->k.insert(cache->k.end(), k.begin(), k.end());
+  cache->v.insert(cache->v.end(), v.begin(), v.end());
+  cache->length += tokens;
+  CausalAttention(q, tokens, heads, *cache, attn);
+}
+
 void RouteTopK(const float* logits, int num_experts, int top_k, bool norm_topk_prob, int32_t* ids,
                float* weights) {
   std::vector<float> probs(logits, logits + num_experts);

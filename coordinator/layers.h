@@ -37,6 +37,13 @@ struct KvCache {
 // `tokens` entries). q: [tokens, heads, head_dim]; out: [tokens, heads, head_dim].
 void CausalAttention(const float* q, int tokens, int heads, const KvCache& cache, float* out);
 
+// The shared core of Qwen3-style attention for `tokens` new tokens starting at `position`: per-head
+// RMSNorm of q [tokens, heads, head_dim] and k [tokens, kv_heads, head_dim] (in place), RoPE, K and V
+// appended to the cache, causal attention into attn [tokens, heads, head_dim].
+void QkNormRopeAttend(const Rope& rope, const float* q_norm, const float* k_norm, float eps, int position,
+                      int tokens, int heads, float* q, std::vector<float>& k, const std::vector<float>& v,
+                      KvCache* cache, float* attn);
+
 // Softmax over `num_experts` router logits, then the top_k largest probabilities (ties to the lower
 // index), renormalised when norm_topk_prob. ids/weights: [top_k].
 void RouteTopK(const float* logits, int num_experts, int top_k, bool norm_topk_prob, int32_t* ids,

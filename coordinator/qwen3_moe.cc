@@ -97,17 +97,9 @@ absl::Status Qwen3MoeModel::Attention(Layer& L, const float* h, int tokens, floa
   MatMulTransposed(h, L.k_proj.data(), k.data(), tokens, hidden, static_cast<size_t>(nkv) * hd);
   MatMulTransposed(h, L.v_proj.data(), v.data(), tokens, hidden, static_cast<size_t>(nkv) * hd);
   // Per-head RMSNorm on q and k, then RoPE at each token's position.
-  RmsNorm(q.data(), L.q_norm.data(), q.data(), static_cast<size_t>(tokens) * nh, hd, config_.rms_norm_eps);
-  RmsNorm(k.data(), L.k_norm.data(), k.data(), static_cast<size_t>(tokens) * nkv, hd, config_.rms_norm_eps);
-  for (int t = 0; t < tokens; ++t) {
-    rope_.Apply(q.data() + static_cast<size_t>(t) * nh * hd, nh, position_ + t);
-    rope_.Apply(k.data() + static_cast<size_t>(t) * nkv * hd, nkv, position_ + t);
-  }
-  L.cache.k.insert(L.cache.k.end(), k.begin(), k.end());
-  L.cache.v.insert(L.cache.v.end(), v.begin(), v.end());
-  L.cache.length += tokens;
   std::vector<float> attn(q.size());
-  CausalAttention(q.data(), tokens, nh, L.cache, attn.data());
+  QkNormRopeAttend(rope_, L.q_norm.data(), L.k_norm.data(), config_.rms_norm_eps, position_, tokens, nh, q.data(),
+                   k, v, &L.cache, attn.data());
   MatMulTransposed(attn.data(), L.o_proj.data(), out, tokens, static_cast<size_t>(nh) * hd, hidden);
   return absl::OkStatus();
 }

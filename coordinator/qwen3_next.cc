@@ -180,17 +180,9 @@ void Qwen3NextModel::Attention(FullAttention& a, const float* h, int tokens, flo
     std::copy_n(qg.data() + th * 2 * hd, hd, q.data() + th * hd);
     std::copy_n(qg.data() + th * 2 * hd + hd, hd, gate.data() + th * hd);
   }
-  RmsNorm(q.data(), a.q_norm.data(), q.data(), static_cast<size_t>(tokens) * nh, hd, config_.rms_norm_eps);
-  RmsNorm(k.data(), a.k_norm.data(), k.data(), static_cast<size_t>(tokens) * nkv, hd, config_.rms_norm_eps);
-  for (int t = 0; t < tokens; ++t) {
-    rope_.Apply(q.data() + static_cast<size_t>(t) * nh * hd, nh, position_ + t);
-    rope_.Apply(k.data() + static_cast<size_t>(t) * nkv * hd, nkv, position_ + t);
-  }
-  a.cache.k.insert(a.cache.k.end(), k.begin(), k.end());
-  a.cache.v.insert(a.cache.v.end(), v.begin(), v.end());
-  a.cache.length += tokens;
   std::vector<float> attn(q.size());
-  CausalAttention(q.data(), tokens, nh, a.cache, attn.data());
+  QkNormRopeAttend(rope_, a.q_norm.data(), a.k_norm.data(), config_.rms_norm_eps, position_, tokens, nh, q.data(),
+                   k, v, &a.cache, attn.data());
   for (size_t i = 0; i < attn.size(); ++i) attn[i] *= Sigmoid(gate[i]);
   MatMulTransposed(attn.data(), a.o_proj.data(), out, tokens, static_cast<size_t>(nh) * hd, hidden);
 }
