@@ -19,6 +19,7 @@ class Rope {
   Rope(int head_dim, int rotary_dim, double theta);
   // x: [heads, head_dim] for one token at `position`, rotated in place.
   void Apply(float* x, int heads, int position) const;
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
 
  private:
   int head_dim_;
