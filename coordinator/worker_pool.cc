@@ -16,7 +16,7 @@
 
 #include "common/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/numbers.h"
+#include "common/device_name.h"
 #include "common/status.h"
 #if PINMOE_WITH_CUDA
 #include <cuda_runtime.h>
@@ -57,14 +57,6 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // Buffer ids in Assign and Work messages.
 constexpr uint32_t kHostBuffer = 0;
 constexpr uint32_t kDeviceBuffer = 1;
-
-// "cpu" -> -1, "cuda:N" -> N.
-absl::StatusOr<int> ParseDevice(const std::string& device) {
-  if (device == "cpu") return -1;
-  int n;
-  if (device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(device.substr(5), &n) && n >= 0) return n;
-  return absl::InvalidArgumentError(StrCat("worker device '", device, "' is not cpu or cuda:N"));
-}
 
 }  // namespace
 
@@ -112,7 +104,7 @@ absl::Status WorkerPool::Launch() {
   int first_gpu = -1;
   bool any_cpu = false;
   for (const std::string& d : devices) {
-    ASSIGN_OR_RETURN(int gpu, ParseDevice(d));
+    ASSIGN_OR_RETURN(int gpu, ParseDeviceName(d));
     if (gpu < 0) any_cpu = true;
     if (gpu >= 0 && first_gpu < 0) first_gpu = gpu;
   }

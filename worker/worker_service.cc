@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/str_cat.h"
+#include "common/device_name.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/shared_memory.h"
@@ -111,18 +112,12 @@ class Worker {
     socket_->Send(err).IgnoreError();  // best effort: the coordinator also sees us exit
   }
 
-  // "cpu" -> -1, "cuda:N" -> N.
   absl::StatusOr<int> DeviceIndex() const {
-    if (options_.device == "cpu") return -1;
-    int n;
-    if (options_.device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(options_.device.substr(5), &n) && n >= 0) {
-#if PINMOE_WITH_CUDA
-      return n;
-#else
-      return absl::UnimplementedError(StrCat("--device ", options_.device, ": this build has no CUDA"));
+    ASSIGN_OR_RETURN(int n, ParseDeviceName(options_.device));
+#if !PINMOE_WITH_CUDA
+    if (n >= 0) return absl::UnimplementedError(StrCat("--device ", options_.device, ": this build has no CUDA"));
 #endif
-    }
-    return absl::InvalidArgumentError(StrCat("--device '", options_.device, "' is not cpu or cuda:N"));
+    return n;
   }
 
   absl::Status HandleAssign(const proto::Assign& assign) {
