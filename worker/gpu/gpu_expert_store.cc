@@ -1,7 +1,6 @@
 #include "worker/gpu/gpu_expert_store.h"
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 
 #include "common/status.h"
@@ -54,18 +53,19 @@ absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Load(const Model
           return absl::UnimplementedError(StrCat(ckpt.dir(), ": experts mix bf16 and other dtypes ('", name, "')"));
         }
         dtype = held;
-        const size_t n = static_cast<size_t>(want[0] * want[1]);
-        std::vector<uint8_t> host(n * DTypeSize(held));
-        if (held == DType::kF32) {
-          RETURN_IF_ERROR(ckpt.ReadF32Into(name, want, reinterpret_cast<float*>(host.data())));
-        } else {  // bf16 stays bf16 on the device: raw bytes, never widened
-          ASSIGN_OR_RETURN(std::span<const uint8_t> raw, ckpt.RawBytes(name));
-          std::memcpy(host.data(), raw.data(), host.size());
+        // Stored as held (bf16, f32): straight from the memory map to the device. F16 is widened first.
+        std::span<const uint8_t> bytes;
+        std::vector<float> widened;
+        if (info->dtype == held) {
+          ASSIGN_OR_RETURN(bytes, ckpt.RawBytes(name));
+        } else {
+          ASSIGN_OR_RETURN(widened, ckpt.ReadF32(name, want));
+          bytes = {reinterpret_cast<const uint8_t*>(widened.data()), widened.size() * sizeof(float)};
         }
         void* dev = nullptr;
-        CUDA_RETURN_IF_ERROR(cudaMalloc(&dev, host.size()));
+        CUDA_RETURN_IF_ERROR(cudaMalloc(&dev, bytes.size()));
         s->allocations_.push_back(dev);
-        CUDA_RETURN_IF_ERROR(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice));
+        CUDA_RETURN_IF_ERROR(cudaMemcpy(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
         ptrs[p++] = dev;
       }
       table[e] = {ptrs[0], ptrs[1], ptrs[2]};
