@@ -106,9 +106,9 @@ def save_sharded(tensors, out_dir, n_shards):
 
 
 @torch.no_grad()
-def greedy_reference(model, prompt_ids):
+def greedy_reference(model, prompt_ids, device="cpu"):
     """Prefill, then decode one token at a time with the KV cache; top-5 logits at every step."""
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=device)
     out = model(input_ids=ids, use_cache=True)
     past = out.past_key_values
     logits = out.logits[0, -1].float()
@@ -121,10 +121,24 @@ def greedy_reference(model, prompt_ids):
         generated.append(nxt)
         if step + 1 == NEW_TOKENS:
             break
-        out = model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+        out = model(input_ids=torch.tensor([[nxt]], device=device), past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[0, -1].float()
     return generated, tops, min_margin
+
+
+def write_reference(model, name, out_dir, prompts, extra=None):
+    """reference.json: for each prompt, its ids, the greedy continuation and the top-5 logits per step."""
+    refs = []
+    for p in prompts:
+        g, tops, margin = greedy_reference(model, p)
+        print(f"{name}: prompt {len(p)} tokens -> {g[:8]}... min top1-top2 margin {margin:.4f}")
+        refs.append({"prompt_ids": p, "greedy_ids": g, "top_logits": tops, "min_margin": margin})
+    doc = {"model": name, "transformers_version": __import__("transformers").__version__,
+           "torch_version": torch.__version__, "compute": "fp32 cpu", "new_tokens": NEW_TOKENS, "cases": refs}
+    doc.update(extra or {})
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(doc, f)
 
 
 def make_qwen3moe(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed):
@@ -176,15 +190,7 @@ def make_qwen3moe(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed):
         torch.randint(0, vocab, (33,), generator=pgen).tolist(),
         torch.randint(0, vocab, (420,), generator=pgen).tolist(),
     ]
-    refs = []
-    for p in prompts:
-        g, tops, margin = greedy_reference(model, p)
-        print(f"{name}: prompt {len(p)} tokens -> {g[:8]}... min top1-top2 margin {margin:.4f}")
-        refs.append({"prompt_ids": p, "greedy_ids": g, "top_logits": tops, "min_margin": margin})
-    with open(os.path.join(out_dir, "reference.json"), "w") as f:
-        json.dump({"model": name, "transformers_version": __import__("transformers").__version__,
-                   "torch_version": torch.__version__, "compute": "fp32 cpu",
-                   "new_tokens": NEW_TOKENS, "cases": refs}, f)
+    write_reference(model, name, out_dir, prompts)
 
 
 def qwen3next_tensors(cfg, gen, dtype):
@@ -292,19 +298,11 @@ def make_qwen3next(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed)
         torch.randint(0, vocab, (70,), generator=pgen).tolist(),  # more than one 64-token chunk
         torch.randint(0, vocab, (300,), generator=pgen).tolist(),
     ]
-    refs = []
-    for p in prompts:
-        g, tops, margin = greedy_reference(model, p)
-        print(f"{name}: prompt {len(p)} tokens -> {g[:8]}... min top1-top2 margin {margin:.4f}")
-        refs.append({"prompt_ids": p, "greedy_ids": g, "top_logits": tops, "min_margin": margin})
     # Per-layer hidden states of the 7-token prompt, to localise a mismatch.
     with torch.no_grad():
         out = model(input_ids=torch.tensor([prompts[1]]), output_hidden_states=True)
-    hidden = [hs[0].tolist() for hs in out.hidden_states]
-    with open(os.path.join(out_dir, "reference.json"), "w") as f:
-        json.dump({"model": name, "transformers_version": __import__("transformers").__version__,
-                   "torch_version": torch.__version__, "compute": "fp32 cpu",
-                   "new_tokens": NEW_TOKENS, "cases": refs, "hidden_states_prompt1": hidden}, f)
+    write_reference(model, name, out_dir, prompts,
+                    {"hidden_states_prompt1": [hs[0].tolist() for hs in out.hidden_states]})
 
 
 TOKENIZER_CORPUS = [
@@ -405,25 +403,12 @@ def make_bf16_cuda_refs(out_root, name):
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16).to("cuda")
     model.eval()
     cases = []
-    with torch.no_grad():
-        for c in fp32_ref["cases"]:
-            ids = torch.tensor([c["prompt_ids"]], device="cuda")
-            out = model(input_ids=ids, use_cache=True)
-            past, logits = out.past_key_values, out.logits[0, -1].float()
-            gen, tops = [], []
-            for step in range(NEW_TOKENS):
-                vals, idx = torch.topk(logits, TOP_K)
-                tops.append([{"id": int(i), "logit": float(v)} for v, i in zip(vals, idx)])
-                nxt = int(idx[0])
-                gen.append(nxt)
-                if step + 1 == NEW_TOKENS:
-                    break
-                out = model(input_ids=torch.tensor([[nxt]], device="cuda"), past_key_values=past, use_cache=True)
-                past, logits = out.past_key_values, out.logits[0, -1].float()
-            agree = sum(a == b for a, b in zip(gen, c["greedy_ids"]))
-            print(f"{name} bf16 cuda: prompt {len(c['prompt_ids'])} -> first {agree_prefix(gen, c['greedy_ids'])} "
-                  f"ids equal to fp32 ({agree}/{NEW_TOKENS} positions)")
-            cases.append({"prompt_ids": c["prompt_ids"], "greedy_ids": gen, "top_logits": tops})
+    for c in fp32_ref["cases"]:
+        gen, tops, _ = greedy_reference(model, c["prompt_ids"], device="cuda")
+        agree = sum(a == b for a, b in zip(gen, c["greedy_ids"]))
+        print(f"{name} bf16 cuda: prompt {len(c['prompt_ids'])} -> first {agree_prefix(gen, c['greedy_ids'])} "
+              f"ids equal to fp32 ({agree}/{NEW_TOKENS} positions)")
+        cases.append({"prompt_ids": c["prompt_ids"], "greedy_ids": gen, "top_logits": tops})
     with open(os.path.join(out_dir, "reference_bf16_cuda.json"), "w") as f:
         json.dump({"model": name, "transformers_version": __import__("transformers").__version__,
                    "torch_version": torch.__version__, "compute": "bf16 cuda",
