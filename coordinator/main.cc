@@ -14,6 +14,9 @@
 #include "coordinator/cli.h"
 #include "coordinator/demo_model.h"
 #include "coordinator/plan.h"
+#if PINMOE_WITH_CUDA
+#include "coordinator/gpu/bench.h"
+#endif
 
 ABSL_FLAG(std::string, model, "", "Model directory (config.json, *.safetensors, tokenizer.json)");
 ABSL_FLAG(std::string, prompt, "", "Prompt text");
@@ -26,6 +29,7 @@ ABSL_FLAG(std::string, top_p, "", "Nucleus sampling mass (1: off)");
 ABSL_FLAG(uint64_t, seed, 0, "Sampling seed");
 ABSL_FLAG(int, workers, 1, "Expert worker processes (0: experts in the coordinator)");
 ABSL_FLAG(std::string, worker_device, "cpu", "Where workers keep their experts: cpu or cuda:N");
+ABSL_FLAG(std::string, device, "cpu", "Where the coordinator runs the dense part: cpu or cuda:N");
 ABSL_FLAG(bool, json, false, "Print one JSON object instead of streaming text");
 ABSL_FLAG(int, top_logprobs, 0, "With --json: the K most likely tokens at each generated position");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence tokens");
@@ -40,6 +44,12 @@ ABSL_FLAG(bool, no_think, false, "Ask a thinking model not to think (enable_thin
 ABSL_FLAG(std::string, gpus, "", "GPUs to use, e.g. 0,1 (with --gpu-mem)");
 ABSL_FLAG(std::string, gpu_mem, "", "Memory budget per GPU, e.g. 0=70GiB,1=14GiB");
 ABSL_FLAG(std::string, cpu_mem, "", "System memory for experts that do not fit on the GPUs, e.g. 64GiB");
+ABSL_FLAG(std::string, synthetic, "", "bench: a published shape with seeded synthetic weights (qwen3-30b-a3b)");
+ABSL_FLAG(int, layers, 0, "bench --synthetic: keep the first N layers (0: all)");
+ABSL_FLAG(int, prompt_tokens, 2048, "bench: prompt length for the prefill measurement");
+ABSL_FLAG(int, decode_tokens, 128, "bench: greedy steps for the decode measurement");
+ABSL_FLAG(int, batch, 1, "bench: sequences per step (1 so far)");
+ABSL_FLAG(int, repetitions, 3, "bench: runs of each measurement (the best is reported)");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
 
@@ -51,6 +61,7 @@ Usage:
   pinmoe run [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3 | --chat TEXT) [options]
   pinmoe chat [--model DIR] [--system TEXT] [--think | --no-think] [options]
   pinmoe plan --model DIR --gpu-mem 0=70GiB[,1=14GiB] [--gpus 0,1] [--cpu-mem 64GiB] [--context N]
+  pinmoe bench (--synthetic qwen3-30b-a3b [--layers N] | --model DIR) [--workers N] [options]
   pinmoe tokenize --model DIR --text TEXT
   pinmoe make-demo [--out DIR] [--tokenizer tokenizer.json]
   pinmoe help
@@ -73,10 +84,15 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
   --top-k K             sample among the K most likely tokens (0: no limit)
   --top-p P             sample from the smallest set of tokens whose probability reaches P
   --seed S              seed for sampling (default 0)
-  --workers N           expert worker processes (default 1); 0 keeps experts in this process
+  --device D            where this process runs the dense part: cpu (default; fp32) or cuda:N
+                        (Qwen3-MoE so far; weights in the checkpoint's dtype, fp32 activations)
+  --workers N           expert worker processes (default 1); 0 keeps experts in this process (on the
+                        --device GPU when there is one)
   --worker-device D     where the workers keep their experts: cpu (default) or cuda:N; with cuda:N the
-                        activations reach them through CUDA IPC (the dense part still runs on the CPU);
-                        a list (cuda:0,cpu) gives each worker its own device
+                        activations reach them through CUDA IPC; a list (cuda:0,cpu) gives each worker
+                        its own device. With --device cuda:N and GPU workers only, each step costs one
+                        message and the layers hand over on the GPU; CPU workers cost a host round trip
+                        per layer
   --gpus 0,1 --gpu-mem 0=70GiB,1=14GiB [--cpu-mem 64GiB]
                         one worker per device, experts split by `pinmoe plan` over these budgets
                         (system memory takes only what the GPUs cannot hold)
@@ -92,6 +108,15 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
 chat: an interactive conversation in the terminal that keeps the history and streams each reply,
   showing the thinking apart from the answer. /reset forgets the conversation; /exit or Ctrl-D quits.
   Takes run's sampling, --workers and --context options.
+
+bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --prompt-tokens N (2048) as one
+  prompt, then --decode-tokens N (128) greedy steps from an empty cache, best of --repetitions (3);
+  prints tokens/s, the weight bytes each decoded token reads and the fraction of the card's memory
+  bandwidth. --synthetic qwen3-30b-a3b draws seeded bf16 weights of that published shape on the device
+  (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint. --device, --workers
+  and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS
+  (nvidia-cuda-mps-control -d) when workers share the coordinator's GPU: without it the GPU time-slices
+  between the processes and every layer's hand-over costs ~0.3 ms.
 
 plan: from config.json alone (no weights are read), prints how the model splits over the devices:
   the dense part and its caches on the first, every MoE layer's experts spread over the GPUs in
@@ -179,6 +204,29 @@ int main(int argc, char** argv) {
     absl::Status st = pinmoe::TokenizeCommand(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_text), std::cout);
     return st.ok() ? 0 : Fail(st);
   }
+  if (command == "bench") {
+#if PINMOE_WITH_CUDA
+    pinmoe::BenchOptions b;
+    b.model_dir = absl::GetFlag(FLAGS_model);
+    b.synthetic = absl::GetFlag(FLAGS_synthetic);
+    b.layers = absl::GetFlag(FLAGS_layers);
+    b.seed = absl::GetFlag(FLAGS_seed) == 0 ? 1 : absl::GetFlag(FLAGS_seed);
+    b.device = absl::GetFlag(FLAGS_device) == "cpu" ? "cuda:0" : absl::GetFlag(FLAGS_device);
+    b.workers = absl::GetFlag(FLAGS_workers);
+    b.worker_device = absl::GetFlag(FLAGS_worker_device) == "cpu" ? b.device : absl::GetFlag(FLAGS_worker_device);
+    b.worker_binary = absl::GetFlag(FLAGS_worker_binary).empty()
+                          ? pinmoe::JoinPath(pinmoe::ExecutableDir(), "pinmoe-worker")
+                          : absl::GetFlag(FLAGS_worker_binary);
+    b.prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
+    b.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
+    b.batch = absl::GetFlag(FLAGS_batch);
+    b.repetitions = absl::GetFlag(FLAGS_repetitions);
+    absl::Status st = pinmoe::RunBench(b, std::cout, std::cerr);
+    return st.ok() ? 0 : Fail(st);
+#else
+    return Fail(absl::UnimplementedError("bench measures the GPU path; this build has no CUDA"));
+#endif
+  }
   if (command == "plan") {
     if (absl::GetFlag(FLAGS_model).empty()) return UsageError("plan needs --model");
     auto config = pinmoe::LoadModelConfig(absl::GetFlag(FLAGS_model));
@@ -223,6 +271,7 @@ int main(int argc, char** argv) {
                                 : absl::GetFlag(FLAGS_worker_binary);
   o.session.extra_worker_args = absl::GetFlag(FLAGS_worker_arg);
   o.session.worker_device = absl::GetFlag(FLAGS_worker_device);
+  o.session.device = absl::GetFlag(FLAGS_device);
   if (!absl::GetFlag(FLAGS_gpu_mem).empty() || !absl::GetFlag(FLAGS_cpu_mem).empty()) {
     auto devices = pinmoe::ParseDeviceBudgets(absl::GetFlag(FLAGS_gpus), absl::GetFlag(FLAGS_gpu_mem),
                                               absl::GetFlag(FLAGS_cpu_mem));

@@ -10,13 +10,8 @@
 #include "coordinator/moe_block.h"
 
 namespace pinmoe {
-absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelConfig& c,
-                                                                   Checkpoint& ckpt,
-                                                                   int max_context) {
-  if (max_context <= 0 || max_context > c.max_position_embeddings) max_context = c.max_position_embeddings;
-  auto m = std::unique_ptr<Qwen3MoeModel>(new Qwen3MoeModel(c, max_context));
-  const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
 
+absl::Status CheckQwen3MoeCheckpoint(const ModelConfig& c, Checkpoint& ckpt) {
   // The names config.json implies, checked against the checkpoint before any weight is read.
   std::set<std::string> expected = {"model.embed_tokens.weight", "model.norm.weight"};
   if (!c.tie_word_embeddings) expected.insert("lm_head.weight");
@@ -42,7 +37,17 @@ absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelCo
                                    c.tie_word_embeddings ? std::vector<std::string>{"lm_head.weight"}
                                                          : std::vector<std::string>{},
                                    &ignored));
-  RETURN_IF_ERROR(CheckExpertShapes(c, ckpt));
+  return CheckExpertShapes(c, ckpt);
+}
+
+absl::StatusOr<std::unique_ptr<Qwen3MoeModel>> Qwen3MoeModel::Load(const ModelConfig& c,
+                                                                   Checkpoint& ckpt,
+                                                                   int max_context) {
+  if (max_context <= 0 || max_context > c.max_position_embeddings) max_context = c.max_position_embeddings;
+  auto m = std::unique_ptr<Qwen3MoeModel>(new Qwen3MoeModel(c, max_context));
+  const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+
+  RETURN_IF_ERROR(CheckQwen3MoeCheckpoint(c, ckpt));
 
   ASSIGN_OR_RETURN(m->embed_, ckpt.ReadF32("model.embed_tokens.weight", std::vector<int64_t>{c.vocab_size, h}));
   ASSIGN_OR_RETURN(m->norm_, ckpt.ReadF32("model.norm.weight", std::vector<int64_t>{h}));

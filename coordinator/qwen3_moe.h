@@ -15,6 +15,10 @@
 
 namespace pinmoe {
 
+// Every tensor name the config implies is in the checkpoint and nothing else is (a tied lm_head.weight
+// is tolerated), and the experts have their shapes. Shared by the CPU and GPU models.
+absl::Status CheckQwen3MoeCheckpoint(const ModelConfig& config, Checkpoint& checkpoint);
+
 class Qwen3MoeModel : public CausalLm {
  public:
   // Checks every tensor name in the checkpoint against the config (missing or unexpected tensors are

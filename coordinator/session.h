@@ -32,7 +32,13 @@ struct SessionOptions {
   // Device budgets (--gpus/--gpu-mem/--cpu-mem): one worker per device, placed by PlanMemory. When set,
   // `workers` and `worker_device` are ignored.
   std::vector<DeviceBudget> devices;
+  // Where the coordinator's dense part runs: "cpu" (fp32, the reference path) or "cuda:N" (Qwen3-MoE so
+  // far). With a GPU here, --workers 0 keeps the experts in this process on the same GPU, GPU workers
+  // are ordered on the GPU (one message per step), and CPU workers are reached through the host.
+  std::string device = "cpu";
 };
+
+class GpuExperts;
 
 class Session {
  public:
@@ -48,13 +54,22 @@ class Session {
   WorkerPool* pool() { return pool_.get(); }
 
  private:
+  static absl::StatusOr<std::unique_ptr<Session>> OpenOnGpu(std::unique_ptr<Session> s,
+                                                            const SessionOptions& options, int device,
+                                                            std::ostream* log);
   ModelConfig config_;
   GenerationConfig generation_config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<InProcessExperts> in_process_;
+#if PINMOE_WITH_CUDA
+  std::unique_ptr<GpuExperts> gpu_experts_;  // declared before model_: destroyed after it
+#endif
   std::unique_ptr<CausalLm> model_;
+
+ public:
+  ~Session();
 };
 
 }  // namespace pinmoe

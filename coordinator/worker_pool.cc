@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include "worker/gpu/cuda_check.h"
+#include "worker/gpu/stream_sync.h"
 #endif
 
 extern char** environ;
@@ -57,6 +58,9 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // Buffer ids in Assign and Work messages.
 constexpr uint32_t kHostBuffer = 0;
 constexpr uint32_t kDeviceBuffer = 1;
+// The GPU-ordered path's counters live in the first 4 KiB of the buffers, one per 64-byte line.
+constexpr uint64_t kCounterBytes = 4096;
+constexpr uint64_t kCounterStride = 64;
 
 }  // namespace
 
@@ -97,7 +101,20 @@ absl::Status WorkerPool::Launch() {
 
   // One buffer per kind of worker in use: input [T, H] f32 | routing [T, K] i32 | output [T, K, H] f32.
   const uint64_t t = options_.max_tokens_per_step, h = config_.hidden_size, k = config_.top_k;
-  input_offset_ = 0;
+  if (static_cast<uint64_t>(options_.num_workers + 1) * kCounterStride > kCounterBytes) {
+    return absl::InvalidArgumentError(StrCat("at most ", kCounterBytes / kCounterStride - 1, " workers"));
+  }
+  moe_index_.assign(config_.num_layers, -1);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (config_.IsMoeLayer(l)) moe_index_[l] = num_moe_layers_++;
+  }
+  layer_owners_.assign(config_.num_layers, {});
+  for (int w = 0; w < options_.num_workers; ++w) {
+    for (const auto& set : placement_.per_worker[w]) {
+      if (!set.experts.empty()) layer_owners_[set.layer].push_back(w);
+    }
+  }
+  input_offset_ = kCounterBytes;
   routing_offset_ = AlignUp(t * h * sizeof(float), 4096);
   output_offset_ = AlignUp(routing_offset_ + t * k * sizeof(int32_t), 4096);
   const uint64_t total = output_offset_ + t * k * h * sizeof(float);
@@ -113,7 +130,8 @@ absl::Status WorkerPool::Launch() {
   }
   if (first_gpu >= 0) {
     // On the first GPU worker's device; workers on other GPUs reach it through peer access.
-    ASSIGN_OR_RETURN(device_buffer_, DeviceBuffer::Create(first_gpu, total));
+    ASSIGN_OR_RETURN(device_buffer_, DeviceBuffer::Create(
+                                         options_.buffer_device >= 0 ? options_.buffer_device : first_gpu, total));
   }
 
   workers_.resize(options_.num_workers);
@@ -142,6 +160,7 @@ absl::Status WorkerPool::Launch() {
     proto::Envelope assign = MakeEnvelope();
     proto::Assign* a = assign.mutable_assign();
     a->set_model_dir(options_.model_dir);
+    a->set_synthetic_seed(options_.synthetic_seed);
     for (const auto& set : placement_.per_worker[w.index]) {
       proto::LayerExperts* le = a->add_experts();
       le->set_layer(set.layer);
@@ -430,5 +449,136 @@ void WorkerPool::Stop() {
 }
 
 WorkerPool::~WorkerPool() { Stop(); }
+
+bool WorkerPool::all_gpu() const {
+  return std::all_of(workers_.begin(), workers_.end(), [](const Worker& w) { return w.gpu; });
+}
+
+#if PINMOE_WITH_CUDA
+
+absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
+  if (device_buffer_ == nullptr || !all_gpu()) {
+    return absl::FailedPreconditionError("the GPU-ordered path needs every worker on a GPU");
+  }
+  uint8_t* base = device_buffer_->data();
+  return DeviceSlots{reinterpret_cast<float*>(base + input_offset_),
+                     reinterpret_cast<int32_t*>(base + routing_offset_),
+                     reinterpret_cast<float*>(base + output_offset_)};
+}
+
+absl::Status WorkerPool::BeginGpuStep(uint32_t tokens) {
+  if (broken_) return first_error_;
+  if (tokens == 0 || tokens > options_.max_tokens_per_step) {
+    return absl::InvalidArgumentError(StrCat("a GPU step of ", tokens, " tokens (at most ",
+                                             options_.max_tokens_per_step, ")"));
+  }
+  step_base_ = tick_;
+  tick_ += static_cast<uint32_t>(num_moe_layers_);
+  step_sequence_ = ++sequence_;
+  step_pending_.assign(workers_.size(), false);
+  const uint64_t h = config_.hidden_size, k = config_.top_k;
+  auto slice = [](proto::Slice* s, uint64_t off, uint64_t len) {
+    s->set_buffer_id(kDeviceBuffer);
+    s->set_offset(off);
+    s->set_length(len);
+  };
+  for (size_t w = 0; w < workers_.size(); ++w) {
+    proto::Envelope env = MakeEnvelope();
+    proto::Step* step = env.mutable_step();
+    step->set_sequence(step_sequence_);
+    step->set_tokens(tokens);
+    step->set_top_k(static_cast<uint32_t>(k));
+    for (int l = 0; l < config_.num_layers; ++l) {
+      const auto& owners = layer_owners_[l];
+      if (std::find(owners.begin(), owners.end(), static_cast<int>(w)) == owners.end()) continue;
+      step->add_layers(l);
+      step->add_ticks(step_base_ + 1 + moe_index_[l]);
+    }
+    if (step->layers_size() == 0) continue;
+    slice(step->mutable_input(), input_offset_, tokens * h * sizeof(float));
+    slice(step->mutable_routing(), routing_offset_, tokens * k * sizeof(int32_t));
+    slice(step->mutable_output(), output_offset_, tokens * k * h * sizeof(float));
+    slice(step->mutable_ready(), 0, sizeof(uint32_t));
+    slice(step->mutable_done(), kCounterStride * (w + 1), sizeof(uint32_t));
+    absl::Status st = router_->Send(workers_[w].identity, env);
+    if (!st.ok()) {
+      broken_ = true;
+      absl::Status exited = CheckChildren(StrCat("starting step ", step_sequence_));
+      first_error_ = !exited.ok() ? exited : absl::UnavailableError(StrCat(Describe(workers_[w]), ": ", st.message()));
+      return first_error_;
+    }
+    step_pending_[w] = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream) {
+  if (layer < 0 || layer >= config_.num_layers || moe_index_[layer] < 0) {
+    return absl::InvalidArgumentError(StrCat("layer ", layer, " is not an MoE layer"));
+  }
+  auto s = static_cast<cudaStream_t>(stream);
+  const uint32_t tick = step_base_ + 1 + static_cast<uint32_t>(moe_index_[layer]);
+  uint8_t* base = device_buffer_->data();
+  RETURN_IF_ERROR(StreamWriteCounter(s, reinterpret_cast<uint32_t*>(base), tick));
+  for (int w : layer_owners_[layer]) {
+    RETURN_IF_ERROR(StreamWaitCounter(s, reinterpret_cast<uint32_t*>(base + kCounterStride * (w + 1)), tick));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerPool::FinishGpuStep(void* event) {
+  if (broken_) return first_error_;
+  const std::string what = StrCat("GPU step ", step_sequence_);
+  auto on_message = [&](Worker& w, const proto::Envelope& e) -> absl::Status {
+    if (e.has_error()) {
+      return absl::InternalError(StrCat(Describe(w), " failed in ", what, ": ", e.error().message()));
+    }
+    if (e.has_done() && e.done().sequence() == step_sequence_) step_pending_[w.index] = false;
+    return absl::OkStatus();
+  };
+  // While the stream runs: notice a dead worker or an error message without waiting for the deadline.
+  auto poll = [&]() -> absl::Status {
+    RETURN_IF_ERROR(CheckChildren(what));
+    while (true) {
+      ASSIGN_OR_RETURN(std::optional<Incoming> in, router_->Receive(0));
+      if (!in) return absl::OkStatus();
+      Worker* w = ByIdentity(in->peer);
+      if (w != nullptr) RETURN_IF_ERROR(on_message(*w, in->envelope));
+    }
+  };
+  absl::Status st = WaitForEvent(static_cast<cudaEvent_t>(event),
+                                 std::chrono::milliseconds(options_.step_timeout_ms), what, poll);
+  if (st.ok()) {
+    st = Pump(options_.step_timeout_ms, what, on_message,
+              [&] { return std::none_of(step_pending_.begin(), step_pending_.end(), [](bool p) { return p; }); },
+              [&](const Worker& w) { return static_cast<bool>(step_pending_[w.index]); });
+  }
+  if (!st.ok()) {
+    // Release the coordinator's stream, which may wait on a counter nobody will write, then report.
+    const uint32_t last = step_base_ + static_cast<uint32_t>(num_moe_layers_);
+    cudaSetDevice(device_buffer_->device());
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      cudaMemcpy(device_buffer_->data() + kCounterStride * (w + 1), &last, sizeof(last), cudaMemcpyHostToDevice);
+    }
+    WaitForEvent(static_cast<cudaEvent_t>(event), std::chrono::seconds(5), what, nullptr).IgnoreError();
+    if (!broken_) {
+      broken_ = true;
+      first_error_ = st;
+    }
+    return first_error_;
+  }
+  return absl::OkStatus();
+}
+
+#else
+
+absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
+  return absl::UnimplementedError("this build has no CUDA");
+}
+absl::Status WorkerPool::BeginGpuStep(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::EnqueueGpuLayer(int, void*) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::FinishGpuStep(void*) { return absl::UnimplementedError("this build has no CUDA"); }
+
+#endif
 
 }  // namespace pinmoe

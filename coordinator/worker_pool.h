@@ -42,6 +42,12 @@ struct WorkerPoolOptions {
   // even split (from PlanMemory); both empty by default.
   std::vector<std::string> worker_devices;
   std::optional<Placement> placement;
+  // Where the CUDA IPC buffer lives: the coordinator's GPU when its dense part runs on one; -1: the
+  // first GPU worker's device.
+  int buffer_device = -1;
+  // Non-zero: workers draw seeded synthetic experts instead of reading a checkpoint (benchmarks; GPU
+  // workers only; model_dir then needs only config.json).
+  uint64_t synthetic_seed = 0;
 };
 
 class WorkerPool : public ExpertBackend {
@@ -52,6 +58,27 @@ class WorkerPool : public ExpertBackend {
 
   absl::Status RunMoe(int layer, const float* x, uint32_t tokens, const int32_t* routing,
                       float* out) override;
+
+  // ---- The GPU-ordered path, for a model whose dense part runs on a GPU while every worker is a GPU
+  // worker: one Step message per forward step, and per layer a hand-over through 32-bit counters in the
+  // device buffer (stream memory operations) instead of a message round trip. Streams and events are
+  // cudaStream_t / cudaEvent_t passed as void*, so that this header needs no CUDA.
+  struct DeviceSlots {
+    float* input = nullptr;      // [max_tokens_per_step, hidden]
+    int32_t* routing = nullptr;  // [max_tokens_per_step, top_k]
+    float* output = nullptr;     // [max_tokens_per_step, top_k, hidden]
+  };
+  bool all_gpu() const;
+  uint32_t max_tokens_per_step() const { return options_.max_tokens_per_step; }
+  absl::StatusOr<DeviceSlots> device_slots();
+  // Sends each worker its Step (the MoE layers where it owns experts, with their ticks).
+  absl::Status BeginGpuStep(uint32_t tokens);
+  // On `stream`, after the layer's input and routing are written: publish the layer's tick, then wait
+  // until every worker owning experts of the layer has written it back.
+  absl::Status EnqueueGpuLayer(int layer, void* stream);
+  // Waits (bounded) for `event`, recorded after the step's last use of the slots, and for every worker's
+  // Done. If a worker dies or hangs, the coordinator's stream is released and the error names it.
+  absl::Status FinishGpuStep(void* event);
 
   const Placement& placement() const { return placement_; }
   const std::string& runtime_dir() const { return runtime_dir_; }
@@ -98,6 +125,16 @@ class WorkerPool : public ExpertBackend {
   absl::Status CopyIn(bool to_device, uint64_t offset, const void* src, uint64_t bytes);
   absl::Status CopyOut(bool from_device, void* dst, uint64_t offset, uint64_t bytes);
   uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
+  // The GPU-ordered path's state: counters at the start of the device buffer (ready at 0, worker w's
+  // done at kCounterStride * (w + 1)), the tick before the current step, and which workers own experts
+  // in each layer.
+  uint32_t tick_ = 0;
+  uint32_t step_base_ = 0;
+  uint64_t step_sequence_ = 0;
+  std::vector<int> moe_index_;                 // layer -> index among the MoE layers, or -1
+  int num_moe_layers_ = 0;
+  std::vector<std::vector<int>> layer_owners_;  // layer -> workers with experts there
+  std::vector<bool> step_pending_;
   std::vector<Worker> workers_;
   uint64_t sequence_ = 0;
   bool broken_ = false;  // a worker failed; every later step fails fast with the first error

@@ -19,7 +19,9 @@
 #include "worker/expert_store.h"
 #if PINMOE_WITH_CUDA
 #include "worker/gpu/device_buffer.h"
+#include "worker/gpu/cuda_check.h"
 #include "worker/gpu/gpu_expert_store.h"
+#include "worker/gpu/stream_sync.h"
 #endif
 
 namespace pinmoe {
@@ -77,6 +79,27 @@ class Worker {
       if (env.has_shutdown()) return absl::OkStatus();
       if (env.has_heartbeat()) {
         RETURN_IF_ERROR(socket_->Send(env));
+        continue;
+      }
+      if (env.has_step()) {
+        if (options_.fault != WorkerFault::kNone && works++ >= options_.fault_after_works) {
+          if (options_.fault == WorkerFault::kCrashOnWork) std::abort();
+          if (options_.fault == WorkerFault::kHangOnWork) {
+            while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
+          }
+        }
+#if PINMOE_WITH_CUDA
+        absl::Status st = HandleStep(env.step());
+        if (!st.ok()) {
+          SendError(st, env.step().sequence());
+          continue;
+        }
+        proto::Envelope done = MakeEnvelope();
+        done.mutable_done()->set_sequence(env.step().sequence());
+        RETURN_IF_ERROR(socket_->Send(done));
+#else
+        SendError(absl::UnimplementedError("Step needs a GPU worker"), env.step().sequence());
+#endif
         continue;
       }
       if (!env.has_work()) continue;
@@ -138,7 +161,12 @@ class Worker {
       buffers_[b.id()] = std::move(shm);
     }
     ASSIGN_OR_RETURN(config_, LoadModelConfig(assign.model_dir()));
-    ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(assign.model_dir()));
+    std::unique_ptr<Checkpoint> checkpoint;
+    if (assign.synthetic_seed() == 0) {
+      ASSIGN_OR_RETURN(checkpoint, Checkpoint::Open(assign.model_dir()));
+    } else if (device_ < 0) {
+      return absl::UnimplementedError("synthetic experts are drawn on a GPU; this is a CPU worker");
+    }
     std::vector<LayerExpertSet> sets;
     for (const auto& le : assign.experts()) {
       LayerExpertSet s;
@@ -150,7 +178,11 @@ class Worker {
     size_t experts = 0;
     if (device_ >= 0) {
 #if PINMOE_WITH_CUDA
-      ASSIGN_OR_RETURN(gpu_store_, GpuExpertStore::Load(config_, *checkpoint, sets, device_));
+      if (checkpoint == nullptr) {
+        ASSIGN_OR_RETURN(gpu_store_, GpuExpertStore::Synthetic(config_, sets, device_, assign.synthetic_seed()));
+      } else {
+        ASSIGN_OR_RETURN(gpu_store_, GpuExpertStore::Load(config_, *checkpoint, sets, device_));
+      }
       weight_bytes = gpu_store_->checkpoint_bytes();
       experts = gpu_store_->num_experts();
 #endif
@@ -213,6 +245,56 @@ class Worker {
                            static_cast<uint32_t>(t), static_cast<uint32_t>(k),
                            reinterpret_cast<const int32_t*>(routing), reinterpret_cast<float*>(out));
   }
+
+#if PINMOE_WITH_CUDA
+  // Enqueues the whole step (wait for the coordinator's tick, experts, our tick, per layer) and waits
+  // for it. On any failure the done counter is still advanced to the step's last tick, so that the
+  // coordinator's stream is never left waiting on us.
+  absl::Status HandleStep(const proto::Step& step) {
+    if (gpu_store_ == nullptr) return absl::FailedPreconditionError("Step sent to a CPU worker");
+    const uint64_t h = static_cast<uint64_t>(config_.hidden_size);
+    const uint64_t t = step.tokens(), k = step.top_k();
+    if (k != static_cast<uint64_t>(config_.top_k) || t == 0 || t > (1u << 24) ||
+        step.layers_size() != step.ticks_size() || step.layers_size() == 0) {
+      return absl::InvalidArgumentError(StrCat("Step ", step.sequence(), " has tokens=", t, " top_k=", k,
+                                               " and ", step.layers_size(), " layers for ", step.ticks_size(),
+                                               " ticks"));
+    }
+    ASSIGN_OR_RETURN(uint8_t* done_ptr, Resolve(step.done(), sizeof(uint32_t), "done counter"));
+    uint32_t* done = reinterpret_cast<uint32_t*>(done_ptr);
+    const uint32_t last_tick = step.ticks(step.ticks_size() - 1);
+    cudaStream_t stream = gpu_store_->stream();
+    auto run = [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(uint8_t* ready, Resolve(step.ready(), sizeof(uint32_t), "ready counter"));
+      ASSIGN_OR_RETURN(uint8_t* in, Resolve(step.input(), t * h * sizeof(float), "input slice"));
+      ASSIGN_OR_RETURN(uint8_t* routing, Resolve(step.routing(), t * k * sizeof(int32_t), "routing slice"));
+      ASSIGN_OR_RETURN(uint8_t* out, Resolve(step.output(), t * k * h * sizeof(float), "output slice"));
+      RETURN_IF_ERROR(gpu_store_->Reserve(static_cast<uint32_t>(t), static_cast<uint32_t>(k)));
+      for (int i = 0; i < step.layers_size(); ++i) {
+        RETURN_IF_ERROR(StreamWaitCounter(stream, reinterpret_cast<const uint32_t*>(ready), step.ticks(i)));
+        RETURN_IF_ERROR(gpu_store_->Enqueue(static_cast<int>(step.layers(i)), reinterpret_cast<const float*>(in),
+                                            static_cast<uint32_t>(t), static_cast<uint32_t>(k),
+                                            reinterpret_cast<const int32_t*>(routing), reinterpret_cast<float*>(out),
+                                            stream));
+        RETURN_IF_ERROR(StreamWriteCounter(stream, done, step.ticks(i)));
+      }
+      if (step_event_ == nullptr) CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&step_event_, cudaEventDisableTiming));
+      CUDA_RETURN_IF_ERROR(cudaEventRecord(step_event_, stream));
+      return WaitForEvent(step_event_, std::chrono::milliseconds(options_.step_timeout_ms),
+                          StrCat("step ", step.sequence()), [&]() -> absl::Status {
+                            if (options_.parent_pid > 0 && ::getppid() != options_.parent_pid) return ParentGone();
+                            return absl::OkStatus();
+                          });
+    };
+    absl::Status st = run();
+    if (!st.ok()) {
+      // Release the coordinator: its stream waits for our last tick.
+      cudaMemcpy(done, &last_tick, sizeof(last_tick), cudaMemcpyHostToDevice);
+    }
+    return st;
+  }
+  cudaEvent_t step_event_ = nullptr;
+#endif
 
   WorkerOptions options_;
   std::unique_ptr<DealerSocket> socket_;

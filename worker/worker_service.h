@@ -20,6 +20,7 @@ struct WorkerOptions {
   uint32_t worker_id = 0;
   int64_t parent_pid = 0;   // when > 0, exit as soon as this process is no longer our parent
   int assign_timeout_ms = 60000;
+  int step_timeout_ms = 60000;  // a GPU step whose stream has not finished by then fails
   std::string device = "cpu";
   WorkerFault fault = WorkerFault::kNone;
   uint32_t fault_after_works = 0;  // the fault fires on Work number fault_after_works + 1

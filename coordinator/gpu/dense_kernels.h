@@ -1,7 +1,7 @@
-// The coordinator's first GPU kernels (fp32): RMSNorm, rotary embeddings, single-token attention over a
-// KV cache, and softmax top-k routing. Each mirrors a CPU function in coordinator/layers.h or
-// common/cpu_kernels.h and is tested against it (tests/gpu/dense_kernels_gpu_test.cc). They are the
-// building blocks of the GPU dense path; the model files do not use them yet.
+// The coordinator's GPU kernels besides the linear layers (fp32 activations): embedding gather, RMSNorm,
+// per-head q/k norm + RoPE + KV-cache append, causal attention over the cache, SwiGLU, softmax top-k
+// routing, the weighted expert sum and greedy arg-max. Each mirrors a CPU function in coordinator/layers.h
+// or common/cpu_kernels.h and is tested against it (tests/gpu/dense_kernels_gpu_test.cc).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,15 +14,52 @@ namespace pinmoe {
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, float* y, int rows, int dim, float eps,
                           cudaStream_t stream);
 
-// Rotate-half RoPE on the first rotary_dim dimensions of each head, in place. x: [tokens, heads,
-// head_dim]; token t sits at position first_position + t; inv_freq: [rotary_dim / 2] (as Rope computes).
-cudaError_t LaunchRope(float* x, int tokens, int heads, int head_dim, int rotary_dim, const float* inv_freq,
-                       int first_position, cudaStream_t stream);
+// The attention core after the q/k/v projections, for `tokens` new tokens at first_position..: reads
+// each token's row of the fused projection output, applies the per-head RMSNorm (q_norm / k_norm hold
+// the effective weights) and rotate-half RoPE on the first rotary_dim dimensions to queries and keys,
+// writes queries to q_out and keys/values into the caches at their positions.
+struct QkNormRopeCacheArgs {
+  const float* qkv = nullptr;  // [tokens, row_stride]
+  int row_stride = 0;
+  int q_offset = 0, q_head_stride = 0;  // query head h at q_offset + h * q_head_stride
+  int k_offset = 0, v_offset = 0;       // key/value head g at offset + g * head_dim
+  int heads = 0, kv_heads = 0, head_dim = 0, rotary_dim = 0;
+  const float* q_norm = nullptr;    // [head_dim]
+  const float* k_norm = nullptr;    // [head_dim]
+  const float* inv_freq = nullptr;  // [rotary_dim / 2], as Rope computes it
+  float eps = 1e-6f;
+  int first_position = 0;
+  float* q_out = nullptr;    // [tokens, heads, head_dim]
+  float* k_cache = nullptr;  // [max_positions, kv_heads, head_dim]
+  float* v_cache = nullptr;
+};
+cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& args, int tokens, cudaStream_t stream);
 
-// One query token: q [heads, head_dim] against the first `length` positions of k, v
-// [positions, kv_heads, head_dim]; out [heads, head_dim]; scratch: [heads, length] floats.
-cudaError_t LaunchDecodeAttention(const float* q, const float* k, const float* v, int length, int heads,
-                                  int kv_heads, int head_dim, float* scratch, float* out, cudaStream_t stream);
+// Causal grouped-query attention: query token t (at first_position + t) attends cache positions
+// 0..first_position + t. q, out: [tokens, heads, head_dim]; head_dim <= 256.
+struct AttentionArgs {
+  const float* q = nullptr;
+  const float* k_cache = nullptr;  // [positions, kv_heads, head_dim]
+  const float* v_cache = nullptr;
+  int heads = 0, kv_heads = 0, head_dim = 0;
+  int first_position = 0;
+  float* out = nullptr;
+};
+cudaError_t LaunchAttention(const AttentionArgs& args, int tokens, cudaStream_t stream);
+
+// x[t, :] = table[ids[t], :] widened to fp32; table [vocab, hidden] in bf16 or fp32.
+cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,
+                        cudaStream_t stream);
+
+// act[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]  (gate and up projections fused by rows).
+cudaError_t LaunchSiluMul(const float* gate_up, int tokens, int inter, float* act, cudaStream_t stream);
+
+// x[t, :] += sum over s of weights[t, s] * slots[t, s, :], slots in order (as the CPU path sums them).
+cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int tokens, int top_k, int hidden,
+                             float* x, cudaStream_t stream);
+
+// index = arg max of values[0, n) (ties to the lower index).
+cudaError_t LaunchArgMax(const float* values, int n, int32_t* index, cudaStream_t stream);
 
 // Per token: softmax over logits [tokens, num_experts], the top_k largest (ties to the lower index),
 // renormalised when norm_topk_prob. ids/weights: [tokens, top_k].

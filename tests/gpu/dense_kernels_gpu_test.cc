@@ -1,4 +1,5 @@
 // The coordinator's GPU kernels against their CPU counterparts, over several shapes.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -7,6 +8,7 @@
 
 #include "common/cpu_kernels.h"
 #include "coordinator/gpu/dense_kernels.h"
+#include "coordinator/gpu/linear.h"
 #include "coordinator/layers.h"
 #include "gtest/gtest.h"
 
@@ -56,36 +58,166 @@ TEST(DenseKernelsGpu, RmsNorm) {
   }
 }
 
-TEST(DenseKernelsGpu, RopeFullAndPartial) {
-  for (auto [hd, rot] : {std::pair{32, 32}, std::pair{128, 128}, std::pair{256, 64}}) {
-    const int tokens = 5, heads = 3, first = 1234;
-    Rope rope(hd, rot, 1e7);
-    auto x = Random(tokens * heads * hd, hd);
-    auto ref = x;
-    for (int t = 0; t < tokens; ++t) rope.Apply(ref.data() + t * heads * hd, heads, first + t);
-    Dev dx(x), df(rope.inv_freq());
-    ASSERT_CUDA(LaunchRope(dx.as<float>(), tokens, heads, hd, rot, df.as<float>(), first, nullptr));
-    auto y = dx.get<float>();
-    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-5f) << hd << "/" << rot << " " << i;
+// The fused q/k norm + RoPE + cache append and the attention over the cache, against the CPU core
+// (QkNormRopeAttend) with part of the cache already filled: prefill (several tokens) and decode (one).
+TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
+  struct Shape {
+    int heads, kvh, hd, rot, first, tokens;
+  };
+  for (const Shape& sh : {Shape{4, 2, 32, 32, 0, 5}, Shape{32, 4, 128, 128, 300, 1}, Shape{16, 2, 256, 64, 7, 130},
+                          Shape{8, 8, 64, 64, 129, 3}}) {
+    const int nh = sh.heads, nkv = sh.kvh, hd = sh.hd, T = sh.tokens, first = sh.first;
+    const int row = (nh + 2 * nkv) * hd;
+    auto qkv = Random(static_cast<size_t>(T) * row, hd + T, 2.f);
+    auto qn = Random(hd, 5), kn = Random(hd, 6);
+    Rope rope(hd, sh.rot, 1e6);
+    // CPU: split the fused rows, prefill the cache with `first` random positions, run the core.
+    KvCache cache;
+    cache.kv_heads = nkv;
+    cache.head_dim = hd;
+    cache.length = first;
+    cache.k = Random(static_cast<size_t>(first) * nkv * hd, 7);
+    cache.v = Random(cache.k.size(), 8);
+    std::vector<float> q(static_cast<size_t>(T) * nh * hd), k(static_cast<size_t>(T) * nkv * hd), v(k.size());
+    for (int t = 0; t < T; ++t) {
+      const float* r = qkv.data() + static_cast<size_t>(t) * row;
+      std::copy(r, r + nh * hd, q.data() + static_cast<size_t>(t) * nh * hd);
+      std::copy(r + nh * hd, r + (nh + nkv) * hd, k.data() + static_cast<size_t>(t) * nkv * hd);
+      std::copy(r + (nh + nkv) * hd, r + row, v.data() + static_cast<size_t>(t) * nkv * hd);
+    }
+    const std::vector<float> k_prefix = cache.k, v_prefix = cache.v;
+    std::vector<float> ref(q.size());
+    QkNormRopeAttend(rope, qn.data(), kn.data(), 1e-6f, first, T, nh, q.data(), k, v, &cache, ref.data());
+
+    const size_t cache_floats = static_cast<size_t>(first + T) * nkv * hd;
+    Dev dqkv(qkv), dqn(qn), dkn(kn), df(rope.inv_freq()), dq(q.size() * 4), dout(q.size() * 4),
+        dk(cache_floats * 4), dv(cache_floats * 4);
+    ASSERT_CUDA(cudaMemcpy(dk.p, k_prefix.data(), k_prefix.size() * 4, cudaMemcpyHostToDevice));
+    ASSERT_CUDA(cudaMemcpy(dv.p, v_prefix.data(), v_prefix.size() * 4, cudaMemcpyHostToDevice));
+    QkNormRopeCacheArgs qa;
+    qa.qkv = dqkv.as<float>();
+    qa.row_stride = row;
+    qa.q_head_stride = hd;
+    qa.k_offset = nh * hd;
+    qa.v_offset = (nh + nkv) * hd;
+    qa.heads = nh;
+    qa.kv_heads = nkv;
+    qa.head_dim = hd;
+    qa.rotary_dim = sh.rot;
+    qa.q_norm = dqn.as<float>();
+    qa.k_norm = dkn.as<float>();
+    qa.inv_freq = df.as<float>();
+    qa.eps = 1e-6f;
+    qa.first_position = first;
+    qa.q_out = dq.as<float>();
+    qa.k_cache = dk.as<float>();
+    qa.v_cache = dv.as<float>();
+    ASSERT_CUDA(LaunchQkNormRopeCache(qa, T, nullptr));
+    AttentionArgs aa;
+    aa.q = dq.as<float>();
+    aa.k_cache = dk.as<float>();
+    aa.v_cache = dv.as<float>();
+    aa.heads = nh;
+    aa.kv_heads = nkv;
+    aa.head_dim = hd;
+    aa.first_position = first;
+    aa.out = dout.as<float>();
+    ASSERT_CUDA(LaunchAttention(aa, T, nullptr));
+    auto gk = dk.get<float>(), gv = dv.get<float>(), y = dout.get<float>();
+    for (size_t i = 0; i < cache_floats; ++i) {
+      ASSERT_NEAR(gk[i], cache.k[i], 2e-5f * (1 + std::fabs(cache.k[i]))) << "k cache " << i;
+      ASSERT_EQ(gv[i], cache.v[i]) << "v cache " << i;
+    }
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4f) << nh << "x" << hd << " T=" << T << " " << i;
   }
 }
 
-TEST(DenseKernelsGpu, DecodeAttentionWithGroupedHeads) {
-  for (auto [heads, kvh, hd, len] : {std::tuple{4, 2, 32, 1}, std::tuple{32, 4, 128, 300}, std::tuple{16, 2, 256, 1025}}) {
-    KvCache cache;
-    cache.kv_heads = kvh;
-    cache.head_dim = hd;
-    cache.length = len;
-    cache.k = Random(static_cast<size_t>(len) * kvh * hd, 1);
-    cache.v = Random(cache.k.size(), 2);
-    auto q = Random(heads * hd, 3);
-    std::vector<float> ref(q.size());
-    CausalAttention(q.data(), 1, heads, cache, ref.data());
-    Dev dq(q), dk(cache.k), dv(cache.v), scratch(static_cast<size_t>(heads) * len * 4), out(q.size() * 4);
-    ASSERT_CUDA(LaunchDecodeAttention(dq.as<float>(), dk.as<float>(), dv.as<float>(), len, heads, kvh, hd,
-                                      scratch.as<float>(), out.as<float>(), nullptr));
-    auto y = out.get<float>();
-    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4f) << heads << "," << len << " " << i;
+// y (=|+=) x . W^T through the GEMV kernel (up to 8 tokens) and cuBLAS (more), bf16 and fp32 weights,
+// against a double-precision reference from the same (bf16-rounded where the path rounds) values.
+TEST(DenseKernelsGpu, LinearGemvAndCublas) {
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreate(&stream));
+  auto runner = LinearRunner::Create(stream);
+  ASSERT_TRUE(runner.ok()) << runner.status();
+  for (bool bf16 : {false, true}) {
+    for (auto [rows, cols] : {std::pair{8, 64}, std::pair{1000, 2048}, std::pair{77, 4096}}) {
+      for (int tokens : {1, 3, 8, 17, 64}) {
+        for (bool acc : {false, true}) {
+          auto w = Random(static_cast<size_t>(rows) * cols, rows + cols, 1.f / std::sqrt(static_cast<float>(cols)));
+          auto x = Random(static_cast<size_t>(tokens) * cols, tokens);
+          auto y0 = Random(static_cast<size_t>(tokens) * rows, 99);
+          std::vector<uint16_t> wb(w.size());
+          for (size_t i = 0; i < w.size(); ++i) {
+            wb[i] = __bfloat16_as_ushort(__float2bfloat16(w[i]));
+            if (bf16) w[i] = __bfloat162float(__ushort_as_bfloat16(wb[i]));
+          }
+          // The tensor-core path rounds activations to bf16 too.
+          auto xr = x;
+          if (bf16 && tokens > kGemvMaxTokens) {
+            for (float& v : xr) v = __bfloat162float(__float2bfloat16(v));
+          }
+          Dev dw = bf16 ? Dev(wb) : Dev(w);
+          Dev dx(x), dy(y0);
+          DeviceMatrix m{dw.p, bf16, rows, cols};
+          ASSERT_TRUE((*runner)->Run(m, dx.as<float>(), tokens, dy.as<float>(), acc).ok());
+          ASSERT_CUDA(cudaStreamSynchronize(stream));
+          auto y = dy.get<float>();
+          for (int t = 0; t < tokens; ++t) {
+            for (int r = 0; r < rows; ++r) {
+              double ref = acc ? y0[static_cast<size_t>(t) * rows + r] : 0.0;
+              for (int c = 0; c < cols; ++c) {
+                ref += static_cast<double>(w[static_cast<size_t>(r) * cols + c]) * xr[static_cast<size_t>(t) * cols + c];
+              }
+              ASSERT_NEAR(y[static_cast<size_t>(t) * rows + r], ref, 2e-4 * (1 + std::fabs(ref)))
+                  << (bf16 ? "bf16 " : "fp32 ") << rows << "x" << cols << " tokens " << tokens << " at " << t << "," << r;
+            }
+          }
+        }
+      }
+    }
+  }
+  runner->reset();
+  cudaStreamDestroy(stream);
+}
+
+TEST(DenseKernelsGpu, EmbedSiluMulCombineArgMax) {
+  const int vocab = 300, hidden = 64, tokens = 4, top_k = 3, inter = 40;
+  auto table = Random(static_cast<size_t>(vocab) * hidden, 1);
+  std::vector<int32_t> ids = {5, 0, 299, 5};
+  Dev dt(table), di(ids), dx(static_cast<size_t>(tokens) * hidden * 4);
+  ASSERT_CUDA(LaunchEmbed(dt.p, /*bf16=*/false, di.as<int32_t>(), tokens, hidden, dx.as<float>(), nullptr));
+  auto x = dx.get<float>();
+  for (int t = 0; t < tokens; ++t) {
+    for (int i = 0; i < hidden; ++i) ASSERT_EQ(x[t * hidden + i], table[ids[t] * hidden + i]);
+  }
+  auto gu = Random(static_cast<size_t>(tokens) * 2 * inter, 2);
+  Dev dgu(gu), dact(static_cast<size_t>(tokens) * inter * 4);
+  ASSERT_CUDA(LaunchSiluMul(dgu.as<float>(), tokens, inter, dact.as<float>(), nullptr));
+  auto act = dact.get<float>();
+  for (int t = 0; t < tokens; ++t) {
+    for (int i = 0; i < inter; ++i) {
+      const float g = gu[t * 2 * inter + i], u = gu[t * 2 * inter + inter + i];
+      ASSERT_NEAR(act[t * inter + i], g / (1 + std::exp(-g)) * u, 1e-5f * (1 + std::fabs(g * u)));
+    }
+  }
+  auto slots = Random(static_cast<size_t>(tokens) * top_k * hidden, 3), wts = Random(tokens * top_k, 4);
+  Dev ds(slots), dw(wts);
+  ASSERT_CUDA(LaunchMoeCombine(ds.as<float>(), dw.as<float>(), tokens, top_k, hidden, dx.as<float>(), nullptr));
+  auto combined = dx.get<float>();
+  for (int t = 0; t < tokens; ++t) {
+    for (int i = 0; i < hidden; ++i) {
+      float o = 0;
+      for (int s = 0; s < top_k; ++s) o += wts[t * top_k + s] * slots[(t * top_k + s) * hidden + i];
+      ASSERT_NEAR(combined[t * hidden + i], x[t * hidden + i] + o, 1e-5f);
+    }
+  }
+  for (int n : {1, 1000, 151936}) {
+    auto v = Random(n, n);
+    v[n / 2] = 50.f;
+    if (n > 2) v[n - 1] = 50.f;  // a tie: the lower index wins
+    Dev dv(v), dix(4);
+    ASSERT_CUDA(LaunchArgMax(dv.as<float>(), n, dix.as<int32_t>(), nullptr));
+    EXPECT_EQ(dix.get<int32_t>()[0], n / 2) << n;
   }
 }
 

@@ -1,17 +1,20 @@
 #include "worker/gpu/gpu_expert_store.h"
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 
 #include "common/status.h"
 #include "common/str_cat.h"
 #include "worker/gpu/cuda_check.h"
+#include "worker/gpu/synthetic.h"
 
 namespace pinmoe {
 
-absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Load(const ModelConfig& config, Checkpoint& ckpt,
-                                                                     const std::vector<LayerExpertSet>& assignment,
-                                                                     int device) {
+template <typename Fill>
+absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Build(const ModelConfig& config,
+                                                                      const std::vector<LayerExpertSet>& assignment,
+                                                                      int device, Fill fill) {
   auto s = std::unique_ptr<GpuExpertStore>(new GpuExpertStore());
   s->config_ = config;
   s->device_ = device;
@@ -37,35 +40,15 @@ absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Load(const Model
       const void* ptrs[3];
       int p = 0;
       for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
-        const std::string name = ExpertTensorName(set.layer, e, proj);
-        ASSIGN_OR_RETURN(const TensorInfo* info, ckpt.Info(name));
         const std::vector<int64_t> want = p == 2 ? std::vector<int64_t>{h, inter} : std::vector<int64_t>{inter, h};
-        if (info->shape != want) {
-          return absl::InvalidArgumentError(StrCat(ckpt.dir(), ": tensor '", name, "' has shape ",
-                                                   ShapeString(info->shape), ", expected ", ShapeString(want)));
-        }
-        // One storage type per worker: bf16 as is; fp32 and f16 held as fp32.
-        const DType held = info->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
-        if (!IsWeightDType(info->dtype)) {
-          return absl::InvalidArgumentError(StrCat(ckpt.dir(), ": tensor '", name, "' is ", DTypeName(info->dtype)));
-        }
+        DType held = DType::kBF16;
+        void* dev = nullptr;
+        RETURN_IF_ERROR(fill(*s, set.layer, e, proj, want, &held, &dev));
         if (dtype && *dtype != held) {
-          return absl::UnimplementedError(StrCat(ckpt.dir(), ": experts mix bf16 and other dtypes ('", name, "')"));
+          return absl::UnimplementedError(StrCat("experts mix bf16 and other dtypes (",
+                                                 ExpertTensorName(set.layer, e, proj), ")"));
         }
         dtype = held;
-        // Stored as held (bf16, f32): straight from the memory map to the device. F16 is widened first.
-        std::span<const uint8_t> bytes;
-        std::vector<float> widened;
-        if (info->dtype == held) {
-          ASSIGN_OR_RETURN(bytes, ckpt.RawBytes(name));
-        } else {
-          ASSIGN_OR_RETURN(widened, ckpt.ReadF32(name, want));
-          bytes = {reinterpret_cast<const uint8_t*>(widened.data()), widened.size() * sizeof(float)};
-        }
-        void* dev = nullptr;
-        CUDA_RETURN_IF_ERROR(cudaMalloc(&dev, bytes.size()));
-        s->allocations_.push_back(dev);
-        CUDA_RETURN_IF_ERROR(cudaMemcpy(dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
         ptrs[p++] = dev;
       }
       table[e] = {ptrs[0], ptrs[1], ptrs[2]};
@@ -80,7 +63,62 @@ absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Load(const Model
     s->owned_[set.layer] = std::move(owned);
   }
   s->fp32_ = dtype == DType::kF32;
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Load(const ModelConfig& config, Checkpoint& ckpt,
+                                                                     const std::vector<LayerExpertSet>& assignment,
+                                                                     int device) {
+  auto fill = [&](GpuExpertStore& s, int layer, int e, const char* proj, const std::vector<int64_t>& want,
+                  DType* held, void** dev) -> absl::Status {
+    const std::string name = ExpertTensorName(layer, e, proj);
+    ASSIGN_OR_RETURN(const TensorInfo* info, ckpt.Info(name));
+    if (info->shape != want) {
+      return absl::InvalidArgumentError(StrCat(ckpt.dir(), ": tensor '", name, "' has shape ",
+                                               ShapeString(info->shape), ", expected ", ShapeString(want)));
+    }
+    if (!IsWeightDType(info->dtype)) {
+      return absl::InvalidArgumentError(StrCat(ckpt.dir(), ": tensor '", name, "' is ", DTypeName(info->dtype)));
+    }
+    // One storage type per worker: bf16 as is; fp32 and f16 held as fp32. Stored as held: straight from
+    // the memory map to the device; f16 is widened first.
+    *held = info->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+    std::span<const uint8_t> bytes;
+    std::vector<float> widened;
+    if (info->dtype == *held) {
+      ASSIGN_OR_RETURN(bytes, ckpt.RawBytes(name));
+    } else {
+      ASSIGN_OR_RETURN(widened, ckpt.ReadF32(name, want));
+      bytes = {reinterpret_cast<const uint8_t*>(widened.data()), widened.size() * sizeof(float)};
+    }
+    CUDA_RETURN_IF_ERROR(cudaMalloc(dev, bytes.size()));
+    s.allocations_.push_back(*dev);
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(*dev, bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  };
+  ASSIGN_OR_RETURN(auto s, Build(config, assignment, device, fill));
   s->checkpoint_bytes_ = ckpt.bytes_read();
+  return s;
+}
+
+absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Synthetic(const ModelConfig& config,
+                                                                          const std::vector<LayerExpertSet>& assignment,
+                                                                          int device, uint64_t seed) {
+  auto fill = [&](GpuExpertStore& s, int layer, int e, const char* proj, const std::vector<int64_t>& want,
+                  DType* held, void** dev) -> absl::Status {
+    *held = DType::kBF16;
+    const size_t n = static_cast<size_t>(want[0]) * want[1];
+    CUDA_RETURN_IF_ERROR(cudaMalloc(dev, n * 2));
+    s.allocations_.push_back(*dev);
+    // Uniform with variance 1/cols: outputs keep the scale of their inputs.
+    const float scale = std::sqrt(3.0f / static_cast<float>(want[1]));
+    CUDA_RETURN_IF_ERROR(LaunchFillUniformBf16(static_cast<__nv_bfloat16*>(*dev), n, scale, 0.f, seed,
+                                               SyntheticKey(ExpertTensorName(layer, e, proj)), s.stream_));
+    s.checkpoint_bytes_ += n * 2;
+    return absl::OkStatus();
+  };
+  ASSIGN_OR_RETURN(auto s, Build(config, assignment, device, fill));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s->stream_));
   return s;
 }
 
@@ -89,6 +127,48 @@ GpuExpertStore::~GpuExpertStore() {
   for (void* p : allocations_) cudaFree(p);
   if (act_ != nullptr) cudaFree(act_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k) {
+  const size_t need = static_cast<size_t>(max_tokens) * top_k * config_.moe_intermediate_size;
+  if (need <= act_capacity_) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (act_ != nullptr) {
+    CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // no queued kernel may still use the old scratch
+    cudaFree(act_);
+  }
+  act_ = nullptr;
+  act_capacity_ = 0;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&act_, need * sizeof(float)));
+  act_capacity_ = need;
+  return absl::OkStatus();
+}
+
+absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k,
+                                     const int32_t* routing, float* out, cudaStream_t stream) {
+  auto table = tables_.find(layer);
+  if (table == tables_.end()) return absl::OkStatus();  // no experts of this layer here
+  if (static_cast<size_t>(tokens) * top_k * config_.moe_intermediate_size > act_capacity_) {
+    return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
+  }
+  // Batches beyond the kernel's grid limit go in slices of tokens.
+  const uint32_t max_tokens = std::max<uint32_t>(1, 65535 / top_k);
+  for (uint32_t t0 = 0; t0 < tokens; t0 += max_tokens) {
+    ExpertFfnArgs a;
+    a.x = x + static_cast<size_t>(t0) * config_.hidden_size;
+    a.routing = routing + static_cast<size_t>(t0) * top_k;
+    a.experts = table->second;
+    a.num_experts = config_.num_experts;
+    a.tokens = static_cast<int>(std::min(max_tokens, tokens - t0));
+    a.top_k = static_cast<int>(top_k);
+    a.hidden = config_.hidden_size;
+    a.inter = config_.moe_intermediate_size;
+    a.act = act_ + static_cast<size_t>(t0) * top_k * config_.moe_intermediate_size;
+    a.out = out + static_cast<size_t>(t0) * top_k * config_.hidden_size;
+    a.fp32_weights = fp32_;
+    CUDA_RETURN_IF_ERROR(LaunchExpertFfnDecode(a, stream));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint32_t tokens, uint32_t top_k,
@@ -109,30 +189,8 @@ absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint
     mine += owned[ids[p]];
   }
   if (mine == 0) return 0u;
-  const size_t need = pairs * config_.moe_intermediate_size;
-  if (need > act_capacity_) {
-    if (act_ != nullptr) cudaFree(act_);
-    act_ = nullptr;
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&act_, need * sizeof(float)));
-    act_capacity_ = need;
-  }
-  // Batches beyond the kernel's grid limit go in slices of tokens.
-  const uint32_t max_tokens = std::max<uint32_t>(1, 65535 / top_k);
-  for (uint32_t t0 = 0; t0 < tokens; t0 += max_tokens) {
-    ExpertFfnArgs a;
-    a.x = x + static_cast<size_t>(t0) * config_.hidden_size;
-    a.routing = routing + static_cast<size_t>(t0) * top_k;
-    a.experts = table->second;
-    a.num_experts = config_.num_experts;
-    a.tokens = static_cast<int>(std::min(max_tokens, tokens - t0));
-    a.top_k = static_cast<int>(top_k);
-    a.hidden = config_.hidden_size;
-    a.inter = config_.moe_intermediate_size;
-    a.act = act_;
-    a.out = out + static_cast<size_t>(t0) * top_k * config_.hidden_size;
-    a.fp32_weights = fp32_;
-    CUDA_RETURN_IF_ERROR(LaunchExpertFfnDecode(a, stream_));
-  }
+  RETURN_IF_ERROR(Reserve(tokens, top_k));
+  RETURN_IF_ERROR(Enqueue(layer, x, tokens, top_k, routing, out, stream_));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return mine;
 }

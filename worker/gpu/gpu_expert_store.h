@@ -22,7 +22,22 @@ class GpuExpertStore {
   static absl::StatusOr<std::unique_ptr<GpuExpertStore>> Load(const ModelConfig& config, Checkpoint& checkpoint,
                                                               const std::vector<LayerExpertSet>& assignment,
                                                               int device);
+  // Full-size experts without a checkpoint: bf16 values drawn on the device from `seed` (each expert's
+  // values depend only on the seed, its layer and its index, so any split across workers holds the same
+  // weights). For benchmarks.
+  static absl::StatusOr<std::unique_ptr<GpuExpertStore>> Synthetic(const ModelConfig& config,
+                                                                   const std::vector<LayerExpertSet>& assignment,
+                                                                   int device, uint64_t seed);
   ~GpuExpertStore();
+
+  // Sizes the scratch for up to `max_tokens` tokens per call, so that Enqueue never allocates.
+  absl::Status Reserve(uint32_t max_tokens, uint32_t top_k);
+  // Enqueues the layer's expert FFNs on `stream` without waiting: pairs whose expert is not here (or whose
+  // id is out of range) are skipped. Needs Reserve(tokens) first.
+  absl::Status Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k, const int32_t* routing,
+                       float* out, cudaStream_t stream);
+  cudaStream_t stream() const { return stream_; }
+  bool HasLayer(int layer) const { return tables_.count(layer) != 0; }
 
   // Device pointers: x [tokens, hidden], routing [tokens, top_k], out [tokens, top_k, hidden]. Runs on
   // the store's stream and waits for it; returns the number of (token, slot) pairs computed.
@@ -34,6 +49,12 @@ class GpuExpertStore {
 
  private:
   GpuExpertStore() = default;
+  // Validates the assignment and creates the stream; `fill(layer, expert, proj, shape, &dev)` places
+  // one tensor.
+  template <typename Fill>
+  static absl::StatusOr<std::unique_ptr<GpuExpertStore>> Build(const ModelConfig& config,
+                                                               const std::vector<LayerExpertSet>& assignment,
+                                                               int device, Fill fill);
   ModelConfig config_;
   int device_ = 0;
   bool fp32_ = false;

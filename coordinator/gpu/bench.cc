@@ -1,0 +1,178 @@
+#include "coordinator/gpu/bench.h"
+
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "absl/strings/str_format.h"
+#include "common/device_name.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "common/str_cat.h"
+#include "coordinator/gpu/gpu_experts.h"
+#include "coordinator/gpu/gpu_qwen3_moe.h"
+#include "coordinator/worker_pool.h"
+#include "worker/gpu/cuda_check.h"
+
+namespace pinmoe {
+namespace {
+
+// Published shapes (the models' config.json on the hub), written as a config.json the workers can read.
+absl::StatusOr<std::string> PresetConfig(const std::string& name, int layers) {
+  if (name == "qwen3-30b-a3b") {
+    return absl::StrFormat(
+        R"({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
+ "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": %d, "num_attention_heads": 32,
+ "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": true,
+ "vocab_size": 151936, "max_position_embeddings": 40960, "rope_theta": 1000000.0, "rms_norm_eps": 1e-06,
+ "tie_word_embeddings": false, "decoder_sparse_step": 1, "mlp_only_layers": [], "torch_dtype": "bfloat16",
+ "hidden_act": "silu"})",
+        layers > 0 ? layers : 48);
+  }
+  return absl::InvalidArgumentError(
+      StrCat("--synthetic ", name, ": known shapes are qwen3-30b-a3b (Qwen3-Next runs on the CPU path only so far)"));
+}
+
+// Bytes of weights one decoded token reads at batch 1: every dense matrix except the embedding (one row),
+// the routed experts' three matrices top_k times per MoE layer, and lm_head.
+uint64_t DecodeWeightBytes(const ModelConfig& c, int bytes_per_weight) {
+  const uint64_t h = c.hidden_size, hd = c.head_dim;
+  uint64_t params = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    params += h * (c.num_heads + 2ull * c.num_kv_heads) * hd + c.num_heads * hd * h;
+    if (c.IsMoeLayer(l)) {
+      params += static_cast<uint64_t>(c.num_experts) * h + 3ull * c.top_k * h * c.moe_intermediate_size;
+    } else {
+      params += 3ull * h * c.intermediate_size;
+    }
+  }
+  params += static_cast<uint64_t>(c.vocab_size) * h;
+  return params * bytes_per_weight;
+}
+
+double PeakBandwidth(int device, std::string* name) {
+  cudaDeviceProp p{};
+  cudaGetDeviceProperties(&p, device);
+  *name = p.name;
+  int clock_khz = 0, bus_bits = 0;
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+  return 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
+}
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+}  // namespace
+
+absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
+  if (o.batch != 1) {
+    return absl::UnimplementedError("--batch: the GPU path decodes one sequence at a time so far; use --batch 1");
+  }
+  if (o.prompt_tokens < 1 || o.decode_tokens < 1) return absl::InvalidArgumentError("token counts must be positive");
+  ASSIGN_OR_RETURN(const int device, ParseDeviceName(o.device));
+  if (device < 0) return absl::InvalidArgumentError("bench measures the GPU path: --device cuda:N");
+  // The model directory: the checkpoint, or a temporary one holding only the preset's config.json.
+  std::string dir = o.model_dir;
+  std::string temp_dir;
+  uint64_t seed = 0;
+  if (!o.synthetic.empty()) {
+    ASSIGN_OR_RETURN(std::string json, PresetConfig(o.synthetic, o.layers));
+    std::string templ = (std::filesystem::temp_directory_path() / "pinmoe-bench-XXXXXX").string();
+    if (::mkdtemp(templ.data()) == nullptr) return absl::InternalError("cannot create a temporary directory");
+    temp_dir = dir = templ;
+    std::ofstream(dir + "/config.json") << json;
+    seed = o.seed == 0 ? 1 : o.seed;
+  } else if (dir.empty()) {
+    return absl::InvalidArgumentError("bench needs --model DIR or --synthetic SHAPE");
+  }
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      if (!dir.empty()) std::filesystem::remove_all(dir);
+    }
+  } cleanup{temp_dir};
+  ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  if (config.architecture != Architecture::kQwen3Moe) {
+    return absl::UnimplementedError("the GPU path covers Qwen3-MoE so far");
+  }
+  std::unique_ptr<Checkpoint> checkpoint;
+  if (seed == 0) {
+    ASSIGN_OR_RETURN(checkpoint, Checkpoint::Open(dir));
+  }
+
+  GpuModelOptions mo;
+  mo.device = device;
+  mo.max_context = std::max(o.prompt_tokens, o.decode_tokens + 1) + 8;
+  mo.synthetic_seed = seed;
+  mo.max_step_tokens = static_cast<uint32_t>(std::min(o.prompt_tokens, 2048));
+  auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(auto model, GpuQwen3Moe::Load(config, checkpoint.get(), mo));
+  std::unique_ptr<WorkerPool> pool;
+  std::unique_ptr<GpuExperts> experts;
+  if (o.workers == 0) {
+    ASSIGN_OR_RETURN(experts, DeviceExperts::Load(config, checkpoint.get(), device, mo.max_step_tokens, seed));
+  } else {
+    WorkerPoolOptions po;
+    po.num_workers = o.workers;
+    po.worker_binary = o.worker_binary;
+    po.model_dir = dir;
+    po.worker_device = o.worker_device;
+    po.buffer_device = device;
+    po.max_tokens_per_step = mo.max_step_tokens;
+    po.synthetic_seed = seed;
+    ASSIGN_OR_RETURN(pool, WorkerPool::Start(config, po));
+    ASSIGN_OR_RETURN(experts, PooledGpuExperts::Create(pool.get()));
+  }
+  model->set_experts(experts.get());
+  log << absl::StrFormat("pinmoe bench: loaded in %.1f s (%s, %d layers, %s weights)\n", Seconds(start),
+                         o.synthetic.empty() ? o.model_dir : o.synthetic + " synthetic", config.num_layers,
+                         seed != 0 ? "bf16" : "checkpoint");
+
+  std::mt19937 rng(1234);
+  std::vector<int32_t> prompt(o.prompt_tokens);
+  for (auto& id : prompt) id = static_cast<int32_t>(rng() % config.vocab_size);
+  // Warm-up: every kernel and cuBLAS path once.
+  RETURN_IF_ERROR(model->ForwardGreedy(std::span<const int32_t>(prompt.data(), std::min<size_t>(prompt.size(), 64))).status());
+  for (int i = 0; i < 4; ++i) RETURN_IF_ERROR(model->ForwardGreedy(std::span<const int32_t>(prompt.data(), 1)).status());
+  double best_prefill = 1e30, best_decode = 1e30;
+  for (int r = 0; r < o.repetitions; ++r) {
+    model->Reset();
+    start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(model->ForwardGreedy(prompt).status());
+    best_prefill = std::min(best_prefill, Seconds(start));
+    model->Reset();
+    int32_t next = prompt[0];
+    start = std::chrono::steady_clock::now();
+    for (int i = 0; i < o.decode_tokens; ++i) {
+      ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
+    }
+    best_decode = std::min(best_decode, Seconds(start) / o.decode_tokens);
+  }
+  std::string card;
+  const double peak = PeakBandwidth(device, &card);
+  const int bytes_per_weight = seed != 0 ? 2 : (config.weight_dtype == DType::kF32 ? 4 : 2);
+  const uint64_t bytes = DecodeWeightBytes(config, bytes_per_weight);
+  const double roofline = peak / static_cast<double>(bytes);
+  out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
+  out << absl::StrFormat("model: %s, %d layers, experts %s\n", o.synthetic.empty() ? o.model_dir : o.synthetic,
+                         config.num_layers,
+                         o.workers == 0 ? std::string("in-process")
+                                        : StrCat(o.workers, " worker process(es) on ", o.worker_device));
+  out << absl::StrFormat("prefill %5d tokens: %9.1f tokens/s  (%.1f ms)\n", o.prompt_tokens,
+                         o.prompt_tokens / best_prefill, best_prefill * 1e3);
+  out << absl::StrFormat(
+      "decode  %5d tokens: %9.1f tokens/s  (%.3f ms/token; %.2f GB of weights per token = %.0f GB/s, %.1f%% of "
+      "peak; roofline %.0f tokens/s)\n",
+      o.decode_tokens, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9, bytes / best_decode / 1e9,
+      100.0 * bytes / best_decode / peak, roofline);
+  return absl::OkStatus();
+}
+
+}  // namespace pinmoe

@@ -1,0 +1,33 @@
+// `pinmoe bench`: prefill and decode speed of the GPU path, like llama-bench's pp/tg: a prompt of
+// --prompt-tokens run as one forward (prefill tokens/s), then, from an empty cache, --decode-tokens greedy
+// steps (decode tokens/s). Weights come from a checkpoint or are drawn on the device from a seed in the
+// full shape of a published model (optionally with fewer layers), so no download is needed. Prints the
+// bytes of weights each decoded token reads and the fraction of the card's memory bandwidth that is.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace pinmoe {
+
+struct BenchOptions {
+  std::string model_dir;      // a checkpoint, or empty with `synthetic`
+  std::string synthetic;      // "qwen3-30b-a3b"
+  int layers = 0;             // 0: the model's; fewer cut the model (synthetic only)
+  uint64_t seed = 1;
+  std::string device = "cuda:0";
+  int workers = 0;            // 0: experts in the coordinator process
+  std::string worker_device = "cuda:0";
+  std::string worker_binary;
+  int prompt_tokens = 2048;
+  int decode_tokens = 128;
+  int batch = 1;
+  int repetitions = 3;        // the best of these is reported
+};
+
+absl::Status RunBench(const BenchOptions& options, std::ostream& out, std::ostream& log);
+
+}  // namespace pinmoe

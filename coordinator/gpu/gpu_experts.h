@@ -1,0 +1,107 @@
+// Where a GPU model's routed experts run. The model writes each MoE layer's normalised hidden states
+// and routing table into buffers the backend provides, then calls EnqueueLayer on its stream; after
+// that point of the stream, `slots` holds every (token, slot)'s raw expert output.
+//
+//  - DeviceExperts: all experts in the coordinator process, on its GPU (the in-process baseline).
+//  - PooledGpuExperts: GPU worker processes, ordered on the GPU through counters (WorkerPool's
+//    GPU-ordered path): one message per step, none per layer.
+//  - HostBridgeExperts: any ExpertBackend (CPU workers, a CPU/GPU mix, CPU in-process experts): the
+//    layer's inputs go to the host and the outputs come back, a host round trip per layer. The
+//    fallback for mixes, correct but slow.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "coordinator/expert_backend.h"
+#include "coordinator/worker_pool.h"
+#include "worker/gpu/gpu_expert_store.h"
+
+namespace pinmoe {
+
+class GpuExperts {
+ public:
+  struct Buffers {
+    float* input = nullptr;      // [max_tokens, hidden]
+    int32_t* routing = nullptr;  // [max_tokens, top_k]
+    float* slots = nullptr;      // [max_tokens, top_k, hidden]
+  };
+  virtual ~GpuExperts() = default;
+  virtual uint32_t max_tokens() const = 0;
+  virtual Buffers buffers() = 0;
+  // Before the step's first layer; `tokens` <= max_tokens().
+  virtual absl::Status BeginStep(uint32_t tokens) = 0;
+  virtual absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) = 0;
+  // Waits (bounded) for `done`, recorded on the model's stream after the step's last use of the buffers.
+  virtual absl::Status FinishStep(cudaEvent_t done) = 0;
+};
+
+class DeviceExperts : public GpuExperts {
+ public:
+  // From the checkpoint, or synthetic (seed != 0, checkpoint unused and may be null).
+  static absl::StatusOr<std::unique_ptr<DeviceExperts>> Load(const ModelConfig& config, Checkpoint* checkpoint,
+                                                             int device, uint32_t max_tokens, uint64_t seed);
+  ~DeviceExperts() override;
+  uint32_t max_tokens() const override { return max_tokens_; }
+  Buffers buffers() override { return buffers_; }
+  absl::Status BeginStep(uint32_t tokens) override;
+  absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) override;
+  absl::Status FinishStep(cudaEvent_t done) override;
+
+ private:
+  DeviceExperts() = default;
+  ModelConfig config_;
+  std::unique_ptr<GpuExpertStore> store_;
+  uint32_t max_tokens_ = 0;
+  Buffers buffers_;
+  std::vector<void*> allocations_;
+};
+
+class PooledGpuExperts : public GpuExperts {
+ public:
+  // `pool` (not owned) must have every worker on a GPU.
+  static absl::StatusOr<std::unique_ptr<PooledGpuExperts>> Create(WorkerPool* pool);
+  uint32_t max_tokens() const override { return pool_->max_tokens_per_step(); }
+  Buffers buffers() override { return buffers_; }
+  absl::Status BeginStep(uint32_t tokens) override { return pool_->BeginGpuStep(tokens); }
+  absl::Status EnqueueLayer(int layer, uint32_t, cudaStream_t stream) override {
+    return pool_->EnqueueGpuLayer(layer, stream);
+  }
+  absl::Status FinishStep(cudaEvent_t done) override { return pool_->FinishGpuStep(done); }
+
+ private:
+  WorkerPool* pool_ = nullptr;
+  Buffers buffers_;
+};
+
+class HostBridgeExperts : public GpuExperts {
+ public:
+  // `backend` (not owned) computes on host memory.
+  static absl::StatusOr<std::unique_ptr<HostBridgeExperts>> Create(const ModelConfig& config,
+                                                                   ExpertBackend* backend, int device,
+                                                                   uint32_t max_tokens);
+  ~HostBridgeExperts() override;
+  uint32_t max_tokens() const override { return max_tokens_; }
+  Buffers buffers() override { return buffers_; }
+  absl::Status BeginStep(uint32_t) override { return absl::OkStatus(); }
+  absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) override;
+  absl::Status FinishStep(cudaEvent_t done) override;
+
+ private:
+  HostBridgeExperts() = default;
+  ModelConfig config_;
+  ExpertBackend* backend_ = nullptr;
+  uint32_t max_tokens_ = 0;
+  Buffers buffers_;
+  std::vector<void*> allocations_;
+  std::vector<float> x_, slots_;
+  std::vector<int32_t> routing_;
+};
+
+}  // namespace pinmoe

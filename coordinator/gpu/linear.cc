@@ -1,0 +1,63 @@
+#include "coordinator/gpu/linear.h"
+
+#include "common/status.h"
+#include "common/str_cat.h"
+#include "worker/gpu/cuda_check.h"
+
+namespace pinmoe {
+namespace {
+
+absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LinearRunner>> LinearRunner::Create(cudaStream_t stream) {
+  auto r = std::unique_ptr<LinearRunner>(new LinearRunner());
+  r->stream_ = stream;
+  RETURN_IF_ERROR(CublasStatus(cublasCreate(&r->handle_), "cublasCreate"));
+  RETURN_IF_ERROR(CublasStatus(cublasSetStream(r->handle_, stream), "cublasSetStream"));
+  return r;
+}
+
+absl::Status LinearRunner::Reserve(size_t n) {
+  if (n <= x_bf16_capacity_) return absl::OkStatus();
+  if (x_bf16_ != nullptr) {
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // queued work may still read the old scratch
+    cudaFree(x_bf16_);
+  }
+  x_bf16_ = nullptr;
+  x_bf16_capacity_ = 0;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&x_bf16_, n * sizeof(__nv_bfloat16)));
+  x_bf16_capacity_ = n;
+  return absl::OkStatus();
+}
+
+LinearRunner::~LinearRunner() {
+  if (x_bf16_ != nullptr) cudaFree(x_bf16_);
+  if (handle_ != nullptr) cublasDestroy(handle_);
+}
+
+absl::Status LinearRunner::Run(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate) {
+  if (tokens <= kGemvMaxTokens) {
+    return CudaStatus(LaunchGemv(w, x, tokens, y, accumulate, stream_), "GEMV launch");
+  }
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+  const int m = static_cast<int>(w.rows), k = static_cast<int>(w.cols);
+  if (!w.bf16) {
+    return CublasStatus(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, tokens, k, &alpha,
+                                    static_cast<const float*>(w.data), k, x, k, &beta, y, m),
+                        "cublasSgemm");
+  }
+  const size_t n = static_cast<size_t>(tokens) * k;
+  RETURN_IF_ERROR(Reserve(n));
+  CUDA_RETURN_IF_ERROR(LaunchToBf16(x, n, x_bf16_, stream_));
+  return CublasStatus(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, tokens, k, &alpha, w.data, CUDA_R_16BF,
+                                   k, x_bf16_, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT),
+                      "cublasGemmEx");
+}
+
+}  // namespace pinmoe

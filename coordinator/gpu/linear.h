@@ -1,0 +1,59 @@
+// Linear layers on the GPU: y[tokens, rows] = x[tokens, cols] . W[rows, cols]^T (or +=, for residual
+// adds), with W in bf16 or fp32 as the checkpoint stores it and fp32 activations and accumulation.
+//
+// Decode-sized batches (up to 8 tokens) go to our GEMV kernel, which streams each weight row once with
+// 16-byte loads for all tokens: at batch 1 it is bound by memory bandwidth, and tensor cores have nothing
+// to add. Larger batches go to cuBLAS: bf16 weights with the activations rounded to bf16 (as transformers
+// computes in bf16) on tensor cores with fp32 accumulation, fp32 weights through SGEMM (no TF32, so that
+// the fp32 references hold).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+
+namespace pinmoe {
+
+// A weight matrix in device memory, row-major [rows, cols] (the checkpoint's [out, in] layout).
+struct DeviceMatrix {
+  const void* data = nullptr;
+  bool bf16 = false;  // else fp32
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+constexpr int kGemvMaxTokens = 8;
+
+// The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8 (bf16) or 4 (fp32).
+cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
+                       cudaStream_t stream);
+
+// y = x rounded to bf16, n elements.
+cudaError_t LaunchToBf16(const float* x, size_t n, __nv_bfloat16* y, cudaStream_t stream);
+
+class LinearRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<LinearRunner>> Create(cudaStream_t stream);
+  ~LinearRunner();
+  LinearRunner(const LinearRunner&) = delete;
+  LinearRunner& operator=(const LinearRunner&) = delete;
+
+  // Enqueues y (=|+=) x . W^T on the runner's stream.
+  absl::Status Run(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate);
+  // Sizes the bf16 activation scratch for `elements` (tokens x cols), so that Run never allocates.
+  absl::Status Reserve(size_t elements);
+
+ private:
+  LinearRunner() = default;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  __nv_bfloat16* x_bf16_ = nullptr;  // activations rounded for the tensor-core path
+  size_t x_bf16_capacity_ = 0;
+};
+
+}  // namespace pinmoe

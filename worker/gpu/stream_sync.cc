@@ -1,0 +1,81 @@
+#include "worker/gpu/stream_sync.h"
+
+#include <cuda.h>
+
+#include <thread>
+
+#include "common/status.h"
+#include "common/str_cat.h"
+#include "worker/gpu/cuda_check.h"
+
+namespace pinmoe {
+namespace {
+
+using WaitFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+using WriteFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+
+struct MemOps {
+  WaitFn wait = nullptr;
+  WriteFn write = nullptr;
+  cudaError_t error = cudaSuccess;
+};
+
+const MemOps& Ops() {
+  static const MemOps ops = [] {
+    MemOps o;
+    cudaDriverEntryPointQueryResult found;
+    void* fn = nullptr;
+    o.error = cudaGetDriverEntryPointByVersion("cuStreamWaitValue32", &fn, 12000, cudaEnableDefault, &found);
+    if (o.error == cudaSuccess && found == cudaDriverEntryPointSuccess) o.wait = reinterpret_cast<WaitFn>(fn);
+    fn = nullptr;
+    o.error = cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &fn, 12000, cudaEnableDefault, &found);
+    if (o.error == cudaSuccess && found == cudaDriverEntryPointSuccess) o.write = reinterpret_cast<WriteFn>(fn);
+    return o;
+  }();
+  return ops;
+}
+
+absl::Status DriverStatus(CUresult r, const char* what) {
+  if (r == CUDA_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(StrCat(what, " failed with CUresult ", static_cast<int>(r)));
+}
+
+}  // namespace
+
+absl::Status StreamWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value) {
+  const MemOps& o = Ops();
+  if (o.write == nullptr) return absl::UnavailableError("the CUDA driver offers no cuStreamWriteValue32");
+  return DriverStatus(o.write(stream, reinterpret_cast<CUdeviceptr>(counter), value, CU_STREAM_WRITE_VALUE_DEFAULT),
+                      "cuStreamWriteValue32");
+}
+
+absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uint32_t value) {
+  const MemOps& o = Ops();
+  if (o.wait == nullptr) return absl::UnavailableError("the CUDA driver offers no cuStreamWaitValue32");
+  return DriverStatus(o.wait(stream, reinterpret_cast<CUdeviceptr>(counter), value, CU_STREAM_WAIT_VALUE_GEQ),
+                      "cuStreamWaitValue32");
+}
+
+absl::Status WaitForEvent(cudaEvent_t event, std::chrono::milliseconds timeout, std::string_view what,
+                          const std::function<absl::Status()>& poll) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now(), deadline = start + timeout;
+  auto next_poll = start;
+  while (true) {
+    const cudaError_t q = cudaEventQuery(event);
+    if (q == cudaSuccess) return absl::OkStatus();
+    if (q != cudaErrorNotReady) return CudaStatus(q, StrCat("waiting for ", what).c_str());
+    const auto now = Clock::now();
+    if (now >= next_poll) {
+      if (poll) RETURN_IF_ERROR(poll());
+      next_poll = now + std::chrono::milliseconds(1);
+    }
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(
+          StrCat(what, " did not finish within ", timeout.count() / 1000.0, " s"));
+    }
+    std::this_thread::yield();
+  }
+}
+
+}  // namespace pinmoe

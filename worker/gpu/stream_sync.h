@@ -1,0 +1,32 @@
+// Cross-process ordering on the GPU without the host: 32-bit counters in device memory (inside a buffer
+// shared through CUDA IPC) that one process's stream writes and another's waits on. The driver API's
+// stream memory operations are resolved at run time through the runtime, so binaries do not link
+// libcuda (CPU-only machines still start them).
+//
+// Measured on the lent H100 (bench/gpu_ipc_sync_bench.cu): between processes on one GPU without MPS each
+// hand-over costs ~140 us, because the GPU time-slices between the processes' contexts; under MPS the
+// same hand-over costs ~5-10 us. Between GPUs there is no context switch to pay.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace pinmoe {
+
+// Enqueues "*counter = value" (after all earlier work on the stream, whose writes it makes visible).
+absl::Status StreamWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
+// Enqueues a wait until (int32_t)(*counter - value) >= 0, i.e. the counter reached `value` (wrap-safe).
+absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uint32_t value);
+
+// Waits for `event` with a deadline, calling `poll` about every millisecond (it may fail the wait, e.g.
+// when a peer died). Spins between polls: the step's latency matters more than a host core.
+absl::Status WaitForEvent(cudaEvent_t event, std::chrono::milliseconds timeout, std::string_view what,
+                          const std::function<absl::Status()>& poll);
+
+}  // namespace pinmoe
