@@ -61,6 +61,8 @@ constexpr uint32_t kDeviceBuffer = 1;
 // The GPU-ordered path's counters live in the first 4 KiB of the buffers, one per 64-byte line.
 constexpr uint64_t kCounterBytes = 4096;
 constexpr uint64_t kCounterStride = 64;
+constexpr uint32_t kParityBase = 1u << 20;
+uint32_t ParityBase(int parity) { return parity == 0 ? 0u : kParityBase; }
 
 }  // namespace
 
@@ -466,15 +468,15 @@ absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
                      reinterpret_cast<float*>(base + output_offset_)};
 }
 
-absl::Status WorkerPool::BeginGpuStep(uint32_t tokens) {
+absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
   if (broken_) return first_error_;
   if (tokens == 0 || tokens > options_.max_tokens_per_step) {
     return absl::InvalidArgumentError(StrCat("a GPU step of ", tokens, " tokens (at most ",
                                              options_.max_tokens_per_step, ")"));
   }
-  step_base_ = tick_;
-  tick_ += static_cast<uint32_t>(num_moe_layers_);
   step_sequence_ = ++sequence_;
+  const int parity = static_cast<int>(step_sequence_ & 1);
+  step_base_ = ParityBase(parity);
   step_pending_.assign(workers_.size(), false);
   const uint64_t h = config_.hidden_size, k = config_.top_k;
   auto slice = [](proto::Slice* s, uint64_t off, uint64_t len) {
@@ -509,15 +511,15 @@ absl::Status WorkerPool::BeginGpuStep(uint32_t tokens) {
     }
     step_pending_[w] = true;
   }
-  return absl::OkStatus();
+  return parity;
 }
 
-absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream) {
+absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream, int parity) {
   if (layer < 0 || layer >= config_.num_layers || moe_index_[layer] < 0) {
     return absl::InvalidArgumentError(StrCat("layer ", layer, " is not an MoE layer"));
   }
   auto s = static_cast<cudaStream_t>(stream);
-  const uint32_t tick = step_base_ + 1 + static_cast<uint32_t>(moe_index_[layer]);
+  const uint32_t tick = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
   uint8_t* base = device_buffer_->data();
   RETURN_IF_ERROR(StreamWriteCounter(s, reinterpret_cast<uint32_t*>(base), tick));
   for (int w : layer_owners_[layer]) {
@@ -554,13 +556,20 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
               [&](const Worker& w) { return static_cast<bool>(step_pending_[w.index]); });
   }
   if (!st.ok()) {
-    // Release the coordinator's stream, which may wait on a counter nobody will write, then report.
-    const uint32_t last = step_base_ + static_cast<uint32_t>(num_moe_layers_);
+    // Release the coordinator's stream, which may wait for a tick nobody will write: cycle every tick
+    // of the step through the done counters (each held long enough for the stream's poll to see it)
+    // until the step's event completes, then report.
     cudaSetDevice(device_buffer_->device());
-    for (size_t w = 0; w < workers_.size(); ++w) {
-      cudaMemcpy(device_buffer_->data() + kCounterStride * (w + 1), &last, sizeof(last), cudaMemcpyHostToDevice);
+    const auto give_up = Clock::now() + std::chrono::seconds(5);
+    while (cudaEventQuery(static_cast<cudaEvent_t>(event)) == cudaErrorNotReady && Clock::now() < give_up) {
+      for (int i = 1; i <= num_moe_layers_; ++i) {
+        const uint32_t tick = step_base_ + static_cast<uint32_t>(i);
+        for (size_t w = 0; w < workers_.size(); ++w) {
+          cudaMemcpy(device_buffer_->data() + kCounterStride * (w + 1), &tick, sizeof(tick), cudaMemcpyHostToDevice);
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
     }
-    WaitForEvent(static_cast<cudaEvent_t>(event), std::chrono::seconds(5), what, nullptr).IgnoreError();
     if (!broken_) {
       broken_ = true;
       first_error_ = st;
@@ -575,8 +584,8 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
 absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
   return absl::UnimplementedError("this build has no CUDA");
 }
-absl::Status WorkerPool::BeginGpuStep(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
-absl::Status WorkerPool::EnqueueGpuLayer(int, void*) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::EnqueueGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::Status WorkerPool::FinishGpuStep(void*) { return absl::UnimplementedError("this build has no CUDA"); }
 
 #endif

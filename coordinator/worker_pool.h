@@ -71,11 +71,14 @@ class WorkerPool : public ExpertBackend {
   bool all_gpu() const;
   uint32_t max_tokens_per_step() const { return options_.max_tokens_per_step; }
   absl::StatusOr<DeviceSlots> device_slots();
-  // Sends each worker its Step (the MoE layers where it owns experts, with their ticks).
-  absl::Status BeginGpuStep(uint32_t tokens);
+  // Sends each worker its Step (the MoE layers where it owns experts, with their ticks) and returns
+  // the step's parity. Ticks are the same every other step — parity 0 uses 1..L, parity 1 uses
+  // kParityBase + 1..L — so a CUDA graph captured for a parity replays unchanged, and the waits use
+  // equality, which a stale value from the previous step can never satisfy.
+  absl::StatusOr<int> BeginGpuStep(uint32_t tokens);
   // On `stream`, after the layer's input and routing are written: publish the layer's tick, then wait
   // until every worker owning experts of the layer has written it back.
-  absl::Status EnqueueGpuLayer(int layer, void* stream);
+  absl::Status EnqueueGpuLayer(int layer, void* stream, int parity);
   // Waits (bounded) for `event`, recorded after the step's last use of the slots, and for every worker's
   // Done. If a worker dies or hangs, the coordinator's stream is released and the error names it.
   absl::Status FinishGpuStep(void* event);
@@ -126,10 +129,9 @@ class WorkerPool : public ExpertBackend {
   absl::Status CopyOut(bool from_device, void* dst, uint64_t offset, uint64_t bytes);
   uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
   // The GPU-ordered path's state: counters at the start of the device buffer (ready at 0, worker w's
-  // done at kCounterStride * (w + 1)), the tick before the current step, and which workers own experts
-  // in each layer.
-  uint32_t tick_ = 0;
-  uint32_t step_base_ = 0;
+  // done at kCounterStride * (w + 1)), the current step's tick base, and which workers own experts in
+  // each layer.
+  uint32_t step_base_ = 0;  // the current step's parity base
   uint64_t step_sequence_ = 0;
   std::vector<int> moe_index_;                 // layer -> index among the MoE layers, or -1
   int num_moe_layers_ = 0;

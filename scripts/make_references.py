@@ -394,17 +394,29 @@ def make_chat_refs(tok_dir, out_root):
                   ensure_ascii=False, indent=1)
 
 
+@torch.no_grad()
 def make_bf16_cuda_refs(out_root, name):
     """The same prompts through transformers in bf16 on the GPU: the reference for pinmoe's GPU path with
-    bf16 weights (bf16 activations there, so ids may part where the fp32 margins are small)."""
+    bf16 weights (bf16 activations there, so ids may part where the fp32 margins are small). Each top
+    logit also carries `fp32_logit`: transformers in fp32 (CPU) on the same tokens (the prompt and the
+    bf16 run's own continuation, teacher forced), so that a test can measure how far bf16 arithmetic
+    alone moves each logit and scale its tolerance to that."""
     from transformers import AutoModelForCausalLM
     out_dir = os.path.join(out_root, name)
     fp32_ref = json.load(open(os.path.join(out_dir, "reference.json")))
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16).to("cuda")
     model.eval()
+    fp32_model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    fp32_model.eval()
     cases = []
     for c in fp32_ref["cases"]:
         gen, tops, _ = greedy_reference(model, c["prompt_ids"], device="cuda")
+        forced = torch.tensor([c["prompt_ids"] + gen[:-1]])
+        fp32_logits = fp32_model(input_ids=forced).logits[0].float()
+        first = len(c["prompt_ids"]) - 1
+        for step, top in enumerate(tops):
+            for t in top:
+                t["fp32_logit"] = float(fp32_logits[first + step, t["id"]])
         agree = sum(a == b for a, b in zip(gen, c["greedy_ids"]))
         print(f"{name} bf16 cuda: prompt {len(c['prompt_ids'])} -> first {agree_prefix(gen, c['greedy_ids'])} "
               f"ids equal to fp32 ({agree}/{NEW_TOKENS} positions)")

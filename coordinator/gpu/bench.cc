@@ -111,6 +111,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   mo.device = device;
   mo.max_context = std::max(o.prompt_tokens, o.decode_tokens + 1) + 8;
   mo.synthetic_seed = seed;
+  mo.graphs = o.graphs;
   mo.max_step_tokens = static_cast<uint32_t>(std::min(o.prompt_tokens, 2048));
   auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(auto model, GpuQwen3Moe::Load(config, checkpoint.get(), mo));
@@ -161,8 +162,9 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   const uint64_t bytes = DecodeWeightBytes(config, bytes_per_weight);
   const double roofline = peak / static_cast<double>(bytes);
   out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
-  out << absl::StrFormat("model: %s, %d layers, experts %s\n", o.synthetic.empty() ? o.model_dir : o.synthetic,
-                         config.num_layers,
+  out << absl::StrFormat("model: %s, %d layers, decode %s, experts %s\n",
+                         o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
+                         o.graphs ? "as CUDA graphs" : "launching each kernel",
                          o.workers == 0 ? std::string("in-process")
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));
   out << absl::StrFormat("prefill %5d tokens: %9.1f tokens/s  (%.1f ms)\n", o.prompt_tokens,

@@ -26,6 +26,7 @@ struct BenchOptions {
   int decode_tokens = 128;
   int batch = 1;
   int repetitions = 3;        // the best of these is reported
+  bool graphs = true;         // decode steps as CUDA graph replays
 };
 
 absl::Status RunBench(const BenchOptions& options, std::ostream& out, std::ostream& log);

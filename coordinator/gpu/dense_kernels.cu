@@ -2,6 +2,7 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cfloat>
 
 namespace pinmoe {
@@ -59,7 +60,7 @@ __global__ void QkNormRopeCacheKernel(QkNormRopeCacheArgs a) {
   extern __shared__ float row[];
   __shared__ float red[32];
   const int t = blockIdx.x, slot = blockIdx.y, d = threadIdx.x, hd = a.head_dim;
-  const int position = a.first_position + t;
+  const int position = (a.position_dev != nullptr ? *a.position_dev : a.first_position) + t;
   const float* in = a.qkv + static_cast<size_t>(t) * a.row_stride;
   float* dst;
   const float* norm = nullptr;
@@ -109,7 +110,7 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
   __shared__ float red[32];
   const int h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
   const int g = h / (a.heads / a.kv_heads);
-  const int length = a.first_position + t + 1;
+  const int length = (a.position_dev != nullptr ? *a.position_dev : a.first_position) + t + 1;
   const float* q = a.q + (static_cast<size_t>(t) * a.heads + h) * hd;
   for (int d = threadIdx.x; d < hd; d += kAttnThreads) qs[d] = q[d];
   __syncthreads();
@@ -174,79 +175,96 @@ __global__ void SiluMulKernel(const float* gate_up, int inter, float* act) {
 }
 
 // x[t] += sum over slots s (in order) of weights[t, s] * slots[t, s].
+// grid: (ceil(hidden / blockDim), tokens): one element per thread, so that a single token spreads over
+// the whole GPU instead of queueing behind one block's loads.
 __global__ void MoeCombineKernel(const float* slots, const float* weights, int top_k, int hidden, float* x) {
-  const int t = blockIdx.x;
+  const int t = blockIdx.y;
   const float* w = weights + static_cast<size_t>(t) * top_k;
   const float* y = slots + static_cast<size_t>(t) * top_k * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < hidden) {
     float o = 0.f;
     for (int s = 0; s < top_k; ++s) o += w[s] * y[static_cast<size_t>(s) * hidden + i];
     x[static_cast<size_t>(t) * hidden + i] += o;
   }
 }
 
-__global__ void ArgMaxKernel(const float* v, int n, int32_t* index) {
-  __shared__ float bv_s[32];
-  __shared__ int bi_s[32];
+// Many blocks: each warp's best (value, index) is packed into one 64-bit key — the value's bits made
+// order-preserving in the high half, the complement of the index in the low half, so that the largest
+// key is the largest value and, among equals, the lowest index — and combined with atomicMax. The last
+// block to finish writes the index and resets the key and the counter for the next call.
+__device__ __forceinline__ unsigned long long PackArgMax(float v, int i) {
+  unsigned int b = __float_as_uint(v);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<unsigned long long>(b) << 32) | (0xFFFFFFFFu - static_cast<unsigned int>(i));
+}
+
+__global__ void ArgMaxKernel(const float* v, int n, ArgMaxScratch scratch, int32_t* index) {
   float bv = -FLT_MAX;
   int bi = n;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     if (v[i] > bv) {
       bv = v[i];
       bi = i;
     }
   }
+  unsigned long long key = bi < n ? PackArgMax(bv, bi) : 0ull;
   for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
+    key = other > key ? other : key;
   }
-  if (threadIdx.x % 32 == 0) {
-    bv_s[threadIdx.x / 32] = bv;
-    bi_s[threadIdx.x / 32] = bi;
-  }
+  if (threadIdx.x % 32 == 0 && key != 0ull) atomicMax(scratch.key, key);
+  __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < blockDim.x / 32; ++w) {
-      if (bv_s[w] > bv_s[0] || (bv_s[w] == bv_s[0] && bi_s[w] < bi_s[0])) {
-        bv_s[0] = bv_s[w];
-        bi_s[0] = bi_s[w];
-      }
+    const unsigned int done = atomicAdd(scratch.blocks_done, 1u);
+    if (done == gridDim.x - 1) {  // the last block: every atomicMax is visible
+      const unsigned long long k = atomicExch(scratch.key, 0ull);
+      *index = static_cast<int32_t>(0xFFFFFFFFu - static_cast<unsigned int>(k & 0xFFFFFFFFull));
+      *scratch.blocks_done = 0u;
     }
-    *index = bi_s[0];
   }
 }
 
-// One block per token.
+// One warp per token, everything in registers: softmax over at most 32 * kTopKPerLane experts, then
+// top_k rounds of a warp arg-max (ties to the lower index), no shared memory and no block barriers.
+constexpr int kTopKPerLane = 16;
+
 __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k, bool norm, int32_t* ids,
                                 float* weights) {
-  extern __shared__ float probs[];
-  __shared__ float red[32];
-  __shared__ int best_index[32];
+  const int lane = threadIdx.x;
   const float* l = logits + static_cast<size_t>(blockIdx.x) * num_experts;
-  float local_max = -FLT_MAX;
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) local_max = fmaxf(local_max, l[e]);
-  const float mx = BlockMax(local_max, red);
-  float local_sum = 0.f;
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
-    probs[e] = expf(l[e] - mx);
-    local_sum += probs[e];
+  float p[kTopKPerLane];
+  float mx = -FLT_MAX;
+#pragma unroll
+  for (int j = 0; j < kTopKPerLane; ++j) {
+    const int e = j * 32 + lane;
+    p[j] = e < num_experts ? l[e] : -FLT_MAX;
+    mx = fmaxf(mx, p[j]);
   }
-  const float sum = BlockSum(local_sum, red);
-  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) probs[e] /= sum;
-  __syncthreads();
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kTopKPerLane; ++j) {
+    const int e = j * 32 + lane;
+    p[j] = e < num_experts ? expf(p[j] - mx) : 0.f;
+    sum += p[j];
+  }
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+#pragma unroll
+  for (int j = 0; j < kTopKPerLane; ++j) {
+    const int e = j * 32 + lane;
+    p[j] = e < num_experts ? p[j] / sum : -1.f;
+  }
   float picked = 0.f;
   for (int k = 0; k < top_k; ++k) {
-    // Arg-max with ties to the lower index: each thread's best, then a warp and a block reduction.
-    float bv = -1.f;
+    float bv = -2.f;
     int bi = num_experts;
-    for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
-      if (probs[e] > bv) {
-        bv = probs[e];
-        bi = e;
+#pragma unroll
+    for (int j = 0; j < kTopKPerLane; ++j) {
+      if (p[j] > bv) {  // j ascending: the lower index wins ties within the lane
+        bv = p[j];
+        bi = j * 32 + lane;
       }
     }
     for (int o = 16; o > 0; o >>= 1) {
@@ -257,29 +275,17 @@ __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k,
         bi = oi;
       }
     }
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < kTopKPerLane; ++j) {
+      if (j * 32 + lane == bi) p[j] = -2.f;  // taken
+    }
+    picked += bv;
     if (lane == 0) {
-      red[warp] = bv;
-      best_index[warp] = bi;
+      ids[static_cast<size_t>(blockIdx.x) * top_k + k] = bi;
+      weights[static_cast<size_t>(blockIdx.x) * top_k + k] = bv;
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float v = red[0];
-      int i = best_index[0];
-      for (int w = 1; w < (blockDim.x + 31) / 32; ++w) {
-        if (red[w] > v || (red[w] == v && best_index[w] < i)) {
-          v = red[w];
-          i = best_index[w];
-        }
-      }
-      ids[static_cast<size_t>(blockIdx.x) * top_k + k] = i;
-      weights[static_cast<size_t>(blockIdx.x) * top_k + k] = v;
-      picked += v;
-      probs[i] = -2.f;  // taken
-    }
-    __syncthreads();
   }
-  if (threadIdx.x == 0 && norm) {
+  if (lane == 0 && norm) {
     for (int k = 0; k < top_k; ++k) weights[static_cast<size_t>(blockIdx.x) * top_k + k] /= picked;
   }
 }
@@ -327,21 +333,23 @@ cudaError_t LaunchSiluMul(const float* gate_up, int tokens, int inter, float* ac
 cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int tokens, int top_k, int hidden,
                              float* x, cudaStream_t stream) {
   if (tokens <= 0) return cudaErrorInvalidValue;
-  MoeCombineKernel<<<tokens, kThreads, 0, stream>>>(slots, weights, top_k, hidden, x);
+  MoeCombineKernel<<<dim3((hidden + 127) / 128, tokens), 128, 0, stream>>>(slots, weights, top_k, hidden, x);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchArgMax(const float* values, int n, int32_t* index, cudaStream_t stream) {
-  if (n <= 0) return cudaErrorInvalidValue;
-  ArgMaxKernel<<<1, 1024, 0, stream>>>(values, n, index);
+cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int32_t* index, cudaStream_t stream) {
+  if (n <= 0 || scratch.key == nullptr || scratch.blocks_done == nullptr) return cudaErrorInvalidValue;
+  const int blocks = std::min((n + 1023) / 1024, 132);
+  ArgMaxKernel<<<blocks, 1024, 0, stream>>>(values, n, scratch, index);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchRouteTopK(const float* logits, int tokens, int num_experts, int top_k, bool norm_topk_prob,
                             int32_t* ids, float* weights, cudaStream_t stream) {
-  if (tokens <= 0 || top_k <= 0 || top_k > num_experts) return cudaErrorInvalidValue;
-  RouteTopKKernel<<<tokens, kThreads, num_experts * sizeof(float), stream>>>(logits, num_experts, top_k,
-                                                                            norm_topk_prob, ids, weights);
+  if (tokens <= 0 || top_k <= 0 || top_k > num_experts || num_experts > 32 * kTopKPerLane) {
+    return cudaErrorInvalidValue;
+  }
+  RouteTopKKernel<<<tokens, 32, 0, stream>>>(logits, num_experts, top_k, norm_topk_prob, ids, weights);
   return cudaGetLastError();
 }
 

@@ -29,6 +29,7 @@ struct QkNormRopeCacheArgs {
   const float* inv_freq = nullptr;  // [rotary_dim / 2], as Rope computes it
   float eps = 1e-6f;
   int first_position = 0;
+  const int* position_dev = nullptr;  // when set, the first position is read from here (CUDA graphs)
   float* q_out = nullptr;    // [tokens, heads, head_dim]
   float* k_cache = nullptr;  // [max_positions, kv_heads, head_dim]
   float* v_cache = nullptr;
@@ -43,6 +44,7 @@ struct AttentionArgs {
   const float* v_cache = nullptr;
   int heads = 0, kv_heads = 0, head_dim = 0;
   int first_position = 0;
+  const int* position_dev = nullptr;  // when set, the first position is read from here (CUDA graphs)
   float* out = nullptr;
 };
 cudaError_t LaunchAttention(const AttentionArgs& args, int tokens, cudaStream_t stream);
@@ -58,11 +60,16 @@ cudaError_t LaunchSiluMul(const float* gate_up, int tokens, int inter, float* ac
 cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int tokens, int top_k, int hidden,
                              float* x, cudaStream_t stream);
 
-// index = arg max of values[0, n) (ties to the lower index).
-cudaError_t LaunchArgMax(const float* values, int n, int32_t* index, cudaStream_t stream);
+// index = arg max of values[0, n) (ties to the lower index; NaN is never picked). The scratch (zeroed
+// once, 16 bytes) is left zeroed for the next call; calls sharing it must not overlap.
+struct ArgMaxScratch {
+  unsigned long long* key = nullptr;
+  unsigned int* blocks_done = nullptr;
+};
+cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int32_t* index, cudaStream_t stream);
 
 // Per token: softmax over logits [tokens, num_experts], the top_k largest (ties to the lower index),
-// renormalised when norm_topk_prob. ids/weights: [tokens, top_k].
+// renormalised when norm_topk_prob. ids/weights: [tokens, top_k]. num_experts <= 512.
 cudaError_t LaunchRouteTopK(const float* logits, int tokens, int num_experts, int top_k, bool norm_topk_prob,
                             int32_t* ids, float* weights, cudaStream_t stream);
 

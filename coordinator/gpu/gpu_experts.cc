@@ -47,12 +47,12 @@ DeviceExperts::~DeviceExperts() {
   for (void* p : allocations_) cudaFree(p);
 }
 
-absl::Status DeviceExperts::BeginStep(uint32_t tokens) {
+absl::StatusOr<int> DeviceExperts::BeginStep(uint32_t tokens) {
   if (tokens == 0 || tokens > max_tokens_) return absl::InvalidArgumentError(StrCat("a step of ", tokens, " tokens"));
-  return absl::OkStatus();
+  return 0;
 }
 
-absl::Status DeviceExperts::EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) {
+absl::Status DeviceExperts::EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int) {
   return store_->Enqueue(layer, buffers_.input, tokens, static_cast<uint32_t>(config_.top_k), buffers_.routing,
                          buffers_.slots, stream);
 }
@@ -85,7 +85,7 @@ HostBridgeExperts::~HostBridgeExperts() {
   for (void* p : allocations_) cudaFree(p);
 }
 
-absl::Status HostBridgeExperts::EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) {
+absl::Status HostBridgeExperts::EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int) {
   const size_t h = config_.hidden_size, k = config_.top_k;
   x_.resize(tokens * h);
   routing_.resize(tokens * k);

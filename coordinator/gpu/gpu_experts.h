@@ -35,9 +35,12 @@ class GpuExperts {
   virtual ~GpuExperts() = default;
   virtual uint32_t max_tokens() const = 0;
   virtual Buffers buffers() = 0;
-  // Before the step's first layer; `tokens` <= max_tokens().
-  virtual absl::Status BeginStep(uint32_t tokens) = 0;
-  virtual absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) = 0;
+  // How many distinct versions of a step's enqueued work exist (0: the work cannot be captured in a
+  // CUDA graph, e.g. it makes host round trips). The model keeps one decode graph per variant.
+  virtual int graph_variants() const = 0;
+  // Before the step's first layer; `tokens` <= max_tokens(). Returns the step's variant.
+  virtual absl::StatusOr<int> BeginStep(uint32_t tokens) = 0;
+  virtual absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) = 0;
   // Waits (bounded) for `done`, recorded on the model's stream after the step's last use of the buffers.
   virtual absl::Status FinishStep(cudaEvent_t done) = 0;
 };
@@ -50,8 +53,9 @@ class DeviceExperts : public GpuExperts {
   ~DeviceExperts() override;
   uint32_t max_tokens() const override { return max_tokens_; }
   Buffers buffers() override { return buffers_; }
-  absl::Status BeginStep(uint32_t tokens) override;
-  absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) override;
+  int graph_variants() const override { return 1; }
+  absl::StatusOr<int> BeginStep(uint32_t tokens) override;
+  absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) override;
   absl::Status FinishStep(cudaEvent_t done) override;
 
  private:
@@ -69,9 +73,10 @@ class PooledGpuExperts : public GpuExperts {
   static absl::StatusOr<std::unique_ptr<PooledGpuExperts>> Create(WorkerPool* pool);
   uint32_t max_tokens() const override { return pool_->max_tokens_per_step(); }
   Buffers buffers() override { return buffers_; }
-  absl::Status BeginStep(uint32_t tokens) override { return pool_->BeginGpuStep(tokens); }
-  absl::Status EnqueueLayer(int layer, uint32_t, cudaStream_t stream) override {
-    return pool_->EnqueueGpuLayer(layer, stream);
+  int graph_variants() const override { return 2; }  // the step parity
+  absl::StatusOr<int> BeginStep(uint32_t tokens) override { return pool_->BeginGpuStep(tokens); }
+  absl::Status EnqueueLayer(int layer, uint32_t, cudaStream_t stream, int variant) override {
+    return pool_->EnqueueGpuLayer(layer, stream, variant);
   }
   absl::Status FinishStep(cudaEvent_t done) override { return pool_->FinishGpuStep(done); }
 
@@ -89,8 +94,9 @@ class HostBridgeExperts : public GpuExperts {
   ~HostBridgeExperts() override;
   uint32_t max_tokens() const override { return max_tokens_; }
   Buffers buffers() override { return buffers_; }
-  absl::Status BeginStep(uint32_t) override { return absl::OkStatus(); }
-  absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream) override;
+  int graph_variants() const override { return 0; }
+  absl::StatusOr<int> BeginStep(uint32_t) override { return 0; }
+  absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) override;
   absl::Status FinishStep(cudaEvent_t done) override;
 
  private:

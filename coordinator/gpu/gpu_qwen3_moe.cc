@@ -91,6 +91,11 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig
   RETURN_IF_ERROR(alloc(h, &m->last_h_));
   RETURN_IF_ERROR(alloc(c.vocab_size, &m->logits_));
   RETURN_IF_ERROR(alloc(1, &m->argmax_));
+  RETURN_IF_ERROR(alloc(1, &m->position_dev_));
+  ASSIGN_OR_RETURN(void* am, w.Scratch(16));
+  m->argmax_scratch_.key = static_cast<unsigned long long*>(am);
+  m->argmax_scratch_.blocks_done = reinterpret_cast<unsigned int*>(static_cast<uint8_t*>(am) + 8);
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&m->position_host_, sizeof(int32_t)));
   const int64_t widest = std::max<int64_t>({h, nh * hd, c.intermediate_size});
   RETURN_IF_ERROR(m->linear_->Reserve(t * widest));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&m->ids_host_, t * sizeof(int32_t)));
@@ -111,6 +116,12 @@ GpuQwen3Moe::~GpuQwen3Moe() {
   if (ids_host_ != nullptr) cudaFreeHost(ids_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
   if (argmax_host_ != nullptr) cudaFreeHost(argmax_host_);
+  if (position_host_ != nullptr) cudaFreeHost(position_host_);
+  for (auto& by_variant : graphs_) {
+    for (cudaGraphExec_t g : by_variant) {
+      if (g != nullptr) cudaGraphExecDestroy(g);
+    }
+  }
   if (step_done_ != nullptr) cudaEventDestroy(step_done_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -131,20 +142,48 @@ absl::Status GpuQwen3Moe::CheckIds(std::span<const int32_t> ids) const {
 
 absl::Status GpuQwen3Moe::Step(const int32_t* ids, int n, bool greedy, bool want_output) {
   PINMOE_CHECK(experts_ != nullptr);
+  cudaStream_t s = stream_;
+  std::copy(ids, ids + n, ids_host_);
+  *position_host_ = position_;
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(position_dev_, position_host_, sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(n)));
+  if (n == 1 && want_output && options_.graphs && variant < experts_->graph_variants() && variant < 2) {
+    cudaGraphExec_t& exec = graphs_[variant][greedy ? 1 : 0];
+    if (exec == nullptr) {
+      // Capture once per (variant, greedy); every later decode step replays it.
+      CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      absl::Status st = EnqueueStep(n, greedy, want_output, variant);
+      cudaGraph_t graph = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(s, &graph);
+      RETURN_IF_ERROR(st);
+      CUDA_RETURN_IF_ERROR(end);
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      CUDA_RETURN_IF_ERROR(inst);
+    }
+    CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, s));
+  } else {
+    RETURN_IF_ERROR(EnqueueStep(n, greedy, want_output, variant));
+  }
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
+  RETURN_IF_ERROR(experts_->FinishStep(step_done_));
+  position_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status GpuQwen3Moe::EnqueueStep(int n, bool greedy, bool want_output, int variant) {
   const ModelConfig& c = config_;
   const int h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads, k = c.top_k;
   const float eps = static_cast<float>(c.rms_norm_eps);
   cudaStream_t s = stream_;
-  std::copy(ids, ids + n, ids_host_);
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  RETURN_IF_ERROR(experts_->BeginStep(static_cast<uint32_t>(n)));
   const GpuExperts::Buffers moe = experts_->buffers();
   CUDA_RETURN_IF_ERROR(LaunchEmbed(embed_.data, embed_.bf16, ids_dev_, n, h, x_, s));
   for (int l = 0; l < c.num_layers; ++l) {
     Layer& L = layers_[l];
     // Attention block.
-    CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_, L.input_norm, h_, n, h, eps, s));
-    RETURN_IF_ERROR(linear_->Run(L.qkv, h_, n, qkv_, /*accumulate=*/false));
+    RETURN_IF_ERROR(linear_->RunNormed(L.qkv, x_, GemvNorm{L.input_norm, eps, nullptr}, n, qkv_,
+                                       /*accumulate=*/false));
     QkNormRopeCacheArgs qa;
     qa.qkv = qkv_;
     qa.row_stride = (nh + 2 * nkv) * hd;
@@ -160,7 +199,7 @@ absl::Status GpuQwen3Moe::Step(const int32_t* ids, int n, bool greedy, bool want
     qa.k_norm = L.k_norm;
     qa.inv_freq = inv_freq_;
     qa.eps = eps;
-    qa.first_position = position_;
+    qa.position_dev = position_dev_;
     qa.q_out = q_;
     qa.k_cache = L.k_cache;
     qa.v_cache = L.v_cache;
@@ -172,21 +211,22 @@ absl::Status GpuQwen3Moe::Step(const int32_t* ids, int n, bool greedy, bool want
     aa.heads = nh;
     aa.kv_heads = nkv;
     aa.head_dim = hd;
-    aa.first_position = position_;
+    aa.position_dev = position_dev_;
     aa.out = attn_;
     CUDA_RETURN_IF_ERROR(LaunchAttention(aa, n, s));
     RETURN_IF_ERROR(linear_->Run(L.o, attn_, n, x_, /*accumulate=*/true));
     // MLP block: routed experts, or a dense SwiGLU layer.
     if (L.moe) {
-      CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_, L.post_norm, moe.input, n, h, eps, s));
-      RETURN_IF_ERROR(linear_->Run(L.router, moe.input, n, router_logits_, /*accumulate=*/false));
+      // The router's GEMV normalises x and leaves the normalised rows in the experts' input buffer.
+      RETURN_IF_ERROR(linear_->RunNormed(L.router, x_, GemvNorm{L.post_norm, eps, moe.input}, n, router_logits_,
+                                         /*accumulate=*/false));
       CUDA_RETURN_IF_ERROR(LaunchRouteTopK(router_logits_, n, c.num_experts, k, c.norm_topk_prob, moe.routing,
                                            route_weights_, s));
-      RETURN_IF_ERROR(experts_->EnqueueLayer(l, static_cast<uint32_t>(n), s));
+      RETURN_IF_ERROR(experts_->EnqueueLayer(l, static_cast<uint32_t>(n), s, variant));
       CUDA_RETURN_IF_ERROR(LaunchMoeCombine(moe.slots, route_weights_, n, k, h, x_, s));
     } else {
-      CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_, L.post_norm, h_, n, h, eps, s));
-      RETURN_IF_ERROR(linear_->Run(L.gate_up, h_, n, gate_up_, /*accumulate=*/false));
+      RETURN_IF_ERROR(linear_->RunNormed(L.gate_up, x_, GemvNorm{L.post_norm, eps, nullptr}, n, gate_up_,
+                                         /*accumulate=*/false));
       CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate_up_, n, c.intermediate_size, act_, s));
       RETURN_IF_ERROR(linear_->Run(L.down, act_, n, x_, /*accumulate=*/true));
     }
@@ -195,16 +235,13 @@ absl::Status GpuQwen3Moe::Step(const int32_t* ids, int n, bool greedy, bool want
     CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_ + static_cast<size_t>(n - 1) * h, final_norm_, last_h_, 1, h, eps, s));
     RETURN_IF_ERROR(linear_->Run(lm_head_, last_h_, 1, logits_, /*accumulate=*/false));
     if (greedy) {
-      CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_, c.vocab_size, argmax_, s));
+      CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_, c.vocab_size, argmax_scratch_, argmax_, s));
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(argmax_host_, argmax_, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
     } else {
       CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits_host_, logits_, c.vocab_size * sizeof(float),
                                            cudaMemcpyDeviceToHost, s));
     }
   }
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
-  RETURN_IF_ERROR(experts_->FinishStep(step_done_));
-  position_ += n;
   return absl::OkStatus();
 }
 

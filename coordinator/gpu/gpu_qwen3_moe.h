@@ -17,6 +17,7 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "coordinator/causal_lm.h"
+#include "coordinator/gpu/dense_kernels.h"
 #include "coordinator/gpu/device_weights.h"
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/linear.h"
@@ -28,6 +29,8 @@ struct GpuModelOptions {
   int max_context = 0;          // 0: the config's max_position_embeddings
   uint64_t synthetic_seed = 0;  // non-zero: seeded synthetic weights, no checkpoint
   uint32_t max_step_tokens = 2048;  // activations are sized for this many tokens per step
+  // Decode steps replay a captured CUDA graph (one launch instead of ~500); off: launch each kernel.
+  bool graphs = true;
 };
 
 class GpuQwen3Moe : public CausalLm {
@@ -68,6 +71,9 @@ class GpuQwen3Moe : public CausalLm {
   // One step of `n` tokens; the last token's logits land in logits_ (device), then either the arg-max
   // (greedy) or the logits are copied to the pinned host buffer.
   absl::Status Step(const int32_t* ids, int n, bool greedy, bool want_output);
+  // The step's device work, enqueued on stream_ (or captured into a graph): everything between the
+  // experts' BeginStep and FinishStep.
+  absl::Status EnqueueStep(int n, bool greedy, bool want_output, int variant);
 
   ModelConfig config_;
   GpuModelOptions options_;
@@ -88,7 +94,12 @@ class GpuQwen3Moe : public CausalLm {
   float *router_logits_ = nullptr, *route_weights_ = nullptr, *gate_up_ = nullptr, *act_ = nullptr;
   float *last_h_ = nullptr, *logits_ = nullptr;
   int32_t* argmax_ = nullptr;
+  ArgMaxScratch argmax_scratch_;
+  int32_t* position_dev_ = nullptr;  // the step's first position, read by the kernels (graphs replay it)
+  // Decode graphs by [experts' variant][greedy]; null until first used.
+  cudaGraphExec_t graphs_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};
   // Pinned host staging.
+  int32_t* position_host_ = nullptr;
   int32_t* ids_host_ = nullptr;
   float* logits_host_ = nullptr;
   int32_t* argmax_host_ = nullptr;

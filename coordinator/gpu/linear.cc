@@ -2,6 +2,7 @@
 
 #include "common/status.h"
 #include "common/str_cat.h"
+#include "coordinator/gpu/dense_kernels.h"
 #include "worker/gpu/cuda_check.h"
 
 namespace pinmoe {
@@ -23,6 +24,16 @@ absl::StatusOr<std::unique_ptr<LinearRunner>> LinearRunner::Create(cudaStream_t 
 }
 
 absl::Status LinearRunner::Reserve(size_t n) {
+  if (normed_capacity_ < n) {
+    if (normed_ != nullptr) {
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+      cudaFree(normed_);
+    }
+    normed_ = nullptr;
+    normed_capacity_ = 0;
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&normed_, n * sizeof(float)));
+    normed_capacity_ = n;
+  }
   if (n <= x_bf16_capacity_) return absl::OkStatus();
   if (x_bf16_ != nullptr) {
     CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // queued work may still read the old scratch
@@ -35,14 +46,39 @@ absl::Status LinearRunner::Reserve(size_t n) {
   return absl::OkStatus();
 }
 
+absl::Status LinearRunner::RunNormed(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens,
+                                     float* y, bool accumulate) {
+  if (tokens <= kGemvMaxTokens) {
+    return CudaStatus(LaunchGemv(w, x, tokens, y, accumulate, &norm, stream_), "GEMV launch");
+  }
+  float* normed = norm.normed_out;
+  const size_t n = static_cast<size_t>(tokens) * w.cols;
+  if (normed == nullptr) {
+    if (n > normed_capacity_) {
+      if (normed_ != nullptr) {
+        CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+        cudaFree(normed_);
+      }
+      normed_ = nullptr;
+      normed_capacity_ = 0;
+      CUDA_RETURN_IF_ERROR(cudaMalloc(&normed_, n * sizeof(float)));
+      normed_capacity_ = n;
+    }
+    normed = normed_;
+  }
+  CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x, norm.weight, normed, tokens, static_cast<int>(w.cols), norm.eps, stream_));
+  return Run(w, normed, tokens, y, accumulate);
+}
+
 LinearRunner::~LinearRunner() {
+  if (normed_ != nullptr) cudaFree(normed_);
   if (x_bf16_ != nullptr) cudaFree(x_bf16_);
   if (handle_ != nullptr) cublasDestroy(handle_);
 }
 
 absl::Status LinearRunner::Run(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate) {
   if (tokens <= kGemvMaxTokens) {
-    return CudaStatus(LaunchGemv(w, x, tokens, y, accumulate, stream_), "GEMV launch");
+    return CudaStatus(LaunchGemv(w, x, tokens, y, accumulate, nullptr, stream_), "GEMV launch");
   }
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   const int m = static_cast<int>(w.rows), k = static_cast<int>(w.cols);

@@ -26,13 +26,41 @@ __device__ __forceinline__ void Unpack(const uint4& p, float (&w)[4]) {
   w[3] = f.w;
 }
 
-// One warp per output row, all tokens at once: each 16-byte chunk of the row is loaded once.
-template <typename W, int T>
+constexpr int kInFlight = 4;  // 16-byte weight loads each lane keeps in flight
+
+// One warp per output row, all tokens at once: each 16-byte chunk of the row is loaded once, kInFlight
+// chunks in flight per lane. With kNorm, the block first RMS-normalises the tokens' rows of x (weight
+// nw) into shared memory, which spares a launch and a dependent step per norm; block 0 also writes the
+// normalised rows to normed_out when it is set (the experts' input).
+template <typename W, int T, bool kNorm>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvKernel(const W* __restrict__ w, const float* __restrict__ x, int rows, int cols, int tokens,
-               float* __restrict__ y, bool accumulate) {
+               float* __restrict__ y, bool accumulate, const float* __restrict__ nw, float eps,
+               float* __restrict__ normed_out) {
   constexpr int kElems = 16 / sizeof(W);
+  extern __shared__ float xs[];  // kNorm: [tokens, cols]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if constexpr (kNorm) {
+    __shared__ float red[kWarps];
+    for (int t = 0; t < tokens; ++t) {
+      const float* xr = x + static_cast<size_t>(t) * cols;
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) red[warp] = ss;
+      __syncthreads();
+      float total = 0.f;
+      for (int i = 0; i < kWarps; ++i) total += red[i];
+      const float inv = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
+      for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = nw[i] * (xr[i] * inv);
+        xs[static_cast<size_t>(t) * cols + i] = v;
+        if (blockIdx.x == 0 && normed_out != nullptr) normed_out[static_cast<size_t>(t) * cols + i] = v;
+      }
+      __syncthreads();  // also keeps red[] stable until every warp has read it
+    }
+  }
+  const float* xsrc = kNorm ? xs : x;
   const int row = blockIdx.x * kWarps + warp;
   if (row >= rows) return;
   const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * cols);
@@ -40,21 +68,31 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int t = 0; t < T; ++t) s[t] = 0.f;
   const int steps = cols / kElems;
-#pragma unroll 2
-  for (int st = lane; st < steps; st += 32) {
-    float wf[kElems];
-    Unpack(__ldg(wr + st), wf);
+  for (int st0 = lane; st0 < steps; st0 += 32 * kInFlight) {
+    uint4 wv[kInFlight];
 #pragma unroll
-    for (int t = 0; t < T; ++t) {
-      if (t >= tokens) break;
-      const float4* xv = reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * cols) + st * (kElems / 4);
+    for (int u = 0; u < kInFlight; ++u) {
+      const int st = st0 + 32 * u;
+      if (st < steps) wv[u] = __ldg(wr + st);
+    }
 #pragma unroll
-      for (int e = 0; e < kElems / 4; ++e) {
-        const float4 xx = __ldg(xv + e);
-        s[t] = fmaf(wf[4 * e], xx.x, s[t]);
-        s[t] = fmaf(wf[4 * e + 1], xx.y, s[t]);
-        s[t] = fmaf(wf[4 * e + 2], xx.z, s[t]);
-        s[t] = fmaf(wf[4 * e + 3], xx.w, s[t]);
+    for (int u = 0; u < kInFlight; ++u) {
+      const int st = st0 + 32 * u;
+      if (st >= steps) break;
+      float wf[kElems];
+      Unpack(wv[u], wf);
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        if (t >= tokens) break;
+        const float4* xv = reinterpret_cast<const float4*>(xsrc + static_cast<size_t>(t) * cols) + st * (kElems / 4);
+#pragma unroll
+        for (int e = 0; e < kElems / 4; ++e) {
+          const float4 xx = kNorm ? xv[e] : __ldg(xv + e);
+          s[t] = fmaf(wf[4 * e], xx.x, s[t]);
+          s[t] = fmaf(wf[4 * e + 1], xx.y, s[t]);
+          s[t] = fmaf(wf[4 * e + 2], xx.z, s[t]);
+          s[t] = fmaf(wf[4 * e + 3], xx.w, s[t]);
+        }
       }
     }
   }
@@ -70,22 +108,34 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <typename W>
-cudaError_t LaunchGemvTyped(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc,
-                            cudaStream_t stream) {
+template <typename W, int T>
+cudaError_t LaunchGemvT(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc, const GemvNorm* norm,
+                        cudaStream_t stream) {
   const W* w = static_cast<const W*>(m.data);
   const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
   const dim3 grid((rows + kWarps - 1) / kWarps), block(kWarps * 32);
-  if (tokens <= 1) {
-    GemvKernel<W, 1><<<grid, block, 0, stream>>>(w, x, rows, cols, tokens, y, acc);
-  } else if (tokens <= 2) {
-    GemvKernel<W, 2><<<grid, block, 0, stream>>>(w, x, rows, cols, tokens, y, acc);
-  } else if (tokens <= 4) {
-    GemvKernel<W, 4><<<grid, block, 0, stream>>>(w, x, rows, cols, tokens, y, acc);
-  } else {
-    GemvKernel<W, 8><<<grid, block, 0, stream>>>(w, x, rows, cols, tokens, y, acc);
+  if (norm == nullptr) {
+    GemvKernel<W, T, false><<<grid, block, 0, stream>>>(w, x, rows, cols, tokens, y, acc, nullptr, 0.f, nullptr);
+    return cudaGetLastError();
   }
+  const size_t smem = static_cast<size_t>(tokens) * cols * sizeof(float);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(GemvKernel<W, T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  GemvKernel<W, T, true><<<grid, block, smem, stream>>>(w, x, rows, cols, tokens, y, acc, norm->weight, norm->eps,
+                                                        norm->normed_out);
   return cudaGetLastError();
+}
+
+template <typename W>
+cudaError_t LaunchGemvTyped(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc,
+                            const GemvNorm* norm, cudaStream_t stream) {
+  if (tokens <= 1) return LaunchGemvT<W, 1>(m, x, tokens, y, acc, norm, stream);
+  if (tokens <= 2) return LaunchGemvT<W, 2>(m, x, tokens, y, acc, norm, stream);
+  if (tokens <= 4) return LaunchGemvT<W, 4>(m, x, tokens, y, acc, norm, stream);
+  return LaunchGemvT<W, 8>(m, x, tokens, y, acc, norm, stream);
 }
 
 __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* y) {
@@ -98,12 +148,12 @@ __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* y) {
 }  // namespace
 
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
-                       cudaStream_t stream) {
+                       const GemvNorm* norm, cudaStream_t stream) {
   if (tokens <= 0 || tokens > kGemvMaxTokens || w.rows <= 0 || w.rows > INT32_MAX || w.cols % 8 != 0) {
     return cudaErrorInvalidValue;
   }
-  return w.bf16 ? LaunchGemvTyped<__nv_bfloat16>(w, x, tokens, y, accumulate, stream)
-                : LaunchGemvTyped<float>(w, x, tokens, y, accumulate, stream);
+  return w.bf16 ? LaunchGemvTyped<__nv_bfloat16>(w, x, tokens, y, accumulate, norm, stream)
+                : LaunchGemvTyped<float>(w, x, tokens, y, accumulate, norm, stream);
 }
 
 cudaError_t LaunchToBf16(const float* x, size_t n, __nv_bfloat16* y, cudaStream_t stream) {

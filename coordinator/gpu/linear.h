@@ -29,9 +29,17 @@ struct DeviceMatrix {
 
 constexpr int kGemvMaxTokens = 8;
 
-// The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8 (bf16) or 4 (fp32).
+// An RMSNorm applied to x on the way in: x' = weight * x / sqrt(mean(x^2) + eps) per token, computed
+// inside the GEMV (decode) or by a separate kernel first (cuBLAS path). normed_out, when set, receives x'.
+struct GemvNorm {
+  const float* weight = nullptr;  // [cols]
+  float eps = 1e-6f;
+  float* normed_out = nullptr;    // [tokens, cols] or null
+};
+
+// The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8; `norm` may be null.
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
-                       cudaStream_t stream);
+                       const GemvNorm* norm, cudaStream_t stream);
 
 // y = x rounded to bf16, n elements.
 cudaError_t LaunchToBf16(const float* x, size_t n, __nv_bfloat16* y, cudaStream_t stream);
@@ -45,6 +53,9 @@ class LinearRunner {
 
   // Enqueues y (=|+=) x . W^T on the runner's stream.
   absl::Status Run(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate);
+  // The same with an RMSNorm of x first (see GemvNorm); norm.normed_out may be null.
+  absl::Status RunNormed(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens, float* y,
+                         bool accumulate);
   // Sizes the bf16 activation scratch for `elements` (tokens x cols), so that Run never allocates.
   absl::Status Reserve(size_t elements);
 
@@ -54,6 +65,8 @@ class LinearRunner {
   cublasHandle_t handle_ = nullptr;
   __nv_bfloat16* x_bf16_ = nullptr;  // activations rounded for the tensor-core path
   size_t x_bf16_capacity_ = 0;
+  float* normed_ = nullptr;          // the cuBLAS path's normalised activations
+  size_t normed_capacity_ = 0;
 };
 
 }  // namespace pinmoe

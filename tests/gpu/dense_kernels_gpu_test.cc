@@ -176,6 +176,23 @@ TEST(DenseKernelsGpu, LinearGemvAndCublas) {
       }
     }
   }
+  // With the RMSNorm fused in (GEMV) or in front (cuBLAS): against RmsNorm then the plain product.
+  for (int tokens : {1, 5, 40}) {
+    const int rows = 300, cols = 512;
+    auto w = Random(static_cast<size_t>(rows) * cols, 11, 0.05f), x = Random(static_cast<size_t>(tokens) * cols, 12, 3.f);
+    auto nw = Random(cols, 13);
+    std::vector<float> xn(x.size()), ref(static_cast<size_t>(tokens) * rows);
+    RmsNorm(x.data(), nw.data(), xn.data(), tokens, cols, 1e-6f);
+    MatMulTransposed(xn.data(), w.data(), ref.data(), tokens, cols, rows);
+    Dev dw(w), dx(x), dnw(nw), dy(ref.size() * 4), dxn(x.size() * 4);
+    DeviceMatrix m{dw.p, false, rows, cols};
+    ASSERT_TRUE((*runner)->RunNormed(m, dx.as<float>(), GemvNorm{dnw.as<float>(), 1e-6f, dxn.as<float>()}, tokens,
+                                     dy.as<float>(), false).ok());
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    auto y = dy.get<float>(), got_xn = dxn.get<float>();
+    for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4f * (1 + std::fabs(ref[i]))) << tokens << " " << i;
+    for (size_t i = 0; i < xn.size(); ++i) ASSERT_NEAR(got_xn[i], xn[i], 1e-5f * (1 + std::fabs(xn[i])));
+  }
   runner->reset();
   cudaStreamDestroy(stream);
 }
@@ -215,9 +232,13 @@ TEST(DenseKernelsGpu, EmbedSiluMulCombineArgMax) {
     auto v = Random(n, n);
     v[n / 2] = 50.f;
     if (n > 2) v[n - 1] = 50.f;  // a tie: the lower index wins
-    Dev dv(v), dix(4);
-    ASSERT_CUDA(LaunchArgMax(dv.as<float>(), n, dix.as<int32_t>(), nullptr));
-    EXPECT_EQ(dix.get<int32_t>()[0], n / 2) << n;
+    Dev dv(v), dix(4), scratch(16);
+    ASSERT_CUDA(cudaMemset(scratch.p, 0, 16));
+    ArgMaxScratch as{scratch.as<unsigned long long>(), reinterpret_cast<unsigned int*>(scratch.as<uint8_t>() + 8)};
+    for (int call = 0; call < 2; ++call) {  // the scratch resets itself
+      ASSERT_CUDA(LaunchArgMax(dv.as<float>(), n, as, dix.as<int32_t>(), nullptr));
+      EXPECT_EQ(dix.get<int32_t>()[0], n / 2) << n;
+    }
   }
 }
 

@@ -52,7 +52,7 @@ absl::Status StreamWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t
 absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uint32_t value) {
   const MemOps& o = Ops();
   if (o.wait == nullptr) return absl::UnavailableError("the CUDA driver offers no cuStreamWaitValue32");
-  return DriverStatus(o.wait(stream, reinterpret_cast<CUdeviceptr>(counter), value, CU_STREAM_WAIT_VALUE_GEQ),
+  return DriverStatus(o.wait(stream, reinterpret_cast<CUdeviceptr>(counter), value, CU_STREAM_WAIT_VALUE_EQ),
                       "cuStreamWaitValue32");
 }
 

@@ -21,7 +21,8 @@ namespace pinmoe {
 
 // Enqueues "*counter = value" (after all earlier work on the stream, whose writes it makes visible).
 absl::Status StreamWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
-// Enqueues a wait until (int32_t)(*counter - value) >= 0, i.e. the counter reached `value` (wrap-safe).
+// Enqueues a wait until *counter == value. Equality rather than "at least" lets a captured CUDA graph
+// replay the same values every other step (see WorkerPool's step parity).
 absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uint32_t value);
 
 // Waits for `event` with a deadline, calling `poll` about every millisecond (it may fail the wait, e.g.

@@ -4,12 +4,13 @@
 //    kernels see the same bytes) and in a CPU+GPU worker mix (through the host; within 1e-3).
 //  - bf16 weights: against transformers run in bf16 on the GPU, step by step under teacher forcing
 //    (transformers' own bf16 greedy run leaves its fp32 run on these small random models, so a
-//    free-running comparison would test noise): top-1 equal wherever the reference's top-1 margin
-//    exceeds the tolerance, and the reference's top-5 logits within it. The tolerance, 0.125 + 1% of
-//    |logit|: transformers rounds every activation to bf16 (8 significant bits, relative step 2^-8 =
-//    0.4%) through ~12 roundings per layer and prints logits in bf16 (a step of 0.125 between 16 and
-//    32), while we keep activations in fp32 in decode; independent roundings of 0.2% over ~36 steps
-//    accumulate to about 1%.
+//    free-running comparison would test noise). The tolerance is measured, not guessed: the reference
+//    carries, for each step, transformers' fp32 logits on the same tokens, so D = max |bf16 - fp32| over
+//    the step's top-5 is how far bf16 arithmetic alone moves that step's logits (0.05-1.5 here). We are
+//    another bf16 computation of the same fp32 truth (fp32 activations in decode, bf16-rounded ones in
+//    the prefill GEMMs), so |ours - bf16 reference| <= 2 D + 0.125 (the triangle inequality with our own
+//    distance to fp32 at most D; 0.125 is the bf16 step of a logit between 16 and 32). Top-1 must agree
+//    with the forced token wherever the reference's top-1 margin exceeds that tolerance.
 // Runs on a machine with a GPU: scripts/device-test.
 #include <algorithm>
 #include <cmath>
@@ -96,8 +97,8 @@ TEST(GpuModel, Fp32MatchesTransformersInProcessAndInWorkers) {
 TEST(GpuModel, Bf16MatchesTransformersBf16UnderTeacherForcing) {
   const std::string dir = testing::TestData("qwen3moe-bf16");
   const auto ref = testing::ReadJson(dir + "/reference_bf16_cuda.json");
-  int compared = 0, top1_checked = 0;
-  float worst_excess = -1e9f;
+  int compared = 0, top1_checked = 0, ties = 0;
+  float worst_ratio = 0, worst_vs_fp32 = 0;
   for (const auto& c : ref["cases"]) {
     const std::vector<int32_t> prompt = c["prompt_ids"].get<std::vector<int32_t>>();
     const std::vector<int32_t> forced = c["greedy_ids"].get<std::vector<int32_t>>();
@@ -109,25 +110,32 @@ TEST(GpuModel, Bf16MatchesTransformersBf16UnderTeacherForcing) {
     for (size_t s = 0; s < logits.size(); ++s) {
       ASSERT_EQ(0, std::memcmp(pooled[s].data(), logits[s].data(), logits[s].size() * 4)) << "workers differ at " << s;
       const auto& top = c["top_logits"][s];
-      const float r1 = top[0]["logit"].get<float>(), r2 = top[1]["logit"].get<float>();
-      const float tol1 = 0.125f + 0.01f * std::fabs(r1);
+      float bf16_noise = 0;  // D: how far bf16 arithmetic moves this step's logits in transformers
       for (const auto& t : top) {
-        const float r = t["logit"].get<float>();
+        bf16_noise = std::max(bf16_noise, std::fabs(t["logit"].get<float>() - t["fp32_logit"].get<float>()));
+      }
+      const float tol = 2 * bf16_noise + 0.125f;
+      for (const auto& t : top) {
         const float ours = logits[s][t["id"].get<int>()];
-        const float tol = 0.125f + 0.01f * std::fabs(r);
-        worst_excess = std::max(worst_excess, std::fabs(ours - r) - tol);
-        EXPECT_LE(std::fabs(ours - r), tol) << "step " << s << " id " << t["id"];
+        const float err = std::fabs(ours - t["logit"].get<float>());
+        worst_ratio = std::max(worst_ratio, err / tol);
+        worst_vs_fp32 = std::max(worst_vs_fp32, std::fabs(ours - t["fp32_logit"].get<float>()));
+        EXPECT_LE(err, tol) << "step " << s << " id " << t["id"] << " (bf16 noise here " << bf16_noise << ")";
         ++compared;
       }
-      if (r1 - r2 > 2 * tol1) {
-        EXPECT_EQ(ArgMax(logits[s]), forced[s]) << "step " << s << " margin " << r1 - r2;
+      const float margin = top[0]["logit"].get<float>() - top[1]["logit"].get<float>();
+      if (margin > tol) {
+        EXPECT_EQ(ArgMax(logits[s]), forced[s]) << "step " << s << " margin " << margin << " tolerance " << tol;
         ++top1_checked;
+      } else {
+        ++ties;
       }
     }
   }
-  std::printf("qwen3moe-bf16 vs transformers bf16 (teacher forced): %d logits compared, top-1 checked at %d steps, "
-              "worst |error| - tolerance %.3f\n", compared, top1_checked, worst_excess);
-  EXPECT_GT(top1_checked, 0);
+  std::printf("qwen3moe-bf16 vs transformers bf16 (teacher forced): %d logits, worst error %.2f of its tolerance, "
+              "worst distance to transformers fp32 %.3f; top-1 equal at %d steps, %d steps are ties within the "
+              "tolerance\n", compared, worst_ratio, worst_vs_fp32, top1_checked, ties);
+  EXPECT_GT(top1_checked, 100);
 }
 
 TEST(GpuModel, Qwen3NextOnTheGpuIsRefusedClearly) {
