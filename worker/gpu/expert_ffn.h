@@ -40,3 +40,38 @@ struct ExpertFfnArgs {
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& args, cudaStream_t stream);
 
 }  // namespace pinmoe
+
+namespace pinmoe {
+
+// GPU expert FFN for prefill-sized batches: tensor cores (bf16 in, fp32 accumulate) over the pairs
+// grouped by expert, so that each expert's weights are read once per tile of 64 pairs instead of once
+// per pair. Three kernels, all sized from device data (no host round trip, graph-capturable):
+//  1. sort: counts the pairs of each expert this store owns, lays them out expert by expert, and cuts
+//     each expert's run into tiles of up to kGroupedTileRows pairs;
+//  2. gate/up: per (tile, 64 columns of inter): the tile's token rows (fp32, rounded to bf16) times the
+//     expert's gate and up rows, SiLU(gate) * up rounded to bf16 into act (sorted order);
+//  3. down: per (tile, 64 columns of hidden): act times the expert's down rows, written to the pair's
+//     own slot of out (fp32).
+// Each pair's row is computed by the same instruction sequence wherever it lands in a tile, so results
+// do not depend on how pairs are split among workers. bf16 weights only.
+constexpr int kGroupedTileRows = 64;
+
+struct GroupedFfnScratch {
+  int32_t* sorted_pair = nullptr;  // [max_pairs]: pair index (token * top_k + slot), expert by expert
+  int32_t* tile_expert = nullptr;  // [max_tiles]
+  int32_t* tile_row0 = nullptr;    // [max_tiles]: first row of the tile in sorted order
+  int32_t* tile_rows = nullptr;    // [max_tiles]
+  int32_t* num_tiles = nullptr;    // [1]
+  __nv_bfloat16* act = nullptr;    // [max_pairs, inter]
+};
+
+// Tiles needed at most for `pairs` pairs over `num_experts` experts.
+inline int GroupedMaxTiles(int pairs, int num_experts) {
+  return (pairs + kGroupedTileRows - 1) / kGroupedTileRows + num_experts;
+}
+
+// args.act is unused here (scratch.act holds the activations); args.fp32_weights must be false.
+cudaError_t LaunchExpertFfnGrouped(const ExpertFfnArgs& args, const GroupedFfnScratch& scratch,
+                                   cudaStream_t stream);
+
+}  // namespace pinmoe

@@ -124,6 +124,7 @@ absl::StatusOr<std::unique_ptr<GpuExpertStore>> GpuExpertStore::Synthetic(const 
 
 GpuExpertStore::~GpuExpertStore() {
   cudaSetDevice(device_);
+  for (void* p : grouped_allocations_) cudaFree(p);
   for (void* p : allocations_) cudaFree(p);
   if (act_ != nullptr) cudaFree(act_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -132,6 +133,27 @@ GpuExpertStore::~GpuExpertStore() {
 absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k) {
   const size_t need = static_cast<size_t>(max_tokens) * top_k * config_.moe_intermediate_size;
   if (need <= act_capacity_) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // no queued kernel may still use the old scratch
+  for (void* p : grouped_allocations_) cudaFree(p);
+  grouped_allocations_.clear();
+  grouped_ = GroupedFfnScratch();
+  if (!fp32_ && max_tokens >= kGroupedMinTokens) {
+    const size_t pairs = static_cast<size_t>(max_tokens) * top_k;
+    const size_t tiles = GroupedMaxTiles(static_cast<int>(pairs), config_.num_experts);
+    auto alloc = [&](void** p, size_t bytes) -> absl::Status {
+      CUDA_RETURN_IF_ERROR(cudaMalloc(p, bytes));
+      grouped_allocations_.push_back(*p);
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.sorted_pair), pairs * sizeof(int32_t)));
+    RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.tile_expert), tiles * sizeof(int32_t)));
+    RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.tile_row0), tiles * sizeof(int32_t)));
+    RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.tile_rows), tiles * sizeof(int32_t)));
+    RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.num_tiles), sizeof(int32_t)));
+    RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.act),
+                          pairs * config_.moe_intermediate_size * sizeof(__nv_bfloat16)));
+  }
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   if (act_ != nullptr) {
     CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // no queued kernel may still use the old scratch
@@ -150,6 +172,20 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
   if (table == tables_.end()) return absl::OkStatus();  // no experts of this layer here
   if (static_cast<size_t>(tokens) * top_k * config_.moe_intermediate_size > act_capacity_) {
     return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
+  }
+  if (!fp32_ && tokens >= kGroupedMinTokens) {
+    if (grouped_.act == nullptr) return absl::InternalError("grouped expert scratch not reserved");
+    ExpertFfnArgs a;
+    a.x = x;
+    a.routing = routing;
+    a.experts = table->second;
+    a.num_experts = config_.num_experts;
+    a.tokens = static_cast<int>(tokens);
+    a.top_k = static_cast<int>(top_k);
+    a.hidden = config_.hidden_size;
+    a.inter = config_.moe_intermediate_size;
+    a.out = out;
+    return CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch");
   }
   // Batches beyond the kernel's grid limit go in slices of tokens.
   const uint32_t max_tokens = std::max<uint32_t>(1, 65535 / top_k);

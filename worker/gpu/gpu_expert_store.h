@@ -17,6 +17,11 @@
 
 namespace pinmoe {
 
+// From this many tokens per call on, bf16 experts run grouped on tensor cores (each expert's weights read
+// once per tile of pairs); below it, the decode kernels (each pair reads its expert's rows, fp32
+// activations) read fewer bytes.
+constexpr uint32_t kGroupedMinTokens = 16;
+
 class GpuExpertStore {
  public:
   static absl::StatusOr<std::unique_ptr<GpuExpertStore>> Load(const ModelConfig& config, Checkpoint& checkpoint,
@@ -64,6 +69,8 @@ class GpuExpertStore {
   std::map<int, std::vector<bool>> owned_;
   float* act_ = nullptr;
   size_t act_capacity_ = 0;
+  GroupedFfnScratch grouped_;  // bf16 stores with room for kGroupedMinTokens or more
+  std::vector<void*> grouped_allocations_;
   uint64_t checkpoint_bytes_ = 0;
   size_t num_experts_ = 0;
 };
