@@ -5,12 +5,19 @@
 #include "common/status.h"
 #include "common/str_cat.h"
 #include "coordinator/gpu/dense_kernels.h"
+#include "coordinator/gpu/flash_attention.h"
 #include "coordinator/layers.h"
 #include "coordinator/model_loading.h"
 #include "coordinator/qwen3_moe.h"
 #include "worker/gpu/cuda_check.h"
 
 namespace pinmoe {
+namespace {
+
+// bf16 models run prefill attention on tensor cores from this many tokens per step on.
+constexpr int kFlashMinTokens = 16;
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig& c, Checkpoint* ckpt,
                                                                const GpuModelOptions& options) {
@@ -213,7 +220,21 @@ absl::Status GpuQwen3Moe::EnqueueStep(int n, bool greedy, bool want_output, int 
     aa.head_dim = hd;
     aa.position_dev = position_dev_;
     aa.out = attn_;
-    CUDA_RETURN_IF_ERROR(LaunchAttention(aa, n, s));
+    if (n >= kFlashMinTokens && L.qkv.bf16 && FlashAttentionSupports(hd)) {
+      FlashAttentionArgs fa;
+      fa.q = q_;
+      fa.k_cache = L.k_cache;
+      fa.v_cache = L.v_cache;
+      fa.tokens = n;
+      fa.heads = nh;
+      fa.kv_heads = nkv;
+      fa.head_dim = hd;
+      fa.first_position = position_;  // prefill steps are never captured in a graph
+      fa.out = attn_;
+      CUDA_RETURN_IF_ERROR(LaunchFlashAttention(fa, s));
+    } else {
+      CUDA_RETURN_IF_ERROR(LaunchAttention(aa, n, s));
+    }
     RETURN_IF_ERROR(linear_->Run(L.o, attn_, n, x_, /*accumulate=*/true));
     // MLP block: routed experts, or a dense SwiGLU layer.
     if (L.moe) {

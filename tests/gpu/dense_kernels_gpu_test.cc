@@ -8,6 +8,7 @@
 
 #include "common/cpu_kernels.h"
 #include "coordinator/gpu/dense_kernels.h"
+#include "coordinator/gpu/flash_attention.h"
 #include "coordinator/gpu/linear.h"
 #include "coordinator/layers.h"
 #include "gtest/gtest.h"
@@ -129,6 +130,50 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
       ASSERT_EQ(gv[i], cache.v[i]) << "v cache " << i;
     }
     for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4f) << nh << "x" << hd << " T=" << T << " " << i;
+  }
+}
+
+// The tensor-core prefill attention against the CPU attention over the same cache: Q, K, V and the
+// probabilities are rounded to bf16 there (8 significant bits), so the bound is on the relative L2
+// error of the whole output, 1.5e-2 (a few bf16 steps).
+TEST(DenseKernelsGpu, FlashAttentionMatchesCpu) {
+  struct Shape {
+    int heads, kvh, hd, first, tokens;
+  };
+  for (const Shape& sh : {Shape{4, 2, 32, 3, 40}, Shape{4, 2, 64, 0, 5}, Shape{32, 4, 128, 0, 300}, Shape{16, 2, 256, 70, 130},
+                          Shape{8, 8, 128, 129, 64}, Shape{32, 4, 128, 1000, 17}}) {
+    const int T = sh.tokens, total = sh.first + T;
+    KvCache cache;
+    cache.kv_heads = sh.kvh;
+    cache.head_dim = sh.hd;
+    cache.length = total;
+    cache.k = Random(static_cast<size_t>(total) * sh.kvh * sh.hd, 21);
+    cache.v = Random(cache.k.size(), 22);
+    auto q = Random(static_cast<size_t>(T) * sh.heads * sh.hd, 23);
+    std::vector<float> ref(q.size());
+    CausalAttention(q.data(), T, sh.heads, cache, ref.data());
+    Dev dq(q), dk(cache.k), dv(cache.v), dout(q.size() * 4);
+    FlashAttentionArgs fa;
+    fa.q = dq.as<float>();
+    fa.k_cache = dk.as<float>();
+    fa.v_cache = dv.as<float>();
+    fa.tokens = T;
+    fa.heads = sh.heads;
+    fa.kv_heads = sh.kvh;
+    fa.head_dim = sh.hd;
+    fa.first_position = sh.first;
+    fa.out = dout.as<float>();
+    ASSERT_CUDA(LaunchFlashAttention(fa, nullptr));
+    auto y = dout.get<float>();
+    double err2 = 0, ref2 = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(y[i])) << i;
+      err2 += (y[i] - ref[i]) * static_cast<double>(y[i] - ref[i]);
+      ref2 += ref[i] * static_cast<double>(ref[i]);
+    }
+    const double rel = std::sqrt(err2 / ref2);
+    EXPECT_LT(rel, 1.5e-2) << sh.heads << "x" << sh.hd << " first " << sh.first << " tokens " << T;
+    std::printf("flash attention %dx%d, %d tokens after %d: relative L2 error %.2e\n", sh.heads, sh.hd, T, sh.first, rel);
   }
 }
 
