@@ -1,5 +1,7 @@
 #include "coordinator/gpu/dense_kernels.h"
 
+#include "worker/gpu/pdl.cuh"
+
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -43,6 +45,8 @@ __device__ float BlockMax(float v, float* shared) {
 }
 
 __global__ void RmsNormKernel(const float* x, const float* w, float* y, int dim, float eps) {
+  PdlWait();
+  PdlTrigger();
   __shared__ float red[32];
   const float* xr = x + static_cast<size_t>(blockIdx.x) * dim;
   float* yr = y + static_cast<size_t>(blockIdx.x) * dim;
@@ -57,6 +61,8 @@ __global__ void RmsNormKernel(const float* x, const float* w, float* y, int dim,
 // and the rest value heads. Query and key heads get the per-head RMSNorm and RoPE; keys and values go to
 // the cache at their position, queries to q_out [tokens, heads, head_dim]. blockDim.x == head_dim.
 __global__ void QkNormRopeCacheKernel(QkNormRopeCacheArgs a) {
+  PdlWait();
+  PdlTrigger();
   extern __shared__ float row[];
   __shared__ float red[32];
   const int t = blockIdx.x, slot = blockIdx.y, d = threadIdx.x, hd = a.head_dim;
@@ -105,6 +111,8 @@ constexpr int kAttnMaxDims = 2;  // head_dim <= 2 * kAttnThreads
 // One block per (head, query token), online softmax over chunks of keys: a warp per key for the dot
 // products (coalesced rows), then each thread accumulates its own dimensions of V.
 __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a) {
+  PdlWait();
+  PdlTrigger();
   extern __shared__ float qs[];  // [head_dim]
   __shared__ float p[kAttnChunk];
   __shared__ float red[32];
@@ -157,6 +165,8 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
 }
 
 __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, int hidden, float* x) {
+  PdlWait();
+  PdlTrigger();
   const size_t row = static_cast<size_t>(ids[blockIdx.x]) * hidden;
   float* dst = x + static_cast<size_t>(blockIdx.x) * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
@@ -166,6 +176,8 @@ __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, in
 }
 
 __global__ void SiluMulKernel(const float* gate_up, int inter, float* act) {
+  PdlWait();
+  PdlTrigger();
   const float* g = gate_up + static_cast<size_t>(blockIdx.x) * 2 * inter;
   float* o = act + static_cast<size_t>(blockIdx.x) * inter;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) {
@@ -178,6 +190,8 @@ __global__ void SiluMulKernel(const float* gate_up, int inter, float* act) {
 // grid: (ceil(hidden / blockDim), tokens): one element per thread, so that a single token spreads over
 // the whole GPU instead of queueing behind one block's loads.
 __global__ void MoeCombineKernel(const float* slots, const float* weights, int top_k, int hidden, float* x) {
+  PdlWait();
+  PdlTrigger();
   const int t = blockIdx.y;
   const float* w = weights + static_cast<size_t>(t) * top_k;
   const float* y = slots + static_cast<size_t>(t) * top_k * hidden;
@@ -200,6 +214,8 @@ __device__ __forceinline__ unsigned long long PackArgMax(float v, int i) {
 }
 
 __global__ void ArgMaxKernel(const float* v, int n, ArgMaxScratch scratch, int32_t* index) {
+  PdlWait();
+  PdlTrigger();
   float bv = -FLT_MAX;
   int bi = n;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -232,6 +248,8 @@ constexpr int kTopKPerLane = 16;
 
 __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k, bool norm, int32_t* ids,
                                 float* weights) {
+  PdlWait();
+  PdlTrigger();
   const int lane = threadIdx.x;
   const float* l = logits + static_cast<size_t>(blockIdx.x) * num_experts;
   float p[kTopKPerLane];
@@ -295,8 +313,7 @@ __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k,
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, float* y, int rows, int dim, float eps,
                           cudaStream_t stream) {
   if (rows <= 0 || dim <= 0) return cudaErrorInvalidValue;
-  RmsNormKernel<<<rows, kThreads, 0, stream>>>(x, weight, y, dim, eps);
-  return cudaGetLastError();
+  return LaunchPdl(RmsNormKernel, dim3(rows), dim3(kThreads), 0, stream, x, weight, y, dim, eps);
 }
 
 cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& a, int tokens, cudaStream_t stream) {
@@ -305,43 +322,38 @@ cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& a, int tokens, cuda
     return cudaErrorInvalidValue;
   }
   dim3 grid(tokens, a.heads + 2 * a.kv_heads);
-  QkNormRopeCacheKernel<<<grid, a.head_dim, a.head_dim * sizeof(float), stream>>>(a);
-  return cudaGetLastError();
+  return LaunchPdl(QkNormRopeCacheKernel, grid, dim3(a.head_dim), a.head_dim * sizeof(float), stream, a);
 }
 
 cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t stream) {
   if (tokens <= 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads) {
     return cudaErrorInvalidValue;
   }
-  AttentionKernel<<<dim3(a.heads, tokens), kAttnThreads, a.head_dim * sizeof(float), stream>>>(a);
-  return cudaGetLastError();
+  return LaunchPdl(AttentionKernel, dim3(a.heads, tokens), dim3(kAttnThreads), a.head_dim * sizeof(float), stream, a);
 }
 
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,
                         cudaStream_t stream) {
   if (tokens <= 0) return cudaErrorInvalidValue;
-  EmbedKernel<<<tokens, kThreads, 0, stream>>>(table, bf16, ids, hidden, x);
-  return cudaGetLastError();
+  return LaunchPdl(EmbedKernel, dim3(tokens), dim3(kThreads), 0, stream, table, bf16, ids, hidden, x);
 }
 
 cudaError_t LaunchSiluMul(const float* gate_up, int tokens, int inter, float* act, cudaStream_t stream) {
   if (tokens <= 0) return cudaErrorInvalidValue;
-  SiluMulKernel<<<tokens, kThreads, 0, stream>>>(gate_up, inter, act);
-  return cudaGetLastError();
+  return LaunchPdl(SiluMulKernel, dim3(tokens), dim3(kThreads), 0, stream, gate_up, inter, act);
 }
 
 cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int tokens, int top_k, int hidden,
                              float* x, cudaStream_t stream) {
   if (tokens <= 0) return cudaErrorInvalidValue;
-  MoeCombineKernel<<<dim3((hidden + 127) / 128, tokens), 128, 0, stream>>>(slots, weights, top_k, hidden, x);
-  return cudaGetLastError();
+  return LaunchPdl(MoeCombineKernel, dim3((hidden + 127) / 128, tokens), dim3(128), 0, stream, slots, weights, top_k,
+                   hidden, x);
 }
 
 cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int32_t* index, cudaStream_t stream) {
   if (n <= 0 || scratch.key == nullptr || scratch.blocks_done == nullptr) return cudaErrorInvalidValue;
   const int blocks = std::min((n + 1023) / 1024, 132);
-  ArgMaxKernel<<<blocks, 1024, 0, stream>>>(values, n, scratch, index);
-  return cudaGetLastError();
+  return LaunchPdl(ArgMaxKernel, dim3(blocks), dim3(1024), 0, stream, values, n, scratch, index);
 }
 
 cudaError_t LaunchRouteTopK(const float* logits, int tokens, int num_experts, int top_k, bool norm_topk_prob,
@@ -349,8 +361,8 @@ cudaError_t LaunchRouteTopK(const float* logits, int tokens, int num_experts, in
   if (tokens <= 0 || top_k <= 0 || top_k > num_experts || num_experts > 32 * kTopKPerLane) {
     return cudaErrorInvalidValue;
   }
-  RouteTopKKernel<<<tokens, 32, 0, stream>>>(logits, num_experts, top_k, norm_topk_prob, ids, weights);
-  return cudaGetLastError();
+  return LaunchPdl(RouteTopKKernel, dim3(tokens), dim3(32), 0, stream, logits, num_experts, top_k, norm_topk_prob, ids,
+                   weights);
 }
 
 }  // namespace pinmoe

@@ -1,5 +1,7 @@
 #include "coordinator/gpu/linear.h"
 
+#include "worker/gpu/pdl.cuh"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -26,7 +28,7 @@ __device__ __forceinline__ void Unpack(const uint4& p, float (&w)[4]) {
   w[3] = f.w;
 }
 
-constexpr int kInFlight = 4;  // 16-byte weight loads each lane keeps in flight
+constexpr int kInFlight = 8;  // 16-byte weight loads each lane keeps in flight
 
 // One warp per output row, all tokens at once: each 16-byte chunk of the row is loaded once, kInFlight
 // chunks in flight per lane. With kNorm, the block first RMS-normalises the tokens' rows of x (weight
@@ -40,6 +42,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr int kElems = 16 / sizeof(W);
   extern __shared__ float xs[];  // kNorm: [tokens, cols]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kWarps + warp;
+  const int steps = cols / kElems;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row, rows - 1)) * cols);
+  // The weights do not depend on the kernels before this one: the first kInFlight chunks of the row are
+  // requested before waiting for them (and before the norm prologue), so that DRAM latency overlaps the
+  // previous kernel's tail and the prologue.
+  uint4 wv[kInFlight];
+#pragma unroll
+  for (int u = 0; u < kInFlight; ++u) {
+    const int st = lane + 32 * u;
+    if (row < rows && st < steps) wv[u] = __ldg(wr + st);
+  }
+  PdlWait();
+  // Let the next kernel be scheduled early only when this grid fits in about one wave: otherwise its
+  // waiting blocks would take the places of this grid's later ones (lm_head has ~19k blocks).
+  if (gridDim.x <= 1024) PdlTrigger();
   if constexpr (kNorm) {
     __shared__ float red[kWarps];
     for (int t = 0; t < tokens; ++t) {
@@ -61,20 +79,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   const float* xsrc = kNorm ? xs : x;
-  const int row = blockIdx.x * kWarps + warp;
   if (row >= rows) return;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * cols);
   float s[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) s[t] = 0.f;
-  const int steps = cols / kElems;
-  for (int st0 = lane; st0 < steps; st0 += 32 * kInFlight) {
-    uint4 wv[kInFlight];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int st = st0 + 32 * u;
-      if (st < steps) wv[u] = __ldg(wr + st);
-    }
+  for (int st0 = lane;; ) {
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
       const int st = st0 + 32 * u;
@@ -94,6 +103,13 @@ __global__ void __launch_bounds__(kWarps * 32)
           s[t] = fmaf(wf[4 * e + 3], xx.w, s[t]);
         }
       }
+    }
+    st0 += 32 * kInFlight;
+    if (st0 >= steps) break;
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int st = st0 + 32 * u;
+      if (st < steps) wv[u] = __ldg(wr + st);
     }
   }
 #pragma unroll
@@ -115,8 +131,8 @@ cudaError_t LaunchGemvT(const DeviceMatrix& m, const float* x, int tokens, float
   const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
   const dim3 grid((rows + kWarps - 1) / kWarps), block(kWarps * 32);
   if (norm == nullptr) {
-    GemvKernel<W, T, false><<<grid, block, 0, stream>>>(w, x, rows, cols, tokens, y, acc, nullptr, 0.f, nullptr);
-    return cudaGetLastError();
+    return LaunchPdl(GemvKernel<W, T, false>, grid, block, 0, stream, w, x, rows, cols, tokens, y, acc,
+                     static_cast<const float*>(nullptr), 0.f, static_cast<float*>(nullptr));
   }
   const size_t smem = static_cast<size_t>(tokens) * cols * sizeof(float);
   if (smem > 48 * 1024) {
@@ -124,9 +140,8 @@ cudaError_t LaunchGemvT(const DeviceMatrix& m, const float* x, int tokens, float
                                                  static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  GemvKernel<W, T, true><<<grid, block, smem, stream>>>(w, x, rows, cols, tokens, y, acc, norm->weight, norm->eps,
-                                                        norm->normed_out);
-  return cudaGetLastError();
+  return LaunchPdl(GemvKernel<W, T, true>, grid, block, smem, stream, w, x, rows, cols, tokens, y, acc, norm->weight,
+                   norm->eps, norm->normed_out);
 }
 
 template <typename W>

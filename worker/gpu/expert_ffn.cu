@@ -1,5 +1,7 @@
 #include "worker/gpu/expert_ffn.h"
 
+#include "worker/gpu/pdl.cuh"
+
 namespace pinmoe {
 namespace {
 
@@ -58,6 +60,8 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // grid: (ceil(inter / kRowsPerBlock), tokens * top_k)
 template <typename W>
 __global__ void __launch_bounds__(kThreads) GateUpKernel(ExpertFfnArgs a) {
+  PdlWait();
+  PdlTrigger();
   const int pair = blockIdx.y;
   const int e = a.routing[pair];
   if (e < 0 || e >= a.num_experts) return;
@@ -82,6 +86,21 @@ __global__ void __launch_bounds__(kThreads) GateUpKernel(ExpertFfnArgs a) {
 template <typename W>
 __global__ void __launch_bounds__(kThreads) DownKernel(ExpertFfnArgs a) {
   const int pair = blockIdx.y;
+  // The routing and the expert are known from before GateUp: pull this block's rows of the down
+  // projection toward L2 while GateUp finishes, then wait for its activations.
+  {
+    const int e = a.routing[pair];
+    if (e >= 0 && e < a.num_experts && a.experts[e].down != nullptr) {
+      const int row0 = blockIdx.x * kRowsPerBlock;
+      const int n = min(kRowsPerBlock, a.hidden - row0);
+      if (n > 0) {
+        PrefetchL2(static_cast<const W*>(a.experts[e].down) + static_cast<size_t>(row0) * a.inter,
+                   static_cast<size_t>(n) * a.inter * sizeof(W), threadIdx.x, kThreads);
+      }
+    }
+  }
+  PdlWait();
+  PdlTrigger();
   const int e = a.routing[pair];
   if (e < 0 || e >= a.num_experts) return;
   const GpuExpert ex = a.experts[e];
@@ -117,12 +136,10 @@ cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
   }
   dim3 g1((a.inter + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
-  GateUpKernel<W><<<g1, kThreads, smem_x, stream>>>(a);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = LaunchPdl(GateUpKernel<W>, g1, dim3(kThreads), smem_x, stream, a);
   if (err != cudaSuccess) return err;
   dim3 g2((a.hidden + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
-  DownKernel<W><<<g2, kThreads, smem_act, stream>>>(a);
-  return cudaGetLastError();
+  return LaunchPdl(DownKernel<W>, g2, dim3(kThreads), smem_act, stream, a);
 }
 
 }  // namespace

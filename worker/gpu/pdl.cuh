@@ -1,0 +1,65 @@
+// Programmatic dependent launch (Hopper and later): a kernel launched with LaunchPdl may be scheduled
+// while the kernel before it in the stream is still running; it must call PdlWait() before it reads
+// anything that kernel (or any earlier one) wrote, and may do independent work — such as pulling its
+// own weights toward L2 — before that. PdlTrigger() lets the next kernel be scheduled early. This hides
+// the launch latency and ramp-up of the small, dependent kernels of a decode step (about ten per
+// layer). On older GPUs the attribute is not set and the calls compile to nothing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+
+namespace pinmoe {
+
+__device__ __forceinline__ void PdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void PdlTrigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Prefetches [p, p + bytes) into L2, one 128-byte line per thread of the calling group of `threads`.
+__device__ __forceinline__ void PrefetchL2(const void* p, size_t bytes, int thread, int threads) {
+  const char* c = static_cast<const char*>(p);
+  for (size_t off = static_cast<size_t>(thread) * 128; off < bytes; off += static_cast<size_t>(threads) * 128) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+  }
+}
+
+inline bool PdlSupported() {
+  static const bool supported = [] {
+    const char* off = std::getenv("PINMOE_NO_PDL");  // for A/B measurements
+    if (off != nullptr && off[0] == '1') return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return supported;
+}
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchPdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = PdlSupported() ? 1 : 0;
+  cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...);
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
+}  // namespace pinmoe
