@@ -44,7 +44,8 @@ ABSL_FLAG(bool, no_think, false, "Ask a thinking model not to think (enable_thin
 ABSL_FLAG(std::string, gpus, "", "GPUs to use, e.g. 0,1 (with --gpu-mem)");
 ABSL_FLAG(std::string, gpu_mem, "", "Memory budget per GPU, e.g. 0=70GiB,1=14GiB");
 ABSL_FLAG(std::string, cpu_mem, "", "System memory for experts that do not fit on the GPUs, e.g. 64GiB");
-ABSL_FLAG(std::string, synthetic, "", "bench: a published shape with seeded synthetic weights (qwen3-30b-a3b)");
+ABSL_FLAG(std::string, synthetic, "",
+          "bench: a published shape with seeded synthetic weights (qwen3-30b-a3b, qwen3-next-80b-a3b)");
 ABSL_FLAG(int, layers, 0, "bench --synthetic: keep the first N layers (0: all)");
 ABSL_FLAG(int, prompt_tokens, 2048, "bench: prompt length for the prefill measurement");
 ABSL_FLAG(int, decode_tokens, 128, "bench: greedy steps for the decode measurement");
@@ -62,7 +63,7 @@ Usage:
   pinmoe run [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3 | --chat TEXT) [options]
   pinmoe chat [--model DIR] [--system TEXT] [--think | --no-think] [options]
   pinmoe plan --model DIR --gpu-mem 0=70GiB[,1=14GiB] [--gpus 0,1] [--cpu-mem 64GiB] [--context N]
-  pinmoe bench (--synthetic qwen3-30b-a3b [--layers N] | --model DIR) [--workers N] [options]
+  pinmoe bench (--synthetic qwen3-30b-a3b|qwen3-next-80b-a3b [--layers N] | --model DIR) [--workers N] [options]
   pinmoe tokenize --model DIR --text TEXT
   pinmoe make-demo [--out DIR] [--tokenizer tokenizer.json]
   pinmoe help
@@ -86,7 +87,7 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
   --top-p P             sample from the smallest set of tokens whose probability reaches P
   --seed S              seed for sampling (default 0)
   --device D            where this process runs the dense part: cpu (default; fp32) or cuda:N
-                        (Qwen3-MoE so far; weights in the checkpoint's dtype, fp32 activations)
+                        (weights in the checkpoint's dtype, fp32 activations)
   --workers N           expert worker processes (default 1); 0 keeps experts in this process (on the
                         --device GPU when there is one)
   --worker-device D     where the workers keep their experts: cpu (default) or cuda:N; with cuda:N the
@@ -113,7 +114,8 @@ chat: an interactive conversation in the terminal that keeps the history and str
 bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --prompt-tokens N (2048) as one
   prompt, then --decode-tokens N (128) greedy steps from an empty cache, best of --repetitions (3);
   prints tokens/s, the weight bytes each decoded token reads and the fraction of the card's memory
-  bandwidth. --synthetic qwen3-30b-a3b draws seeded bf16 weights of that published shape on the device
+  bandwidth. --synthetic qwen3-30b-a3b or qwen3-next-80b-a3b draws seeded bf16 weights of that published
+  shape on the device
   (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint; --cuda-graphs=false
   launches every kernel of a decode step instead of replaying a captured graph. --device, --workers
   and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS

@@ -31,17 +31,7 @@ void AddOne(std::vector<float>* w) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Qwen3NextModel>> Qwen3NextModel::Load(const ModelConfig& c,
-                                                                    Checkpoint& ckpt,
-                                                                    int max_context) {
-  if (max_context <= 0 || max_context > c.max_position_embeddings) max_context = c.max_position_embeddings;
-  auto m = std::unique_ptr<Qwen3NextModel>(new Qwen3NextModel(c, max_context));
-  const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t nk = c.linear_num_key_heads, nv = c.linear_num_value_heads;
-  const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
-  const int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
-  const int64_t kernel = c.linear_conv_kernel_dim;
-
+absl::StatusOr<int> CheckQwen3NextCheckpoint(const ModelConfig& c, Checkpoint& ckpt) {
   static const char* kAttn[] = {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
                                 "self_attn.v_proj.weight", "self_attn.o_proj.weight",
                                 "self_attn.q_norm.weight", "self_attn.k_norm.weight"};
@@ -88,11 +78,27 @@ absl::StatusOr<std::unique_ptr<Qwen3NextModel>> Qwen3NextModel::Load(const Model
   std::vector<std::string> ignore = {"mtp."};
   if (c.tie_word_embeddings) ignore.push_back("lm_head.weight");
   RETURN_IF_ERROR(CheckTensorNames(ckpt, expected, ignore, &ignored));
+  RETURN_IF_ERROR(CheckExpertShapes(c, ckpt));
+  return ignored;
+
+}
+
+absl::StatusOr<std::unique_ptr<Qwen3NextModel>> Qwen3NextModel::Load(const ModelConfig& c,
+                                                                    Checkpoint& ckpt,
+                                                                    int max_context) {
+  if (max_context <= 0 || max_context > c.max_position_embeddings) max_context = c.max_position_embeddings;
+  auto m = std::unique_ptr<Qwen3NextModel>(new Qwen3NextModel(c, max_context));
+  const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int64_t nk = c.linear_num_key_heads, nv = c.linear_num_value_heads;
+  const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
+  const int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
+  const int64_t kernel = c.linear_conv_kernel_dim;
+
+  ASSIGN_OR_RETURN(const int ignored, CheckQwen3NextCheckpoint(c, ckpt));
   if (ignored > 0) {
     m->notes_.push_back(StrCat("ignoring ", ignored,
                                " mtp.* tensors (multi-token prediction is not used yet)"));
   }
-  RETURN_IF_ERROR(CheckExpertShapes(c, ckpt));
 
   auto read = [&](const std::string& name, std::vector<int64_t> shape, std::vector<float>* dst) {
     ASSIGN_OR_RETURN(*dst, ckpt.ReadF32(name, shape));

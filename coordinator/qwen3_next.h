@@ -20,6 +20,11 @@
 
 namespace pinmoe {
 
+// The layer kinds agree with the tensors, every name the config implies is there and nothing else is
+// (mtp.* tensors are accepted and counted: the result), and the experts have their shapes. Shared by the
+// CPU and GPU models.
+absl::StatusOr<int> CheckQwen3NextCheckpoint(const ModelConfig& config, Checkpoint& checkpoint);
+
 class Qwen3NextModel : public CausalLm {
  public:
   // Checks every tensor name against the config (layer kinds included), accepts and counts mtp.*

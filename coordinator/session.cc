@@ -14,6 +14,7 @@
 #if PINMOE_WITH_CUDA
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/gpu_qwen3_moe.h"
+#include "coordinator/gpu/gpu_qwen3_next.h"
 #endif
 
 namespace pinmoe {
@@ -58,14 +59,24 @@ absl::StatusOr<WorkerPoolOptions> PoolOptions(const ModelConfig& config, const S
 absl::StatusOr<std::unique_ptr<Session>> Session::OpenOnGpu(std::unique_ptr<Session> s, const SessionOptions& options,
                                                             int device, std::ostream* log) {
 #if PINMOE_WITH_CUDA
-  if (s->config_.architecture != Architecture::kQwen3Moe) {
-    return absl::UnimplementedError(StrCat("the GPU dense path covers Qwen3-MoE so far; run ",
-                                           options.model_dir, " with --device cpu"));
-  }
   GpuModelOptions mo;
   mo.device = device;
   mo.max_context = options.context;
-  ASSIGN_OR_RETURN(auto model, GpuQwen3Moe::Load(s->config_, s->checkpoint_.get(), mo));
+  std::unique_ptr<GpuCausalLm> model;
+  switch (s->config_.architecture) {
+    case Architecture::kQwen3Moe: {
+      ASSIGN_OR_RETURN(model, GpuQwen3Moe::Load(s->config_, s->checkpoint_.get(), mo));
+      break;
+    }
+    case Architecture::kQwen3Next: {
+      ASSIGN_OR_RETURN(auto next, GpuQwen3Next::Load(s->config_, s->checkpoint_.get(), mo));
+      if (log != nullptr) {
+        for (const auto& note : next->notes()) *log << "pinmoe: " << note << "\n";
+      }
+      model = std::move(next);
+      break;
+    }
+  }
   if (options.workers == 0 && options.devices.empty()) {
     ASSIGN_OR_RETURN(s->gpu_experts_, DeviceExperts::Load(s->config_, s->checkpoint_.get(), device,
                                                           mo.max_step_tokens, /*seed=*/0));

@@ -32,8 +32,7 @@ struct SessionOptions {
   // Device budgets (--gpus/--gpu-mem/--cpu-mem): one worker per device, placed by PlanMemory. When set,
   // `workers` and `worker_device` are ignored.
   std::vector<DeviceBudget> devices;
-  // Where the coordinator's dense part runs: "cpu" (fp32, the reference path) or "cuda:N" (Qwen3-MoE so
-  // far). With a GPU here, --workers 0 keeps the experts in this process on the same GPU, GPU workers
+  // Where the coordinator's dense part runs: "cpu" (fp32, the reference path) or "cuda:N". With a GPU here, --workers 0 keeps the experts in this process on the same GPU, GPU workers
   // are ordered on the GPU (one message per step), and CPU workers are reached through the host.
   std::string device = "cpu";
 };

@@ -515,15 +515,28 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
 }
 
 absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream, int parity) {
+  RETURN_IF_ERROR(PublishGpuLayer(layer, stream, parity));
+  return AwaitGpuLayer(layer, stream, parity);
+}
+
+absl::Status WorkerPool::PublishGpuLayer(int layer, void* stream, int parity) {
   if (layer < 0 || layer >= config_.num_layers || moe_index_[layer] < 0) {
     return absl::InvalidArgumentError(StrCat("layer ", layer, " is not an MoE layer"));
   }
-  auto s = static_cast<cudaStream_t>(stream);
+  const uint32_t tick = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
+  return StreamWriteCounter(static_cast<cudaStream_t>(stream), reinterpret_cast<uint32_t*>(device_buffer_->data()),
+                            tick);
+}
+
+absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
+  if (layer < 0 || layer >= config_.num_layers || moe_index_[layer] < 0) {
+    return absl::InvalidArgumentError(StrCat("layer ", layer, " is not an MoE layer"));
+  }
   const uint32_t tick = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
   uint8_t* base = device_buffer_->data();
-  RETURN_IF_ERROR(StreamWriteCounter(s, reinterpret_cast<uint32_t*>(base), tick));
   for (int w : layer_owners_[layer]) {
-    RETURN_IF_ERROR(StreamWaitCounter(s, reinterpret_cast<uint32_t*>(base + kCounterStride * (w + 1)), tick));
+    RETURN_IF_ERROR(StreamWaitCounter(static_cast<cudaStream_t>(stream),
+                                      reinterpret_cast<uint32_t*>(base + kCounterStride * (w + 1)), tick));
   }
   return absl::OkStatus();
 }
@@ -586,6 +599,8 @@ absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
 }
 absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::Status WorkerPool::EnqueueGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::PublishGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::AwaitGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::Status WorkerPool::FinishGpuStep(void*) { return absl::UnimplementedError("this build has no CUDA"); }
 
 #endif

@@ -79,6 +79,9 @@ class WorkerPool : public ExpertBackend {
   // On `stream`, after the layer's input and routing are written: publish the layer's tick, then wait
   // until every worker owning experts of the layer has written it back.
   absl::Status EnqueueGpuLayer(int layer, void* stream, int parity);
+  // Its two halves: publish the tick; wait for the workers' (work may be enqueued in between).
+  absl::Status PublishGpuLayer(int layer, void* stream, int parity);
+  absl::Status AwaitGpuLayer(int layer, void* stream, int parity);
   // Waits (bounded) for `event`, recorded after the step's last use of the slots, and for every worker's
   // Done. If a worker dies or hangs, the coordinator's stream is released and the error names it.
   absl::Status FinishGpuStep(void* event);

@@ -16,6 +16,7 @@
 #include "common/str_cat.h"
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/gpu_qwen3_moe.h"
+#include "coordinator/gpu/gpu_qwen3_next.h"
 #include "coordinator/worker_pool.h"
 #include "worker/gpu/cuda_check.h"
 
@@ -34,19 +35,41 @@ absl::StatusOr<std::string> PresetConfig(const std::string& name, int layers) {
  "hidden_act": "silu"})",
         layers > 0 ? layers : 48);
   }
+  if (name == "qwen3-next-80b-a3b") {
+    return absl::StrFormat(
+        R"({"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "hidden_size": 2048,
+ "intermediate_size": 5120, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+ "num_hidden_layers": %d, "full_attention_interval": 4, "num_attention_heads": 16, "num_key_value_heads": 2,
+ "head_dim": 256, "partial_rotary_factor": 0.25, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+ "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4, "num_experts": 512,
+ "num_experts_per_tok": 10, "norm_topk_prob": true, "decoder_sparse_step": 1, "mlp_only_layers": [],
+ "vocab_size": 151936, "max_position_embeddings": 262144, "rope_theta": 10000000.0, "rms_norm_eps": 1e-06,
+ "tie_word_embeddings": false, "torch_dtype": "bfloat16", "hidden_act": "silu"})",
+        layers > 0 ? layers : 48);
+  }
   return absl::InvalidArgumentError(
-      StrCat("--synthetic ", name, ": known shapes are qwen3-30b-a3b (Qwen3-Next runs on the CPU path only so far)"));
+      StrCat("--synthetic ", name, ": known shapes are qwen3-30b-a3b and qwen3-next-80b-a3b"));
 }
 
 // Bytes of weights one decoded token reads at batch 1: every dense matrix except the embedding (one row),
-// the routed experts' three matrices top_k times per MoE layer, and lm_head.
+// the routed experts' three matrices top_k times per MoE layer, and lm_head. (Qwen3-Next: gated attention
+// doubles q_proj; DeltaNet layers read in_proj_qkvz/ba and out_proj instead; every MoE layer adds the
+// shared expert and its gate.)
 uint64_t DecodeWeightBytes(const ModelConfig& c, int bytes_per_weight) {
   const uint64_t h = c.hidden_size, hd = c.head_dim;
+  const bool next = c.architecture == Architecture::kQwen3Next;
   uint64_t params = 0;
   for (int l = 0; l < c.num_layers; ++l) {
-    params += h * (c.num_heads + 2ull * c.num_kv_heads) * hd + c.num_heads * hd * h;
+    if (next && c.layer_kinds[l] == LayerKind::kLinearAttention) {
+      const uint64_t key_dim = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
+      const uint64_t value_dim = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
+      params += h * (2 * key_dim + 2 * value_dim + 2ull * c.linear_num_value_heads) + value_dim * h;
+    } else {
+      params += h * ((next ? 2ull : 1ull) * c.num_heads + 2ull * c.num_kv_heads) * hd + c.num_heads * hd * h;
+    }
     if (c.IsMoeLayer(l)) {
       params += static_cast<uint64_t>(c.num_experts) * h + 3ull * c.top_k * h * c.moe_intermediate_size;
+      if (next) params += 3ull * h * c.shared_expert_intermediate_size + h;
     } else {
       params += 3ull * h * c.intermediate_size;
     }
@@ -99,9 +122,6 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     }
   } cleanup{temp_dir};
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
-  if (config.architecture != Architecture::kQwen3Moe) {
-    return absl::UnimplementedError("the GPU path covers Qwen3-MoE so far");
-  }
   std::unique_ptr<Checkpoint> checkpoint;
   if (seed == 0) {
     ASSIGN_OR_RETURN(checkpoint, Checkpoint::Open(dir));
@@ -114,7 +134,12 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   mo.graphs = o.graphs;
   mo.max_step_tokens = static_cast<uint32_t>(std::min(o.prompt_tokens, 2048));
   auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(auto model, GpuQwen3Moe::Load(config, checkpoint.get(), mo));
+  std::unique_ptr<GpuCausalLm> model;
+  if (config.architecture == Architecture::kQwen3Next) {
+    ASSIGN_OR_RETURN(model, GpuQwen3Next::Load(config, checkpoint.get(), mo));
+  } else {
+    ASSIGN_OR_RETURN(model, GpuQwen3Moe::Load(config, checkpoint.get(), mo));
+  }
   std::unique_ptr<WorkerPool> pool;
   std::unique_ptr<GpuExperts> experts;
   if (o.workers == 0) {

@@ -175,10 +175,10 @@ __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, in
   }
 }
 
-__global__ void SiluMulKernel(const float* gate_up, int inter, float* act) {
+__global__ void SiluMulKernel(const float* gate_up, int row_stride, int inter, float* act) {
   PdlWait();
   PdlTrigger();
-  const float* g = gate_up + static_cast<size_t>(blockIdx.x) * 2 * inter;
+  const float* g = gate_up + static_cast<size_t>(blockIdx.x) * row_stride;
   float* o = act + static_cast<size_t>(blockIdx.x) * inter;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) {
     const float x = g[i];
@@ -308,6 +308,30 @@ __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k,
   }
 }
 
+// attn[t, h, d] *= sigmoid(gate[t * gate_row_stride + h * gate_head_stride + d]).
+__global__ void SigmoidGateKernel(float* attn, const float* gate, int gate_row_stride, int gate_head_stride,
+                                  int heads, int head_dim) {
+  PdlWait();
+  PdlTrigger();
+  const int t = blockIdx.y;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= heads * head_dim) return;
+  const int h = i / head_dim, d = i % head_dim;
+  const float g = gate[static_cast<size_t>(t) * gate_row_stride + h * gate_head_stride + d];
+  attn[static_cast<size_t>(t) * heads * head_dim + i] *= 1.0f / (1.0f + expf(-g));
+}
+
+// x[t, :] += sigmoid(gate[t * gate_stride]) * y[t, :].
+__global__ void GatedAddKernel(float* x, const float* y, const float* gate, int gate_stride, int hidden) {
+  PdlWait();
+  PdlTrigger();
+  const int t = blockIdx.y;
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= hidden) return;
+  const float s = 1.0f / (1.0f + expf(-gate[static_cast<size_t>(t) * gate_stride]));
+  x[static_cast<size_t>(t) * hidden + i] += s * y[static_cast<size_t>(t) * hidden + i];
+}
+
 }  // namespace
 
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, float* y, int rows, int dim, float eps,
@@ -338,9 +362,10 @@ cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int to
   return LaunchPdl(EmbedKernel, dim3(tokens), dim3(kThreads), 0, stream, table, bf16, ids, hidden, x);
 }
 
-cudaError_t LaunchSiluMul(const float* gate_up, int tokens, int inter, float* act, cudaStream_t stream) {
+cudaError_t LaunchSiluMul(const float* gate_up, int row_stride, int tokens, int inter, float* act,
+                          cudaStream_t stream) {
   if (tokens <= 0) return cudaErrorInvalidValue;
-  return LaunchPdl(SiluMulKernel, dim3(tokens), dim3(kThreads), 0, stream, gate_up, inter, act);
+  return LaunchPdl(SiluMulKernel, dim3(tokens), dim3(kThreads), 0, stream, gate_up, row_stride, inter, act);
 }
 
 cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int tokens, int top_k, int hidden,
@@ -348,6 +373,20 @@ cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int token
   if (tokens <= 0) return cudaErrorInvalidValue;
   return LaunchPdl(MoeCombineKernel, dim3((hidden + 127) / 128, tokens), dim3(128), 0, stream, slots, weights, top_k,
                    hidden, x);
+}
+
+cudaError_t LaunchSigmoidGate(float* attn, const float* gate, int gate_row_stride, int gate_head_stride, int tokens,
+                              int heads, int head_dim, cudaStream_t stream) {
+  if (tokens <= 0) return cudaErrorInvalidValue;
+  return LaunchPdl(SigmoidGateKernel, dim3((heads * head_dim + 127) / 128, tokens), dim3(128), 0, stream, attn, gate,
+                   gate_row_stride, gate_head_stride, heads, head_dim);
+}
+
+cudaError_t LaunchGatedAdd(float* x, const float* y, const float* gate, int gate_stride, int tokens, int hidden,
+                           cudaStream_t stream) {
+  if (tokens <= 0) return cudaErrorInvalidValue;
+  return LaunchPdl(GatedAddKernel, dim3((hidden + 127) / 128, tokens), dim3(128), 0, stream, x, y, gate, gate_stride,
+                   hidden);
 }
 
 cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int32_t* index, cudaStream_t stream) {

@@ -53,8 +53,18 @@ cudaError_t LaunchAttention(const AttentionArgs& args, int tokens, cudaStream_t 
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,
                         cudaStream_t stream);
 
-// act[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]  (gate and up projections fused by rows).
-cudaError_t LaunchSiluMul(const float* gate_up, int tokens, int inter, float* act, cudaStream_t stream);
+// act[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i]  (gate and up projections fused by rows; rows
+// of gate_up are row_stride apart).
+cudaError_t LaunchSiluMul(const float* gate_up, int row_stride, int tokens, int inter, float* act,
+                          cudaStream_t stream);
+
+// Qwen3-Next's output gate: attn[t, h, d] *= sigmoid(gate[t * gate_row_stride + h * gate_head_stride + d]).
+cudaError_t LaunchSigmoidGate(float* attn, const float* gate, int gate_row_stride, int gate_head_stride, int tokens,
+                              int heads, int head_dim, cudaStream_t stream);
+
+// Qwen3-Next's shared expert: x[t, :] += sigmoid(gate[t * gate_stride]) * y[t, :].
+cudaError_t LaunchGatedAdd(float* x, const float* y, const float* gate, int gate_stride, int tokens, int hidden,
+                           cudaStream_t stream);
 
 // x[t, :] += sum over s of weights[t, s] * slots[t, s, :], slots in order (as the CPU path sums them).
 cudaError_t LaunchMoeCombine(const float* slots, const float* weights, int tokens, int top_k, int hidden,

@@ -114,4 +114,19 @@ absl::StatusOr<float*> DeviceWeights::Vector(const std::string& name, int64_t n,
   return static_cast<float*>(p);
 }
 
+absl::StatusOr<float*> DeviceWeights::Small(const std::string& name, std::vector<int64_t> shape, float center) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  ASSIGN_OR_RETURN(void* p, Allocate(n * sizeof(float)));
+  if (checkpoint_ == nullptr) {
+    CUDA_RETURN_IF_ERROR(LaunchFillUniformF32(static_cast<float*>(p), n, 0.05f, center, seed_, SyntheticKey(name),
+                                              nullptr));
+    CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+    return static_cast<float*>(p);
+  }
+  ASSIGN_OR_RETURN(std::vector<float> v, checkpoint_->ReadF32(name, shape));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return static_cast<float*>(p);
+}
+
 }  // namespace pinmoe

@@ -33,6 +33,8 @@ class DeviceWeights {
   }
   // A vector [n] in fp32 with `add` added to each element (zero-centred norms store w and mean 1 + w).
   absl::StatusOr<float*> Vector(const std::string& name, int64_t n, float add = 0.f);
+  // A small fp32 tensor of the given shape (conv weights), flattened; synthetic values near `center`.
+  absl::StatusOr<float*> Small(const std::string& name, std::vector<int64_t> shape, float center);
   // Device scratch owned here (zeroed).
   absl::StatusOr<void*> Scratch(size_t bytes);
 

@@ -41,6 +41,12 @@ class GpuExperts {
   // Before the step's first layer; `tokens` <= max_tokens(). Returns the step's variant.
   virtual absl::StatusOr<int> BeginStep(uint32_t tokens) = 0;
   virtual absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) = 0;
+  // The same in two halves, so that independent work (Qwen3-Next's shared expert) can be enqueued in
+  // between and overlap experts that run elsewhere: after FinishLayer the slots are ready.
+  virtual absl::Status StartLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) {
+    return EnqueueLayer(layer, tokens, stream, variant);
+  }
+  virtual absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) { return absl::OkStatus(); }
   // Waits (bounded) for `done`, recorded on the model's stream after the step's last use of the buffers.
   virtual absl::Status FinishStep(cudaEvent_t done) = 0;
 };
@@ -77,6 +83,12 @@ class PooledGpuExperts : public GpuExperts {
   absl::StatusOr<int> BeginStep(uint32_t tokens) override { return pool_->BeginGpuStep(tokens); }
   absl::Status EnqueueLayer(int layer, uint32_t, cudaStream_t stream, int variant) override {
     return pool_->EnqueueGpuLayer(layer, stream, variant);
+  }
+  absl::Status StartLayer(int layer, uint32_t, cudaStream_t stream, int variant) override {
+    return pool_->PublishGpuLayer(layer, stream, variant);
+  }
+  absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) override {
+    return pool_->AwaitGpuLayer(layer, stream, variant);
   }
   absl::Status FinishStep(cudaEvent_t done) override { return pool_->FinishGpuStep(done); }
 

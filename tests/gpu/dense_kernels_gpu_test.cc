@@ -254,7 +254,7 @@ TEST(DenseKernelsGpu, EmbedSiluMulCombineArgMax) {
   }
   auto gu = Random(static_cast<size_t>(tokens) * 2 * inter, 2);
   Dev dgu(gu), dact(static_cast<size_t>(tokens) * inter * 4);
-  ASSERT_CUDA(LaunchSiluMul(dgu.as<float>(), tokens, inter, dact.as<float>(), nullptr));
+  ASSERT_CUDA(LaunchSiluMul(dgu.as<float>(), 2 * inter, tokens, inter, dact.as<float>(), nullptr));
   auto act = dact.get<float>();
   for (int t = 0; t < tokens; ++t) {
     for (int i = 0; i < inter; ++i) {

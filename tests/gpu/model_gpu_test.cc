@@ -1,16 +1,18 @@
-// The coordinator's GPU dense path (Qwen3-MoE) against transformers:
+// The coordinator's GPU dense path (Qwen3-MoE and Qwen3-Next) against transformers:
 //  - fp32 weights: greedy ids equal and logits within 1e-3 of the fp32 reference, with the experts
 //    in-process on the GPU, in 1 or 3 GPU worker processes (bit-identical to in-process: the same
 //    kernels see the same bytes) and in a CPU+GPU worker mix (through the host; within 1e-3).
 //  - bf16 weights: against transformers run in bf16 on the GPU, step by step under teacher forcing
 //    (transformers' own bf16 greedy run leaves its fp32 run on these small random models, so a
-//    free-running comparison would test noise). The tolerance is measured, not guessed: the reference
-//    carries, for each step, transformers' fp32 logits on the same tokens, so D = max |bf16 - fp32| over
-//    the step's top-5 is how far bf16 arithmetic alone moves that step's logits (0.05-1.5 here). We are
+//    free-running comparison would test noise). The tolerances are measured, not guessed: the reference
+//    carries transformers' fp32 logits on the same tokens, so D = max |bf16 - fp32| over a prompt's steps
+//    and top-5 ids is how far bf16 arithmetic alone moves logits in that context (0.2-1.5 here). We are
 //    another bf16 computation of the same fp32 truth (fp32 activations in decode, bf16-rounded ones in
-//    the prefill GEMMs), so |ours - bf16 reference| <= 2 D + 0.125 (the triangle inequality with our own
-//    distance to fp32 at most D; 0.125 is the bf16 step of a logit between 16 and 32). Top-1 must agree
-//    with the forced token wherever the reference's top-1 margin exceeds that tolerance.
+//    prefill GEMMs and attention), so we require (1) |ours - fp32| <= D + 0.125: never further from the
+//    truth than transformers' bf16 gets on that prompt (0.125 is the bf16 step of a logit between 16
+//    and 32), hence (2) |ours - bf16 reference| <= 2 D + 0.125, and (3) top-1 equal to the forced token
+//    at every step whose reference margin exceeds that step's own noise (2 D_step + 0.125); steps with
+//    smaller margins are ties under bf16 and are counted, not judged.
 // Runs on a machine with a GPU: scripts/device-test.
 #include <algorithm>
 #include <cmath>
@@ -60,8 +62,10 @@ int ArgMax(const std::vector<float>& v) {
   return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
-TEST(GpuModel, Fp32MatchesTransformersInProcessAndInWorkers) {
-  const std::string dir = testing::TestData("qwen3moe-f32");
+class GpuModelFp32 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuModelFp32, MatchesTransformersInProcessAndInWorkers) {
+  const std::string dir = testing::TestData(GetParam());
   const auto ref = testing::ReadJson(dir + "/reference.json");
   for (const auto& c : ref["cases"]) {
     const std::vector<int32_t> prompt = c["prompt_ids"].get<std::vector<int32_t>>();
@@ -77,7 +81,8 @@ TEST(GpuModel, Fp32MatchesTransformersInProcessAndInWorkers) {
         EXPECT_LT(err, 1e-3f) << "step " << step;
       }
     }
-    std::printf("qwen3moe-f32, GPU dense + GPU experts, prompt %zu: max |logit error| %.2e\n", prompt.size(), worst);
+    std::printf("%s, GPU dense + GPU experts, prompt %zu: max |logit error| %.2e\n", GetParam().c_str(),
+                prompt.size(), worst);
     for (int workers : {1, 3}) {
       testing::GreedyRun pooled = testing::Greedy(Options(dir, workers, "cuda:0"), prompt, 8);
       ASSERT_EQ(pooled.logits.size(), 8u);
@@ -94,11 +99,15 @@ TEST(GpuModel, Fp32MatchesTransformersInProcessAndInWorkers) {
   }
 }
 
-TEST(GpuModel, Bf16MatchesTransformersBf16UnderTeacherForcing) {
-  const std::string dir = testing::TestData("qwen3moe-bf16");
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuModelFp32, ::testing::Values("qwen3moe-f32", "qwen3next-f32"));
+
+class GpuModelBf16 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuModelBf16, MatchesTransformersBf16UnderTeacherForcing) {
+  const std::string dir = testing::TestData(GetParam());
   const auto ref = testing::ReadJson(dir + "/reference_bf16_cuda.json");
-  int compared = 0, top1_checked = 0, ties = 0;
-  float worst_ratio = 0, worst_vs_fp32 = 0;
+  int compared = 0, top1_checked = 0, ties = 0, steps = 0;
+  float worst_vs_fp32_ratio = 0, worst_vs_bf16_ratio = 0;
   for (const auto& c : ref["cases"]) {
     const std::vector<int32_t> prompt = c["prompt_ids"].get<std::vector<int32_t>>();
     const std::vector<int32_t> forced = c["greedy_ids"].get<std::vector<int32_t>>();
@@ -107,43 +116,43 @@ TEST(GpuModel, Bf16MatchesTransformersBf16UnderTeacherForcing) {
     ASSERT_EQ(logits.size(), forced.size());
     const auto pooled = TeacherForced(Options(dir, 2, "cuda:0"), prompt, forced);
     ASSERT_EQ(pooled.size(), logits.size());
-    for (size_t s = 0; s < logits.size(); ++s) {
+    float noise = 0;  // D for this prompt
+    for (const auto& top : c["top_logits"]) {
+      for (const auto& t : top) noise = std::max(noise, std::fabs(t["logit"].get<float>() - t["fp32_logit"].get<float>()));
+    }
+    const float tol_fp32 = noise + 0.125f, tol_bf16 = 2 * noise + 0.125f;
+    for (size_t s = 0; s < logits.size(); ++s, ++steps) {
       ASSERT_EQ(0, std::memcmp(pooled[s].data(), logits[s].data(), logits[s].size() * 4)) << "workers differ at " << s;
       const auto& top = c["top_logits"][s];
-      float bf16_noise = 0;  // D: how far bf16 arithmetic moves this step's logits in transformers
-      for (const auto& t : top) {
-        bf16_noise = std::max(bf16_noise, std::fabs(t["logit"].get<float>() - t["fp32_logit"].get<float>()));
-      }
-      const float tol = 2 * bf16_noise + 0.125f;
+      float step_noise = 0;
       for (const auto& t : top) {
         const float ours = logits[s][t["id"].get<int>()];
-        const float err = std::fabs(ours - t["logit"].get<float>());
-        worst_ratio = std::max(worst_ratio, err / tol);
-        worst_vs_fp32 = std::max(worst_vs_fp32, std::fabs(ours - t["fp32_logit"].get<float>()));
-        EXPECT_LE(err, tol) << "step " << s << " id " << t["id"] << " (bf16 noise here " << bf16_noise << ")";
+        const float vs_fp32 = std::fabs(ours - t["fp32_logit"].get<float>());
+        const float vs_bf16 = std::fabs(ours - t["logit"].get<float>());
+        worst_vs_fp32_ratio = std::max(worst_vs_fp32_ratio, vs_fp32 / tol_fp32);
+        worst_vs_bf16_ratio = std::max(worst_vs_bf16_ratio, vs_bf16 / tol_bf16);
+        EXPECT_LE(vs_fp32, tol_fp32) << "step " << s << " id " << t["id"] << " (D " << noise << ")";
+        EXPECT_LE(vs_bf16, tol_bf16) << "step " << s << " id " << t["id"] << " (D " << noise << ")";
+        step_noise = std::max(step_noise, std::fabs(t["logit"].get<float>() - t["fp32_logit"].get<float>()));
         ++compared;
       }
       const float margin = top[0]["logit"].get<float>() - top[1]["logit"].get<float>();
-      if (margin > tol) {
-        EXPECT_EQ(ArgMax(logits[s]), forced[s]) << "step " << s << " margin " << margin << " tolerance " << tol;
+      if (margin > 2 * step_noise + 0.125f) {
+        EXPECT_EQ(ArgMax(logits[s]), forced[s]) << "step " << s << " margin " << margin;
         ++top1_checked;
       } else {
         ++ties;
       }
     }
   }
-  std::printf("qwen3moe-bf16 vs transformers bf16 (teacher forced): %d logits, worst error %.2f of its tolerance, "
-              "worst distance to transformers fp32 %.3f; top-1 equal at %d steps, %d steps are ties within the "
-              "tolerance\n", compared, worst_ratio, worst_vs_fp32, top1_checked, ties);
-  EXPECT_GT(top1_checked, 100);
+  std::printf("%s vs transformers (teacher forced, %d logits): worst distance to fp32 %.2f of D + 0.125, to the "
+              "bf16 reference %.2f of 2D + 0.125; top-1 equal at all %d decisive steps of %d (%d ties under bf16 "
+              "noise)\n", GetParam().c_str(), compared, worst_vs_fp32_ratio, worst_vs_bf16_ratio, top1_checked, steps,
+              ties);
+  EXPECT_GT(top1_checked, steps / 4);
 }
 
-TEST(GpuModel, Qwen3NextOnTheGpuIsRefusedClearly) {
-  std::ostringstream log;
-  auto session = Session::Open(Options(testing::TestData("qwen3next-f32"), 0, "cpu"), &log);
-  ASSERT_FALSE(session.ok());
-  EXPECT_NE(session.status().message().find("--device cpu"), std::string::npos) << session.status();
-}
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuModelBf16, ::testing::Values("qwen3moe-bf16", "qwen3next-bf16"));
 
 }  // namespace
 }  // namespace pinmoe

@@ -1,0 +1,207 @@
+#include "coordinator/gpu/gpu_causal_lm.h"
+
+#include <algorithm>
+
+#include "common/str_cat.h"
+#include "coordinator/gpu/flash_attention.h"
+#include "coordinator/layers.h"
+
+namespace pinmoe {
+namespace {
+
+// bf16 models run prefill attention on tensor cores from this many tokens per step on.
+constexpr int kFlashMinTokens = 16;
+
+}  // namespace
+
+absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, const GpuModelOptions& options,
+                                     float final_norm_add) {
+  config_ = c;
+  options_ = options;
+  max_context_ = options.max_context <= 0 || options.max_context > c.max_position_embeddings
+                     ? c.max_position_embeddings
+                     : options.max_context;
+  if (options.synthetic_seed == 0) {
+    if (ckpt == nullptr) return absl::InvalidArgumentError("a GPU model needs a checkpoint or a synthetic seed");
+    weights_ = DeviceWeights::FromCheckpoint(ckpt, options.device);
+  } else {
+    weights_ = DeviceWeights::Synthetic(options.synthetic_seed, options.device);
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));
+  ASSIGN_OR_RETURN(linear_, LinearRunner::Create(stream_));
+  DeviceWeights& w = *weights_;
+  const int64_t h = c.hidden_size;
+  ASSIGN_OR_RETURN(embed_, w.Matrix("model.embed_tokens.weight", c.vocab_size, h));
+  ASSIGN_OR_RETURN(final_norm_, w.Vector("model.norm.weight", h, final_norm_add));
+  if (c.tie_word_embeddings) {
+    lm_head_ = embed_;
+  } else {
+    ASSIGN_OR_RETURN(lm_head_, w.Matrix("lm_head.weight", c.vocab_size, h));
+  }
+  const size_t t = options.max_step_tokens;
+  RETURN_IF_ERROR(Alloc(t, &ids_dev_));
+  RETURN_IF_ERROR(Alloc(t * h, &x_));
+  RETURN_IF_ERROR(Alloc(t * std::max(c.num_experts, 1), &router_logits_));
+  RETURN_IF_ERROR(Alloc(t * std::max(c.top_k, 1), &route_weights_));
+  RETURN_IF_ERROR(Alloc(1, &position_dev_));
+  RETURN_IF_ERROR(Alloc(h, &last_h_));
+  RETURN_IF_ERROR(Alloc(c.vocab_size, &logits_));
+  RETURN_IF_ERROR(Alloc(1, &argmax_));
+  uint64_t* am = nullptr;
+  RETURN_IF_ERROR(Alloc(2, &am));
+  argmax_scratch_.key = reinterpret_cast<unsigned long long*>(am);
+  argmax_scratch_.blocks_done = reinterpret_cast<unsigned int*>(am + 1);
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&ids_host_, t * sizeof(int32_t)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&position_host_, sizeof(int32_t)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&logits_host_, c.vocab_size * sizeof(float)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&argmax_host_, sizeof(int32_t)));
+  // RoPE frequencies exactly as the CPU path computes them.
+  Rope rope(c.head_dim, c.RotaryDim(), c.rope_theta);
+  RETURN_IF_ERROR(Alloc(rope.inv_freq().size(), &inv_freq_));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(inv_freq_, rope.inv_freq().data(), rope.inv_freq().size() * sizeof(float),
+                                  cudaMemcpyHostToDevice));
+  return absl::OkStatus();
+}
+
+GpuCausalLm::~GpuCausalLm() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  linear_.reset();
+  if (ids_host_ != nullptr) cudaFreeHost(ids_host_);
+  if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
+  if (argmax_host_ != nullptr) cudaFreeHost(argmax_host_);
+  if (position_host_ != nullptr) cudaFreeHost(position_host_);
+  for (auto& by_variant : graphs_) {
+    for (cudaGraphExec_t g : by_variant) {
+      if (g != nullptr) cudaGraphExecDestroy(g);
+    }
+  }
+  if (step_done_ != nullptr) cudaEventDestroy(step_done_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+}
+
+void GpuCausalLm::Reset() {
+  position_ = 0;
+  absl::Status st = ResetState();
+  PINMOE_CHECK(st.ok());
+}
+
+absl::Status GpuCausalLm::CheckIds(std::span<const int32_t> ids) const {
+  if (ids.empty()) return absl::InvalidArgumentError("no tokens to run");
+  if (position_ + static_cast<int64_t>(ids.size()) > max_context_) {
+    return absl::OutOfRangeError(StrCat(position_, " + ", ids.size(), " tokens exceed the context of ",
+                                        max_context_));
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(StrCat("token id ", id, " is outside the vocabulary of ", config_.vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::Step(const int32_t* ids, int n, bool greedy, bool want_output) {
+  PINMOE_CHECK(experts_ != nullptr);
+  cudaStream_t s = stream_;
+  std::copy(ids, ids + n, ids_host_);
+  *position_host_ = position_;
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(position_dev_, position_host_, sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(n)));
+  if (n == 1 && want_output && options_.graphs && variant < experts_->graph_variants() && variant < 2) {
+    cudaGraphExec_t& exec = graphs_[variant][greedy ? 1 : 0];
+    if (exec == nullptr) {
+      // Capture once per (variant, greedy); every later decode step replays it.
+      CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      absl::Status st = EnqueueStep(n, greedy, want_output, variant);
+      cudaGraph_t graph = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(s, &graph);
+      RETURN_IF_ERROR(st);
+      CUDA_RETURN_IF_ERROR(end);
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      CUDA_RETURN_IF_ERROR(inst);
+    }
+    CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, s));
+  } else {
+    RETURN_IF_ERROR(EnqueueStep(n, greedy, want_output, variant));
+  }
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
+  RETURN_IF_ERROR(experts_->FinishStep(step_done_));
+  position_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::EnqueueStep(int n, bool greedy, bool want_output, int variant) {
+  const int h = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  CUDA_RETURN_IF_ERROR(LaunchEmbed(embed_.data, embed_.bf16, ids_dev_, n, h, x_, stream_));
+  RETURN_IF_ERROR(EnqueueLayers(n, variant));
+  if (!want_output) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_ + static_cast<size_t>(n - 1) * h, final_norm_, last_h_, 1, h, eps, stream_));
+  RETURN_IF_ERROR(linear_->Run(lm_head_, last_h_, 1, logits_, /*accumulate=*/false));
+  if (greedy) {
+    CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_, config_.vocab_size, argmax_scratch_, argmax_, stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(argmax_host_, argmax_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  } else {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits_host_, logits_, config_.vocab_size * sizeof(float),
+                                         cudaMemcpyDeviceToHost, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, int n, bool bf16_model,
+                                           float* attn_out) {
+  QkNormRopeCacheArgs qa = layout;
+  qa.inv_freq = inv_freq_;
+  qa.eps = static_cast<float>(config_.rms_norm_eps);
+  qa.position_dev = position_dev_;
+  CUDA_RETURN_IF_ERROR(LaunchQkNormRopeCache(qa, n, stream_));
+  if (n >= kFlashMinTokens && bf16_model && FlashAttentionSupports(qa.head_dim)) {
+    FlashAttentionArgs fa;
+    fa.q = qa.q_out;
+    fa.k_cache = qa.k_cache;
+    fa.v_cache = qa.v_cache;
+    fa.tokens = n;
+    fa.heads = qa.heads;
+    fa.kv_heads = qa.kv_heads;
+    fa.head_dim = qa.head_dim;
+    fa.first_position = position_;  // prefill steps are never captured in a graph
+    fa.out = attn_out;
+    return CudaStatus(LaunchFlashAttention(fa, stream_), "flash attention launch");
+  }
+  AttentionArgs aa;
+  aa.q = qa.q_out;
+  aa.k_cache = qa.k_cache;
+  aa.v_cache = qa.v_cache;
+  aa.heads = qa.heads;
+  aa.kv_heads = qa.kv_heads;
+  aa.head_dim = qa.head_dim;
+  aa.position_dev = position_dev_;
+  aa.out = attn_out;
+  return CudaStatus(LaunchAttention(aa, n, stream_), "attention launch");
+}
+
+absl::Status GpuCausalLm::Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) {
+  RETURN_IF_ERROR(CheckIds(ids));
+  const int chunk = static_cast<int>(std::min<uint32_t>(experts_->max_tokens(), options_.max_step_tokens));
+  for (size_t i = 0; i < ids.size(); i += chunk) {
+    const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - i));
+    RETURN_IF_ERROR(Step(ids.data() + i, n, /*greedy=*/false, /*want_output=*/i + n == ids.size()));
+  }
+  last_logits->assign(logits_host_, logits_host_ + config_.vocab_size);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int32_t> GpuCausalLm::ForwardGreedy(std::span<const int32_t> ids) {
+  RETURN_IF_ERROR(CheckIds(ids));
+  const int chunk = static_cast<int>(std::min<uint32_t>(experts_->max_tokens(), options_.max_step_tokens));
+  for (size_t i = 0; i < ids.size(); i += chunk) {
+    const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - i));
+    RETURN_IF_ERROR(Step(ids.data() + i, n, /*greedy=*/true, /*want_output=*/i + n == ids.size()));
+  }
+  return *argmax_host_;
+}
+
+}  // namespace pinmoe

@@ -1,0 +1,135 @@
+// What every GPU model shares: weights in device memory (checkpoint dtype, or seeded synthetic ones),
+// one stream, the embedding, the final norm and lm_head with greedy arg-max on the device, the
+// activations of a step, and the step itself: a prompt runs in chunks of at most max_tokens() of the
+// expert backend, and decode steps (one token) replay a CUDA graph captured on first use (one per
+// backend variant and output kind), so the host enqueues one launch per token. Each architecture
+// supplies its layers (EnqueueLayers) and its recurrent state, if any (ResetState).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "coordinator/causal_lm.h"
+#include "coordinator/gpu/dense_kernels.h"
+#include "coordinator/gpu/device_weights.h"
+#include "coordinator/gpu/gpu_experts.h"
+#include "coordinator/gpu/linear.h"
+#include "common/status.h"
+#include "worker/gpu/cuda_check.h"
+
+namespace pinmoe {
+
+struct GpuModelOptions {
+  int device = 0;
+  int max_context = 0;              // 0: the config's max_position_embeddings
+  uint64_t synthetic_seed = 0;      // non-zero: seeded synthetic weights, no checkpoint
+  uint32_t max_step_tokens = 2048;  // activations are sized for this many tokens per step
+  // Decode steps replay a captured CUDA graph (one launch instead of ~500); off: launch each kernel.
+  bool graphs = true;
+};
+
+class GpuCausalLm : public CausalLm {
+ public:
+  ~GpuCausalLm() override;
+  // Not owned; must outlive the model's use. Its max_tokens() bounds the tokens per step.
+  void set_experts(GpuExperts* experts) { experts_ = experts; }
+
+  absl::Status Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) override;
+  // Forward without copying logits to the host: the arg-max is taken on the device.
+  absl::StatusOr<int32_t> ForwardGreedy(std::span<const int32_t> ids);
+  void Reset() override;
+  int position() const override { return position_; }
+  int max_context() const override { return max_context_; }
+  const ModelConfig& config() const override { return config_; }
+  uint64_t weight_bytes() const { return weights_->bytes(); }
+
+ protected:
+  GpuCausalLm() = default;
+  // Weights source, stream, embedding / final norm (plus norm_add) / lm_head, the shared activations.
+  absl::Status InitCommon(const ModelConfig& config, Checkpoint* checkpoint, const GpuModelOptions& options,
+                          float final_norm_add);
+  // Everything between the embedding (x_ holds it) and the final norm, for `n` tokens at position_
+  // (also in position_dev_ for graph replays).
+  virtual absl::Status EnqueueLayers(int n, int variant) = 0;
+  // Zeroes recurrent state beyond the KV caches (position_ is reset by Reset).
+  virtual absl::Status ResetState() { return absl::OkStatus(); }
+
+  // Device scratch of `count` elements of T (zeroed), owned by the weights.
+  template <typename T>
+  absl::Status Alloc(size_t count, T** dst) {
+    ASSIGN_OR_RETURN(void* p, weights_->Scratch(std::max<size_t>(count, 1) * sizeof(T)));
+    *dst = static_cast<T*>(p);
+    return absl::OkStatus();
+  }
+  // q/k norm + RoPE + cache append, then attention (tensor cores for bf16 prefill), into attn_out.
+  absl::Status EnqueueAttention(const QkNormRopeCacheArgs& layout, int n, bool bf16_model, float* attn_out);
+  // The routed half of an MoE layer on x_: router (with the post-attention norm fused; the normalised
+  // rows land in the experts' input), softmax top-k, the experts (`between` is enqueued while they run
+  // elsewhere), and x += sum of weights * slots.
+  template <typename Between>
+  absl::Status EnqueueRoutedMoe(int layer, const DeviceMatrix& router, const float* post_norm, int n, int variant,
+                                Between between);
+
+  ModelConfig config_;
+  GpuModelOptions options_;
+  int max_context_ = 0;
+  int position_ = 0;
+  GpuExperts* experts_ = nullptr;
+  std::unique_ptr<DeviceWeights> weights_;
+  std::unique_ptr<LinearRunner> linear_;
+  cudaStream_t stream_ = nullptr;
+  DeviceMatrix embed_, lm_head_;
+  float* final_norm_ = nullptr;
+  float* inv_freq_ = nullptr;   // [rotary_dim / 2]
+  // Shared activations, sized for max_step_tokens.
+  int32_t* ids_dev_ = nullptr;
+  float* x_ = nullptr;              // [t, hidden]: the residual stream
+  float* router_logits_ = nullptr;  // [t, experts]
+  float* route_weights_ = nullptr;  // [t, top_k]
+  int32_t* position_dev_ = nullptr;
+
+ private:
+  absl::Status CheckIds(std::span<const int32_t> ids) const;
+  absl::Status Step(const int32_t* ids, int n, bool greedy, bool want_output);
+  absl::Status EnqueueStep(int n, bool greedy, bool want_output, int variant);
+
+  cudaEvent_t step_done_ = nullptr;
+  float* last_h_ = nullptr;
+  float* logits_ = nullptr;
+  int32_t* argmax_ = nullptr;
+  ArgMaxScratch argmax_scratch_;
+  // Decode graphs by [experts' variant][greedy]; null until first used.
+  cudaGraphExec_t graphs_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};
+  // Pinned host staging.
+  int32_t* ids_host_ = nullptr;
+  int32_t* position_host_ = nullptr;
+  float* logits_host_ = nullptr;
+  int32_t* argmax_host_ = nullptr;
+};
+
+template <typename Between>
+absl::Status GpuCausalLm::EnqueueRoutedMoe(int layer, const DeviceMatrix& router, const float* post_norm, int n,
+                                           int variant, Between between) {
+  const GpuExperts::Buffers moe = experts_->buffers();
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  RETURN_IF_ERROR(linear_->RunNormed(router, x_, GemvNorm{post_norm, eps, moe.input}, n, router_logits_,
+                                     /*accumulate=*/false));
+  absl::Status st = CudaStatus(LaunchRouteTopK(router_logits_, n, config_.num_experts, config_.top_k,
+                                               config_.norm_topk_prob, moe.routing, route_weights_, stream_),
+                               "route top-k launch");
+  RETURN_IF_ERROR(st);
+  RETURN_IF_ERROR(experts_->StartLayer(layer, static_cast<uint32_t>(n), stream_, variant));
+  RETURN_IF_ERROR(between());
+  RETURN_IF_ERROR(experts_->FinishLayer(layer, stream_, variant));
+  return CudaStatus(LaunchMoeCombine(moe.slots, route_weights_, n, config_.top_k, config_.hidden_size, x_, stream_),
+                    "combine launch");
+}
+
+}  // namespace pinmoe
