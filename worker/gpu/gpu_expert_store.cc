@@ -167,13 +167,13 @@ absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k) {
 }
 
 absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k,
-                                     const int32_t* routing, float* out, cudaStream_t stream) {
+                                     const int32_t* routing, float* out, cudaStream_t stream, bool allow_grouped) {
   auto table = tables_.find(layer);
   if (table == tables_.end()) return absl::OkStatus();  // no experts of this layer here
   if (static_cast<size_t>(tokens) * top_k * config_.moe_intermediate_size > act_capacity_) {
     return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
   }
-  if (!fp32_ && tokens >= kGroupedMinTokens) {
+  if (allow_grouped && !fp32_ && tokens >= kGroupedMinTokens) {
     if (grouped_.act == nullptr) return absl::InternalError("grouped expert scratch not reserved");
     ExpertFfnArgs a;
     a.x = x;
@@ -226,7 +226,7 @@ absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint
   }
   if (mine == 0) return 0u;
   RETURN_IF_ERROR(Reserve(tokens, top_k));
-  RETURN_IF_ERROR(Enqueue(layer, x, tokens, top_k, routing, out, stream_));
+  RETURN_IF_ERROR(Enqueue(layer, x, tokens, top_k, routing, out, stream_, /*allow_grouped=*/false));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return mine;
 }

@@ -39,13 +39,16 @@ class GpuExpertStore {
   absl::Status Reserve(uint32_t max_tokens, uint32_t top_k);
   // Enqueues the layer's expert FFNs on `stream` without waiting: pairs whose expert is not here (or whose
   // id is out of range) are skipped. Needs Reserve(tokens) first.
+  // `allow_grouped`: false keeps fp32 activations at any batch size (the CPU coordinator's per-layer
+  // Work, which is held to the fp32 references).
   absl::Status Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k, const int32_t* routing,
-                       float* out, cudaStream_t stream);
+                       float* out, cudaStream_t stream, bool allow_grouped = true);
   cudaStream_t stream() const { return stream_; }
   bool HasLayer(int layer) const { return tables_.count(layer) != 0; }
 
   // Device pointers: x [tokens, hidden], routing [tokens, top_k], out [tokens, top_k, hidden]. Runs on
-  // the store's stream and waits for it; returns the number of (token, slot) pairs computed.
+  // the store's stream (decode kernels, fp32 activations) and waits for it; returns the number of
+  // (token, slot) pairs computed.
   absl::StatusOr<uint32_t> Compute(int layer, const float* x, uint32_t tokens, uint32_t top_k,
                                    const int32_t* routing, float* out);
 
