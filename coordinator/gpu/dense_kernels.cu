@@ -1,5 +1,6 @@
 #include "coordinator/gpu/dense_kernels.h"
 
+#include "coordinator/gpu/route_topk.cuh"
 #include "worker/gpu/pdl.cuh"
 
 #include <cuda_bf16.h>
@@ -164,6 +165,108 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
   }
 }
 
+// Decode (one token): the q/k norm + RoPE + cache append and the attention in one kernel, one block per
+// query head. Each block normalises and rotates its own query and its kv head's new key (the few
+// redundant dot products cost less than a dependent launch); the group's first head writes the new key
+// and value to the cache; every block reads earlier positions from the cache and the new one from
+// shared memory, so no block waits for another.
+__global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNormRopeCacheArgs a, float* out) {
+  extern __shared__ float sm[];
+  __shared__ float p[kAttnChunk];
+  __shared__ float red[32];
+  PdlWait();
+  PdlTrigger();
+  const int h = blockIdx.x, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
+  const int position = a.position_dev != nullptr ? *a.position_dev : a.first_position;
+  float* qs = sm;
+  float* ks = sm + hd;
+  float* vs = sm + 2 * hd;
+  float sq = 0.f, sk = 0.f;
+  for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
+    const float q = a.qkv[a.q_offset + static_cast<size_t>(h) * a.q_head_stride + d];
+    const float k = a.qkv[a.k_offset + static_cast<size_t>(g) * hd + d];
+    qs[d] = q;
+    ks[d] = k;
+    vs[d] = a.qkv[a.v_offset + static_cast<size_t>(g) * hd + d];
+    sq += q * q;
+    sk += k * k;
+  }
+  sq = BlockSum(sq, red);
+  sk = BlockSum(sk, red);
+  const float inv_q = 1.0f / sqrtf(sq / static_cast<float>(hd) + a.eps);
+  const float inv_k = 1.0f / sqrtf(sk / static_cast<float>(hd) + a.eps);
+  for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
+    qs[d] = a.q_norm[d] * (qs[d] * inv_q);
+    ks[d] = a.k_norm[d] * (ks[d] * inv_k);
+  }
+  __syncthreads();
+  const int half = a.rotary_dim / 2;
+  for (int i = threadIdx.x; i < half; i += kAttnThreads) {
+    const float angle = static_cast<float>(position) * a.inv_freq[i];
+    const float c = static_cast<float>(cos(static_cast<double>(angle)));
+    const float s = static_cast<float>(sin(static_cast<double>(angle)));
+    float x0 = qs[i], x1 = qs[i + half];
+    qs[i] = x0 * c - x1 * s;
+    qs[i + half] = x1 * c + x0 * s;
+    x0 = ks[i];
+    x1 = ks[i + half];
+    ks[i] = x0 * c - x1 * s;
+    ks[i + half] = x1 * c + x0 * s;
+  }
+  __syncthreads();
+  if (h % group == 0) {
+    const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
+    for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
+      a.k_cache[off + d] = ks[d];
+      a.v_cache[off + d] = vs[d];
+    }
+  }
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  const int length = position + 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kAttnThreads / 32;
+  float m = -FLT_MAX, l = 0.f, acc[kAttnMaxDims] = {0.f, 0.f};
+  for (int c0 = 0; c0 < length; c0 += kAttnChunk) {
+    const int n = min(kAttnChunk, length - c0);
+    for (int j = warp; j < n; j += warps) {
+      const int key = c0 + j;
+      const float* kr = key == position ? ks : a.k_cache + (static_cast<size_t>(key) * a.kv_heads + g) * hd;
+      float dot = 0.f;
+      for (int d = lane; d < hd; d += 32) dot = fmaf(qs[d], kr[d], dot);
+      for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      if (lane == 0) p[j] = dot * scale;
+    }
+    __syncthreads();
+    const float cm = BlockMax(threadIdx.x < n ? p[threadIdx.x] : -FLT_MAX, red);
+    const float new_m = fmaxf(m, cm);
+    float e = 0.f;
+    if (threadIdx.x < n) {
+      e = expf(p[threadIdx.x] - new_m);
+      p[threadIdx.x] = e;
+    }
+    const float cs = BlockSum(e, red);
+    const float rescale = expf(m - new_m);
+    l = l * rescale + cs;
+    for (int i = 0; i < kAttnMaxDims; ++i) {
+      const int d = threadIdx.x + i * kAttnThreads;
+      if (d >= hd) break;
+      float acc_d = acc[i] * rescale;
+      for (int j = 0; j < n; ++j) {
+        const int key = c0 + j;
+        const float v = key == position ? vs[d] : a.v_cache[(static_cast<size_t>(key) * a.kv_heads + g) * hd + d];
+        acc_d = fmaf(p[j], v, acc_d);
+      }
+      acc[i] = acc_d;
+    }
+    m = new_m;
+    __syncthreads();
+  }
+  const float inv = 1.0f / l;
+  for (int i = 0; i < kAttnMaxDims; ++i) {
+    const int d = threadIdx.x + i * kAttnThreads;
+    if (d < hd) out[static_cast<size_t>(h) * hd + d] = acc[i] * inv;
+  }
+}
+
 __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, int hidden, float* x) {
   PdlWait();
   PdlTrigger();
@@ -244,68 +347,12 @@ __global__ void ArgMaxKernel(const float* v, int n, ArgMaxScratch scratch, int32
 
 // One warp per token, everything in registers: softmax over at most 32 * kTopKPerLane experts, then
 // top_k rounds of a warp arg-max (ties to the lower index), no shared memory and no block barriers.
-constexpr int kTopKPerLane = 16;
-
 __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k, bool norm, int32_t* ids,
                                 float* weights) {
   PdlWait();
   PdlTrigger();
-  const int lane = threadIdx.x;
-  const float* l = logits + static_cast<size_t>(blockIdx.x) * num_experts;
-  float p[kTopKPerLane];
-  float mx = -FLT_MAX;
-#pragma unroll
-  for (int j = 0; j < kTopKPerLane; ++j) {
-    const int e = j * 32 + lane;
-    p[j] = e < num_experts ? l[e] : -FLT_MAX;
-    mx = fmaxf(mx, p[j]);
-  }
-  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  float sum = 0.f;
-#pragma unroll
-  for (int j = 0; j < kTopKPerLane; ++j) {
-    const int e = j * 32 + lane;
-    p[j] = e < num_experts ? expf(p[j] - mx) : 0.f;
-    sum += p[j];
-  }
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-#pragma unroll
-  for (int j = 0; j < kTopKPerLane; ++j) {
-    const int e = j * 32 + lane;
-    p[j] = e < num_experts ? p[j] / sum : -1.f;
-  }
-  float picked = 0.f;
-  for (int k = 0; k < top_k; ++k) {
-    float bv = -2.f;
-    int bi = num_experts;
-#pragma unroll
-    for (int j = 0; j < kTopKPerLane; ++j) {
-      if (p[j] > bv) {  // j ascending: the lower index wins ties within the lane
-        bv = p[j];
-        bi = j * 32 + lane;
-      }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > bv || (ov == bv && oi < bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kTopKPerLane; ++j) {
-      if (j * 32 + lane == bi) p[j] = -2.f;  // taken
-    }
-    picked += bv;
-    if (lane == 0) {
-      ids[static_cast<size_t>(blockIdx.x) * top_k + k] = bi;
-      weights[static_cast<size_t>(blockIdx.x) * top_k + k] = bv;
-    }
-  }
-  if (lane == 0 && norm) {
-    for (int k = 0; k < top_k; ++k) weights[static_cast<size_t>(blockIdx.x) * top_k + k] /= picked;
-  }
+  WarpRouteTopK(logits + static_cast<size_t>(blockIdx.x) * num_experts, num_experts, top_k, norm,
+                ids + static_cast<size_t>(blockIdx.x) * top_k, weights + static_cast<size_t>(blockIdx.x) * top_k);
 }
 
 // attn[t, h, d] *= sigmoid(gate[t * gate_row_stride + h * gate_head_stride + d]).
@@ -356,6 +403,15 @@ cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t str
   return LaunchPdl(AttentionKernel, dim3(a.heads, tokens), dim3(kAttnThreads), a.head_dim * sizeof(float), stream, a);
 }
 
+cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
+  if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads ||
+      a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim) {
+    return cudaErrorInvalidValue;
+  }
+  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads), dim3(kAttnThreads), 3 * a.head_dim * sizeof(float),
+                   stream, a, out);
+}
+
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,
                         cudaStream_t stream) {
   if (tokens <= 0) return cudaErrorInvalidValue;
@@ -397,7 +453,7 @@ cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int3
 
 cudaError_t LaunchRouteTopK(const float* logits, int tokens, int num_experts, int top_k, bool norm_topk_prob,
                             int32_t* ids, float* weights, cudaStream_t stream) {
-  if (tokens <= 0 || top_k <= 0 || top_k > num_experts || num_experts > 32 * kTopKPerLane) {
+  if (tokens <= 0 || top_k <= 0 || top_k > num_experts || num_experts > kRouteMaxExperts) {
     return cudaErrorInvalidValue;
   }
   return LaunchPdl(RouteTopKKernel, dim3(tokens), dim3(32), 0, stream, logits, num_experts, top_k, norm_topk_prob, ids,

@@ -49,6 +49,10 @@ struct AttentionArgs {
 };
 cudaError_t LaunchAttention(const AttentionArgs& args, int tokens, cudaStream_t stream);
 
+// Decode (one token): LaunchQkNormRopeCache then LaunchAttention in one kernel (args.q_out unused); out
+// [heads, head_dim].
+cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& args, float* out, cudaStream_t stream);
+
 // x[t, :] = table[ids[t], :] widened to fp32; table [vocab, hidden] in bf16 or fp32.
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,
                         cudaStream_t stream);

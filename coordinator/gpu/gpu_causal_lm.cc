@@ -46,6 +46,7 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   RETURN_IF_ERROR(Alloc(t * std::max(c.num_experts, 1), &router_logits_));
   RETURN_IF_ERROR(Alloc(t * std::max(c.top_k, 1), &route_weights_));
   RETURN_IF_ERROR(Alloc(1, &position_dev_));
+  RETURN_IF_ERROR(Alloc(1, &router_blocks_done_));
   RETURN_IF_ERROR(Alloc(h, &last_h_));
   RETURN_IF_ERROR(Alloc(c.vocab_size, &logits_));
   RETURN_IF_ERROR(Alloc(1, &argmax_));
@@ -157,6 +158,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   qa.inv_freq = inv_freq_;
   qa.eps = static_cast<float>(config_.rms_norm_eps);
   qa.position_dev = position_dev_;
+  if (n == 1) return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");
   CUDA_RETURN_IF_ERROR(LaunchQkNormRopeCache(qa, n, stream_));
   if (n >= kFlashMinTokens && bf16_model && FlashAttentionSupports(qa.head_dim)) {
     FlashAttentionArgs fa;

@@ -94,6 +94,7 @@ class GpuCausalLm : public CausalLm {
   float* router_logits_ = nullptr;  // [t, experts]
   float* route_weights_ = nullptr;  // [t, top_k]
   int32_t* position_dev_ = nullptr;
+  unsigned int* router_blocks_done_ = nullptr;  // the fused router top-k's block counter
 
  private:
   absl::Status CheckIds(std::span<const int32_t> ids) const;
@@ -119,12 +120,8 @@ absl::Status GpuCausalLm::EnqueueRoutedMoe(int layer, const DeviceMatrix& router
                                            int variant, Between between) {
   const GpuExperts::Buffers moe = experts_->buffers();
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  RETURN_IF_ERROR(linear_->RunNormed(router, x_, GemvNorm{post_norm, eps, moe.input}, n, router_logits_,
-                                     /*accumulate=*/false));
-  absl::Status st = CudaStatus(LaunchRouteTopK(router_logits_, n, config_.num_experts, config_.top_k,
-                                               config_.norm_topk_prob, moe.routing, route_weights_, stream_),
-                               "route top-k launch");
-  RETURN_IF_ERROR(st);
+  const GemvTopK topk{config_.top_k, config_.norm_topk_prob, moe.routing, route_weights_, router_blocks_done_};
+  RETURN_IF_ERROR(linear_->RunRouter(router, x_, GemvNorm{post_norm, eps, moe.input}, n, router_logits_, topk));
   RETURN_IF_ERROR(experts_->StartLayer(layer, static_cast<uint32_t>(n), stream_, variant));
   RETURN_IF_ERROR(between());
   RETURN_IF_ERROR(experts_->FinishLayer(layer, stream_, variant));

@@ -70,6 +70,17 @@ absl::Status LinearRunner::RunNormed(const DeviceMatrix& w, const float* x, cons
   return Run(w, normed, tokens, y, accumulate);
 }
 
+absl::Status LinearRunner::RunRouter(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens,
+                                     float* y, const GemvTopK& topk) {
+  if (tokens <= kGemvMaxTokens && w.rows <= kGemvRouterMaxExperts) {
+    return CudaStatus(LaunchGemv(w, x, tokens, y, /*accumulate=*/false, &norm, stream_, &topk), "router launch");
+  }
+  RETURN_IF_ERROR(RunNormed(w, x, norm, tokens, y, /*accumulate=*/false));
+  return CudaStatus(LaunchRouteTopK(y, tokens, static_cast<int>(w.rows), topk.top_k, topk.norm, topk.ids,
+                                    topk.weights, stream_),
+                    "route top-k launch");
+}
+
 LinearRunner::~LinearRunner() {
   if (normed_ != nullptr) cudaFree(normed_);
   if (x_bf16_ != nullptr) cudaFree(x_bf16_);

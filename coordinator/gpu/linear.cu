@@ -1,5 +1,6 @@
 #include "coordinator/gpu/linear.h"
 
+#include "coordinator/gpu/route_topk.cuh"
 #include "worker/gpu/pdl.cuh"
 
 #include <algorithm>
@@ -28,17 +29,18 @@ __device__ __forceinline__ void Unpack(const uint4& p, float (&w)[4]) {
   w[3] = f.w;
 }
 
+static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_topk.cuh disagree");
 constexpr int kInFlight = 8;  // 16-byte weight loads each lane keeps in flight
 
 // One warp per output row, all tokens at once: each 16-byte chunk of the row is loaded once, kInFlight
 // chunks in flight per lane. With kNorm, the block first RMS-normalises the tokens' rows of x (weight
 // nw) into shared memory, which spares a launch and a dependent step per norm; block 0 also writes the
 // normalised rows to normed_out when it is set (the experts' input).
-template <typename W, int T, bool kNorm>
+template <typename W, int T, bool kNorm, bool kTopK>
 __global__ void __launch_bounds__(kWarps * 32)
     GemvKernel(const W* __restrict__ w, const float* __restrict__ x, int rows, int cols, int tokens,
                float* __restrict__ y, bool accumulate, const float* __restrict__ nw, float eps,
-               float* __restrict__ normed_out) {
+               float* __restrict__ normed_out, GemvTopK topk) {
   constexpr int kElems = 16 / sizeof(W);
   extern __shared__ float xs[];  // kNorm: [tokens, cols]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -79,11 +81,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   const float* xsrc = kNorm ? xs : x;
-  if (row >= rows) return;
+  if (!kTopK && row >= rows) return;
+  const bool active = row < rows;
   float s[T];
 #pragma unroll
   for (int t = 0; t < T; ++t) s[t] = 0.f;
-  for (int st0 = lane;; ) {
+  for (int st0 = lane; active;) {
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
       const int st = st0 + 32 * u;
@@ -117,40 +120,63 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (t >= tokens) break;
     float v = s[t];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) {
+    if (lane == 0 && active) {
       float* dst = y + static_cast<size_t>(t) * rows + row;
       *dst = accumulate ? *dst + v : v;
     }
   }
+  if constexpr (kTopK) {
+    // The router's epilogue: the last block to finish routes every token (one warp each) from the
+    // logits all blocks wrote, sparing a kernel and a dependent launch per MoE layer.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(topk.blocks_done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      if (warp < tokens) {
+        WarpRouteTopK(y + static_cast<size_t>(warp) * rows, rows, topk.top_k, topk.norm,
+                      topk.ids + static_cast<size_t>(warp) * topk.top_k,
+                      topk.weights + static_cast<size_t>(warp) * topk.top_k);
+      }
+      if (threadIdx.x == 0) *topk.blocks_done = 0u;
+    }
+  }
+}
+
+template <typename W, int T, bool kNorm, bool kTopK>
+cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc,
+                              const GemvNorm* norm, const GemvTopK* topk, cudaStream_t stream) {
+  const W* w = static_cast<const W*>(m.data);
+  const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
+  const dim3 grid((rows + kWarps - 1) / kWarps), block(kWarps * 32);
+  const size_t smem = kNorm ? static_cast<size_t>(tokens) * cols * sizeof(float) : 0;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(GemvKernel<W, T, kNorm, kTopK>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  return LaunchPdl(GemvKernel<W, T, kNorm, kTopK>, grid, block, smem, stream, w, x, rows, cols, tokens, y, acc,
+                   kNorm ? norm->weight : static_cast<const float*>(nullptr), kNorm ? norm->eps : 0.f,
+                   kNorm ? norm->normed_out : static_cast<float*>(nullptr), kTopK ? *topk : GemvTopK{});
 }
 
 template <typename W, int T>
 cudaError_t LaunchGemvT(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc, const GemvNorm* norm,
-                        cudaStream_t stream) {
-  const W* w = static_cast<const W*>(m.data);
-  const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
-  const dim3 grid((rows + kWarps - 1) / kWarps), block(kWarps * 32);
-  if (norm == nullptr) {
-    return LaunchPdl(GemvKernel<W, T, false>, grid, block, 0, stream, w, x, rows, cols, tokens, y, acc,
-                     static_cast<const float*>(nullptr), 0.f, static_cast<float*>(nullptr));
-  }
-  const size_t smem = static_cast<size_t>(tokens) * cols * sizeof(float);
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(GemvKernel<W, T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  return LaunchPdl(GemvKernel<W, T, true>, grid, block, smem, stream, w, x, rows, cols, tokens, y, acc, norm->weight,
-                   norm->eps, norm->normed_out);
+                        const GemvTopK* topk, cudaStream_t stream) {
+  if (norm == nullptr) return LaunchGemvVariant<W, T, false, false>(m, x, tokens, y, acc, norm, topk, stream);
+  if (topk == nullptr) return LaunchGemvVariant<W, T, true, false>(m, x, tokens, y, acc, norm, topk, stream);
+  return LaunchGemvVariant<W, T, true, true>(m, x, tokens, y, acc, norm, topk, stream);
 }
 
 template <typename W>
 cudaError_t LaunchGemvTyped(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc,
-                            const GemvNorm* norm, cudaStream_t stream) {
-  if (tokens <= 1) return LaunchGemvT<W, 1>(m, x, tokens, y, acc, norm, stream);
-  if (tokens <= 2) return LaunchGemvT<W, 2>(m, x, tokens, y, acc, norm, stream);
-  if (tokens <= 4) return LaunchGemvT<W, 4>(m, x, tokens, y, acc, norm, stream);
-  return LaunchGemvT<W, 8>(m, x, tokens, y, acc, norm, stream);
+                            const GemvNorm* norm, const GemvTopK* topk, cudaStream_t stream) {
+  if (tokens <= 1) return LaunchGemvT<W, 1>(m, x, tokens, y, acc, norm, topk, stream);
+  if (tokens <= 2) return LaunchGemvT<W, 2>(m, x, tokens, y, acc, norm, topk, stream);
+  if (tokens <= 4) return LaunchGemvT<W, 4>(m, x, tokens, y, acc, norm, topk, stream);
+  return LaunchGemvT<W, 8>(m, x, tokens, y, acc, norm, topk, stream);
 }
 
 __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* y) {
@@ -163,12 +189,16 @@ __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* y) {
 }  // namespace
 
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
-                       const GemvNorm* norm, cudaStream_t stream) {
+                       const GemvNorm* norm, cudaStream_t stream, const GemvTopK* topk) {
   if (tokens <= 0 || tokens > kGemvMaxTokens || w.rows <= 0 || w.rows > INT32_MAX || w.cols % 8 != 0) {
     return cudaErrorInvalidValue;
   }
-  return w.bf16 ? LaunchGemvTyped<__nv_bfloat16>(w, x, tokens, y, accumulate, norm, stream)
-                : LaunchGemvTyped<float>(w, x, tokens, y, accumulate, norm, stream);
+  if (topk != nullptr && (norm == nullptr || w.rows > kGemvRouterMaxExperts || topk->top_k > w.rows ||
+                          topk->blocks_done == nullptr || accumulate)) {
+    return cudaErrorInvalidValue;
+  }
+  return w.bf16 ? LaunchGemvTyped<__nv_bfloat16>(w, x, tokens, y, accumulate, norm, topk, stream)
+                : LaunchGemvTyped<float>(w, x, tokens, y, accumulate, norm, topk, stream);
 }
 
 cudaError_t LaunchToBf16(const float* x, size_t n, __nv_bfloat16* y, cudaStream_t stream) {

@@ -28,6 +28,7 @@ struct DeviceMatrix {
 };
 
 constexpr int kGemvMaxTokens = 8;
+constexpr int kGemvRouterMaxExperts = 512;  // the fused top-k's register budget (route_topk.cuh)
 
 // An RMSNorm applied to x on the way in: x' = weight * x / sqrt(mean(x^2) + eps) per token, computed
 // inside the GEMV (decode) or by a separate kernel first (cuBLAS path). normed_out, when set, receives x'.
@@ -37,9 +38,20 @@ struct GemvNorm {
   float* normed_out = nullptr;    // [tokens, cols] or null
 };
 
-// The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8; `norm` may be null.
+// A router's softmax top-k fused behind its GEMV (y are the logits, rows the experts <= 512): the last
+// block to finish routes each token. blocks_done is a zeroed counter the kernel leaves zeroed.
+struct GemvTopK {
+  int top_k = 0;
+  bool norm = false;  // renormalise the picked probabilities
+  int32_t* ids = nullptr;     // [tokens, top_k]
+  float* weights = nullptr;   // [tokens, top_k]
+  unsigned int* blocks_done = nullptr;
+};
+
+// The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8; `norm` may be null; `topk`
+// (optional) needs `norm`.
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
-                       const GemvNorm* norm, cudaStream_t stream);
+                       const GemvNorm* norm, cudaStream_t stream, const GemvTopK* topk = nullptr);
 
 // y = x rounded to bf16, n elements.
 cudaError_t LaunchToBf16(const float* x, size_t n, __nv_bfloat16* y, cudaStream_t stream);
@@ -56,6 +68,10 @@ class LinearRunner {
   // The same with an RMSNorm of x first (see GemvNorm); norm.normed_out may be null.
   absl::Status RunNormed(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens, float* y,
                          bool accumulate);
+  // A router: the normed product into logits y, then softmax top-k into topk.ids / topk.weights (fused
+  // into the GEMV for decode batches, a separate kernel otherwise).
+  absl::Status RunRouter(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens, float* y,
+                         const GemvTopK& topk);
   // Sizes the bf16 activation scratch for `elements` (tokens x cols), so that Run never allocates.
   absl::Status Reserve(size_t elements);
 

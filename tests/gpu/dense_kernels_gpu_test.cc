@@ -66,7 +66,7 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
     int heads, kvh, hd, rot, first, tokens;
   };
   for (const Shape& sh : {Shape{4, 2, 32, 32, 0, 5}, Shape{32, 4, 128, 128, 300, 1}, Shape{16, 2, 256, 64, 7, 130},
-                          Shape{8, 8, 64, 64, 129, 3}}) {
+                          Shape{8, 8, 64, 64, 129, 3}, Shape{16, 2, 256, 64, 0, 1}, Shape{4, 2, 32, 8, 200, 1}}) {
     const int nh = sh.heads, nkv = sh.kvh, hd = sh.hd, T = sh.tokens, first = sh.first;
     const int row = (nh + 2 * nkv) * hd;
     auto qkv = Random(static_cast<size_t>(T) * row, hd + T, 2.f);
@@ -130,6 +130,17 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
       ASSERT_EQ(gv[i], cache.v[i]) << "v cache " << i;
     }
     for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-4f) << nh << "x" << hd << " T=" << T << " " << i;
+    if (T == 1) {  // the fused decode kernel, from the same prefix
+      ASSERT_CUDA(cudaMemcpy(dk.p, k_prefix.data(), k_prefix.size() * 4, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemcpy(dv.p, v_prefix.data(), v_prefix.size() * 4, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(LaunchDecodeAttentionFused(qa, dout.as<float>(), nullptr));
+      auto fk = dk.get<float>(), fv = dv.get<float>(), fy = dout.get<float>();
+      for (size_t i = 0; i < cache_floats; ++i) {
+        ASSERT_NEAR(fk[i], cache.k[i], 2e-5f * (1 + std::fabs(cache.k[i]))) << "fused k cache " << i;
+        ASSERT_EQ(fv[i], cache.v[i]) << "fused v cache " << i;
+      }
+      for (size_t i = 0; i < fy.size(); ++i) ASSERT_NEAR(fy[i], ref[i], 1e-4f) << "fused " << nh << "x" << hd << " " << i;
+    }
   }
 }
 
@@ -240,6 +251,38 @@ TEST(DenseKernelsGpu, LinearGemvAndCublas) {
   }
   runner->reset();
   cudaStreamDestroy(stream);
+}
+
+// The router GEMV with the norm and the softmax top-k fused (decode batches), twice in a row (its block
+// counter must reset itself), against RmsNorm, the plain product and RouteTopK on the CPU.
+TEST(DenseKernelsGpu, FusedRouterTopK) {
+  for (auto [experts, k, tokens, norm] : {std::tuple{128, 8, 1, true}, std::tuple{512, 10, 3, true},
+                                          std::tuple{6, 2, 8, false}}) {
+    const int cols = 256;
+    auto w = Random(static_cast<size_t>(experts) * cols, experts, 0.3f), x = Random(static_cast<size_t>(tokens) * cols, 5);
+    auto nw = Random(cols, 6);
+    std::vector<float> xn(x.size()), logits(static_cast<size_t>(tokens) * experts);
+    RmsNorm(x.data(), nw.data(), xn.data(), tokens, cols, 1e-6f);
+    MatMulTransposed(xn.data(), w.data(), logits.data(), tokens, cols, experts);
+    std::vector<int32_t> ref_ids(tokens * k);
+    std::vector<float> ref_w(tokens * k);
+    for (int t = 0; t < tokens; ++t) {
+      RouteTopK(logits.data() + t * experts, experts, k, norm, ref_ids.data() + t * k, ref_w.data() + t * k);
+    }
+    Dev dw(w), dx(x), dnw(nw), dy(logits.size() * 4), di(tokens * k * 4), dwt(tokens * k * 4), counter(4);
+    ASSERT_CUDA(cudaMemset(counter.p, 0, 4));
+    DeviceMatrix m{dw.p, false, experts, cols};
+    GemvNorm gn{dnw.as<float>(), 1e-6f, nullptr};
+    GemvTopK topk{k, norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>()};
+    for (int call = 0; call < 2; ++call) {
+      ASSERT_CUDA(LaunchGemv(m, dx.as<float>(), tokens, dy.as<float>(), false, &gn, nullptr, &topk));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      EXPECT_EQ(di.get<int32_t>(), ref_ids) << experts << " experts, call " << call;
+      auto got = dwt.get<float>();
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], ref_w[i], 2e-5f) << i;
+      EXPECT_EQ(counter.get<uint32_t>()[0], 0u);
+    }
+  }
 }
 
 TEST(DenseKernelsGpu, EmbedSiluMulCombineArgMax) {
