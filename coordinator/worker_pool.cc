@@ -568,6 +568,24 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
               [&] { return std::none_of(step_pending_.begin(), step_pending_.end(), [](bool p) { return p; }); },
               [&](const Worker& w) { return static_cast<bool>(step_pending_[w.index]); });
   }
+  if (!st.ok() && absl::IsDeadlineExceeded(st)) {
+    // Name the workers that are behind: their done counters have not reached the step's last tick.
+    cudaSetDevice(device_buffer_->device());
+    std::string late;
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      if (!step_pending_[w]) continue;
+      uint32_t done = 0;
+      cudaMemcpy(&done, device_buffer_->data() + kCounterStride * (w + 1), sizeof(done), cudaMemcpyDeviceToHost);
+      int last_layer = -1;
+      for (int l = 0; l < config_.num_layers; ++l) {
+        if (moe_index_[l] >= 0 && step_base_ + 1 + static_cast<uint32_t>(moe_index_[l]) == done) last_layer = l;
+      }
+      late = StrCat(late, late.empty() ? "" : "; ", Describe(workers_[w]),
+                    last_layer < 0 ? std::string(" finished no layer of it")
+                                   : StrCat(" finished up to layer ", last_layer));
+    }
+    st = absl::DeadlineExceededError(StrCat(st.message(), "; the worker may be hung: ", late));
+  }
   if (!st.ok()) {
     // Release the coordinator's stream, which may wait for a tick nobody will write: cycle every tick
     // of the step through the done counters (each held long enough for the stream's poll to see it)
