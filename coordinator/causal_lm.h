@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/model_config.h"
 
 namespace pinmoe {
@@ -16,6 +17,9 @@ class CausalLm {
   // Runs `ids` at the next positions (a whole prompt, or one decoded token), extending the caches, and
   // writes the logits of the last of them to `last_logits` ([vocab_size]).
   virtual absl::Status Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) = 0;
+  // Forward, but only the arg-max of the last logits (ties to the lower id) is wanted: a GPU model takes
+  // it on the device and copies one id instead of the vocabulary's logits.
+  virtual absl::StatusOr<int32_t> ForwardArgMax(std::span<const int32_t> ids);
   // Forgets the sequence (caches back to empty).
   virtual void Reset() = 0;
   virtual int position() const = 0;

@@ -8,6 +8,12 @@
 
 namespace pinmoe {
 
+absl::StatusOr<int32_t> CausalLm::ForwardArgMax(std::span<const int32_t> ids) {
+  std::vector<float> logits;
+  RETURN_IF_ERROR(Forward(ids, &logits));
+  return ArgMax(logits);
+}
+
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:
@@ -42,14 +48,22 @@ absl::StatusOr<GenerateResult> Generate(CausalLm& model, const std::vector<int32
   GenerateResult result;
   Sampler sampler(params.sampling);
   std::vector<float> logits;
+  // Greedy without logprobs needs only each step's arg-max.
+  const bool argmax_only = params.sampling.temperature <= 0.0f && params.top_logprobs == 0 && !keep_logits;
+  int32_t argmax = -1;
+  auto forward = [&](std::span<const int32_t> ids) -> absl::Status {
+    if (!argmax_only) return model.Forward(ids, &logits);
+    ASSIGN_OR_RETURN(argmax, model.ForwardArgMax(ids));
+    return absl::OkStatus();
+  };
   auto t0 = Clock::now();
-  RETURN_IF_ERROR(model.Forward(prompt, &logits));
+  RETURN_IF_ERROR(forward(prompt));
   auto t1 = Clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   for (int step = 0; step < params.max_new_tokens; ++step) {
     if (params.top_logprobs > 0) result.top_logprobs.push_back(TopLogprobs(logits, params.top_logprobs));
     if (keep_logits) result.logits.push_back(logits);
-    const int32_t next = sampler.Sample(logits);
+    const int32_t next = argmax_only ? argmax : sampler.Sample(logits);
     const bool eos = !params.ignore_eos && std::find(params.eos_ids.begin(), params.eos_ids.end(),
                                                      next) != params.eos_ids.end();
     if (eos) {
@@ -65,7 +79,7 @@ absl::StatusOr<GenerateResult> Generate(CausalLm& model, const std::vector<int32
       result.finish_reason = FinishReason::kContext;
       break;
     }
-    RETURN_IF_ERROR(model.Forward(std::span<const int32_t>(&next, 1), &logits));
+    RETURN_IF_ERROR(forward(std::span<const int32_t>(&next, 1)));
   }
   result.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
   return result;

@@ -44,6 +44,7 @@ class GpuCausalLm : public CausalLm {
   absl::Status Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) override;
   // Forward without copying logits to the host: the arg-max is taken on the device.
   absl::StatusOr<int32_t> ForwardGreedy(std::span<const int32_t> ids);
+  absl::StatusOr<int32_t> ForwardArgMax(std::span<const int32_t> ids) override { return ForwardGreedy(ids); }
   void Reset() override;
   int position() const override { return position_; }
   int max_context() const override { return max_context_; }

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "coordinator/generate.h"
 #include "coordinator/session.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
@@ -83,6 +84,16 @@ TEST_P(GpuModelFp32, MatchesTransformersInProcessAndInWorkers) {
     }
     std::printf("%s, GPU dense + GPU experts, prompt %zu: max |logit error| %.2e\n", GetParam().c_str(),
                 prompt.size(), worst);
+    {  // greedy without logits: the arg-max is taken on the device, one id comes back per step
+      auto session = Session::Open(Options(dir, 2, "cuda:0"), nullptr);
+      ASSERT_TRUE(session.ok()) << session.status();
+      GenerateParams p;
+      p.max_new_tokens = static_cast<int>(want.size());
+      p.ignore_eos = true;
+      auto r = Generate((*session)->model(), prompt, p, nullptr, /*keep_logits=*/false);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->token_ids, want);
+    }
     for (int workers : {1, 3}) {
       testing::GreedyRun pooled = testing::Greedy(Options(dir, workers, "cuda:0"), prompt, 8);
       ASSERT_EQ(pooled.logits.size(), 8u);
