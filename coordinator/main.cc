@@ -115,9 +115,8 @@ bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --promp
   prompt, then --decode-tokens N (128) greedy steps from an empty cache, best of --repetitions (3);
   prints tokens/s, the weight bytes each decoded token reads and the fraction of the card's memory
   bandwidth. --synthetic qwen3-30b-a3b or qwen3-next-80b-a3b draws seeded bf16 weights of that published
-  shape on the device
-  (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint; --cuda-graphs=false
-  launches every kernel of a decode step instead of replaying a captured graph. --device, --workers
+  shape on the device (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint;
+  --cuda-graphs=false launches every kernel of a decode step instead of replaying a captured graph. --device, --workers
   and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS
   (nvidia-cuda-mps-control -d) when workers share the coordinator's GPU: without it the GPU time-slices
   between the processes and every layer's hand-over costs ~0.3 ms.

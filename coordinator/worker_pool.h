@@ -1,6 +1,8 @@
 // The coordinator's side of the process split: starts one pinmoe-worker per slot of the placement plan,
-// registers it, hands it its experts and the shared activation buffer, and for each MoE layer sends the
-// workers that own experts there one Work message each and waits for their Done.
+// registers it, hands it its experts and the shared activation buffer, and then either (CPU dense part)
+// sends, for each MoE layer, the workers that own experts there one Work message each and waits for their
+// Done, or (GPU dense part, GPU workers) sends one Step per forward step and lets the GPU order the layers
+// through counters in the device buffer (see the GPU-ordered path below).
 //
 // Every wait is bounded. A worker that exits, reports an error or stays silent past its deadline turns
 // into an error that names it (index, pid, what it was doing); nothing hangs. Restarting a dead worker

@@ -274,5 +274,16 @@ TEST(CliBadInput, TextPromptWithoutTokenizer) {
   EXPECT_NE(r.err.find("--prompt-ids"), std::string::npos) << r.err;
 }
 
+// A GPU that is not there (or a build without CUDA) is one clear error that names the flag, for the
+// dense part and for bench alike, on any machine.
+TEST(CliBadInput, MissingGpuDevice) {
+  ExpectCleanFailure("--model " + testing::TestData("qwen3moe-f32") + " --device cuda:99 --workers 0",
+                     {"--device cuda:99"});
+  auto r = RunCommandLine(Pinmoe() + " bench --synthetic qwen3-30b-a3b --layers 1 --device cuda:99", 60);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("pinmoe: error:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("CUDA"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace pinmoe

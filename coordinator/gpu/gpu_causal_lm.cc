@@ -14,6 +14,20 @@ constexpr int kFlashMinTokens = 16;
 
 }  // namespace
 
+absl::Status CheckCudaDevice(int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    return absl::FailedPreconditionError(StrCat("--device cuda:", device, ": no usable CUDA device here (",
+                                                cudaGetErrorString(err), "); run with --device cpu"));
+  }
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(StrCat("--device cuda:", device, ": this machine has ", count,
+                                                " CUDA device(s); pick one of them or run with --device cpu"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, const GpuModelOptions& options,
                                      float final_norm_add) {
   config_ = c;
@@ -27,6 +41,7 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   } else {
     weights_ = DeviceWeights::Synthetic(options.synthetic_seed, options.device);
   }
+  RETURN_IF_ERROR(CheckCudaDevice(options.device));
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));

@@ -35,6 +35,9 @@ struct GpuModelOptions {
   bool graphs = true;
 };
 
+// An error naming the flag and the remedy when `device` is not a usable CUDA device here.
+absl::Status CheckCudaDevice(int device);
+
 class GpuCausalLm : public CausalLm {
  public:
   ~GpuCausalLm() override;

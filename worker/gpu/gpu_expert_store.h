@@ -1,5 +1,7 @@
-// The routed experts a GPU worker owns, resident in device memory in the checkpoint's dtype (bf16, or
-// fp32 for the reference checkpoints; f16 is widened to fp32), and the decode FFN over them.
+// The routed experts a GPU worker (or the coordinator, for in-process experts) owns, resident in device
+// memory in the checkpoint's dtype (bf16, or fp32 for the reference checkpoints; f16 is widened to fp32)
+// or drawn synthetically, and the FFNs over them: the decode kernels, or the grouped tensor-core kernels
+// for prefill-sized batches (bf16).
 #pragma once
 
 #include <cuda_runtime.h>
