@@ -167,6 +167,39 @@ absl::Status GpuCausalLm::EnqueueStep(int n, bool greedy, bool want_output, int 
   return absl::OkStatus();
 }
 
+QkNormRopeCacheArgs GpuCausalLm::FusedQkvLayout(const float* qkv, bool gated_query, const float* q_norm,
+                                                const float* k_norm, float* q_out, float* k_cache,
+                                                float* v_cache) const {
+  const int hd = config_.head_dim, nh = config_.num_heads, nkv = config_.num_kv_heads;
+  const int q_rows = (gated_query ? 2 : 1) * nh * hd;
+  QkNormRopeCacheArgs qa;
+  qa.qkv = qkv;
+  qa.row_stride = q_rows + 2 * nkv * hd;
+  qa.q_offset = 0;
+  qa.q_head_stride = (gated_query ? 2 : 1) * hd;
+  qa.k_offset = q_rows;
+  qa.v_offset = q_rows + nkv * hd;
+  qa.heads = nh;
+  qa.kv_heads = nkv;
+  qa.head_dim = hd;
+  qa.rotary_dim = config_.RotaryDim();
+  qa.q_norm = q_norm;
+  qa.k_norm = k_norm;
+  qa.q_out = q_out;
+  qa.k_cache = k_cache;
+  qa.v_cache = v_cache;
+  return qa;
+}
+
+absl::Status GpuCausalLm::EnqueueDenseMlp(const DeviceMatrix& gate_up, const DeviceMatrix& down, const float* post_norm,
+                                          int inter, int n, float* gate_up_out, float* act) {
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  RETURN_IF_ERROR(linear_->RunNormed(gate_up, x_, GemvNorm{post_norm, eps, nullptr}, n, gate_up_out,
+                                     /*accumulate=*/false));
+  CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate_up_out, 2 * inter, n, inter, act, stream_));
+  return linear_->Run(down, act, n, x_, /*accumulate=*/true);
+}
+
 absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, int n, bool bf16_model,
                                            float* attn_out) {
   QkNormRopeCacheArgs qa = layout;

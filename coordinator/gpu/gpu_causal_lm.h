@@ -72,8 +72,16 @@ class GpuCausalLm : public CausalLm {
     *dst = static_cast<T*>(p);
     return absl::OkStatus();
   }
+  // The layout of a fused q/k/v projection's rows [q heads | k heads | v heads] in `qkv`, for the
+  // attention core; with gated_query each query head is followed by its gate (Qwen3-Next).
+  QkNormRopeCacheArgs FusedQkvLayout(const float* qkv, bool gated_query, const float* q_norm, const float* k_norm,
+                                     float* q_out, float* k_cache, float* v_cache) const;
   // q/k norm + RoPE + cache append, then attention (tensor cores for bf16 prefill), into attn_out.
   absl::Status EnqueueAttention(const QkNormRopeCacheArgs& layout, int n, bool bf16_model, float* attn_out);
+  // A dense SwiGLU layer on x_: x += down(silu(gate) * up) of norm(x), gate_up fused by rows
+  // [gate; up] ([2 inter, hidden]); scratch gate_up [n, 2 inter], act [n, inter].
+  absl::Status EnqueueDenseMlp(const DeviceMatrix& gate_up, const DeviceMatrix& down, const float* post_norm,
+                               int inter, int n, float* gate_up_out, float* act);
   // The routed half of an MoE layer on x_: router (with the post-attention norm fused; the normalised
   // rows land in the experts' input), softmax top-k, the experts (`between` is enqueued while they run
   // elsewhere), and x += sum of weights * slots.

@@ -56,39 +56,21 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig
 
 absl::Status GpuQwen3Moe::EnqueueLayers(int n, int variant) {
   const ModelConfig& c = config_;
-  const int hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const float eps = static_cast<float>(c.rms_norm_eps);
   for (int l = 0; l < c.num_layers; ++l) {
     Layer& L = layers_[l];
     // Attention block: x += o_proj(attention(norm(x))).
     RETURN_IF_ERROR(linear_->RunNormed(L.qkv, x_, GemvNorm{L.input_norm, eps, nullptr}, n, qkv_,
                                        /*accumulate=*/false));
-    QkNormRopeCacheArgs qa;
-    qa.qkv = qkv_;
-    qa.row_stride = (nh + 2 * nkv) * hd;
-    qa.q_offset = 0;
-    qa.q_head_stride = hd;
-    qa.k_offset = nh * hd;
-    qa.v_offset = (nh + nkv) * hd;
-    qa.heads = nh;
-    qa.kv_heads = nkv;
-    qa.head_dim = hd;
-    qa.rotary_dim = c.RotaryDim();
-    qa.q_norm = L.q_norm;
-    qa.k_norm = L.k_norm;
-    qa.q_out = q_;
-    qa.k_cache = L.k_cache;
-    qa.v_cache = L.v_cache;
+    const QkNormRopeCacheArgs qa =
+        FusedQkvLayout(qkv_, /*gated_query=*/false, L.q_norm, L.k_norm, q_, L.k_cache, L.v_cache);
     RETURN_IF_ERROR(EnqueueAttention(qa, n, L.qkv.bf16, attn_));
     RETURN_IF_ERROR(linear_->Run(L.o, attn_, n, x_, /*accumulate=*/true));
     // MLP block: routed experts, or a dense SwiGLU layer.
     if (L.moe) {
       RETURN_IF_ERROR(EnqueueRoutedMoe(l, L.router, L.post_norm, n, variant, [] { return absl::OkStatus(); }));
     } else {
-      RETURN_IF_ERROR(linear_->RunNormed(L.gate_up, x_, GemvNorm{L.post_norm, eps, nullptr}, n, gate_up_,
-                                         /*accumulate=*/false));
-      CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate_up_, 2 * c.intermediate_size, n, c.intermediate_size, act_, stream_));
-      RETURN_IF_ERROR(linear_->Run(L.down, act_, n, x_, /*accumulate=*/true));
+      RETURN_IF_ERROR(EnqueueDenseMlp(L.gate_up, L.down, L.post_norm, c.intermediate_size, n, gate_up_, act_));
     }
   }
   return absl::OkStatus();

@@ -107,7 +107,7 @@ absl::Status GpuQwen3Next::ResetState() {
 
 absl::Status GpuQwen3Next::EnqueueLayers(int n, int variant) {
   const ModelConfig& c = config_;
-  const int h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const int h = c.hidden_size, hd = c.head_dim, nh = c.num_heads;
   const int nv = c.linear_num_value_heads;
   const int qkvz_dim = 2 * c.linear_num_key_heads * c.linear_key_head_dim + 2 * nv * c.linear_value_head_dim;
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -117,22 +117,8 @@ absl::Status GpuQwen3Next::EnqueueLayers(int n, int variant) {
       // Gated attention: x += o_proj(attention(norm(x)) * sigmoid(gate)).
       RETURN_IF_ERROR(linear_->RunNormed(L.qkv, x_, GemvNorm{L.input_norm, eps, nullptr}, n, qkv_,
                                          /*accumulate=*/false));
-      QkNormRopeCacheArgs qa;
-      qa.qkv = qkv_;
-      qa.row_stride = (2 * nh + 2 * nkv) * hd;
-      qa.q_offset = 0;
-      qa.q_head_stride = 2 * hd;
-      qa.k_offset = 2 * nh * hd;
-      qa.v_offset = (2 * nh + nkv) * hd;
-      qa.heads = nh;
-      qa.kv_heads = nkv;
-      qa.head_dim = hd;
-      qa.rotary_dim = c.RotaryDim();
-      qa.q_norm = L.q_norm;
-      qa.k_norm = L.k_norm;
-      qa.q_out = q_;
-      qa.k_cache = L.k_cache;
-      qa.v_cache = L.v_cache;
+      const QkNormRopeCacheArgs qa =
+          FusedQkvLayout(qkv_, /*gated_query=*/true, L.q_norm, L.k_norm, q_, L.k_cache, L.v_cache);
       RETURN_IF_ERROR(EnqueueAttention(qa, n, L.qkv.bf16, attn_));
       CUDA_RETURN_IF_ERROR(LaunchSigmoidGate(attn_, qkv_ + hd, qa.row_stride, 2 * hd, n, nh, hd, stream_));
       RETURN_IF_ERROR(linear_->Run(L.o, attn_, n, x_, /*accumulate=*/true));
@@ -174,11 +160,7 @@ absl::Status GpuQwen3Next::EnqueueLayers(int n, int variant) {
       RETURN_IF_ERROR(EnqueueRoutedMoe(l, L.router, L.post_norm, n, variant, shared));
       CUDA_RETURN_IF_ERROR(LaunchGatedAdd(x_, mlp_out_, gate_up_ + 2 * si, 2 * si + 1, n, h, stream_));
     } else {
-      const int inter = c.intermediate_size;
-      RETURN_IF_ERROR(linear_->RunNormed(L.gate_up, x_, GemvNorm{L.post_norm, eps, nullptr}, n, gate_up_,
-                                         /*accumulate=*/false));
-      CUDA_RETURN_IF_ERROR(LaunchSiluMul(gate_up_, 2 * inter, n, inter, act_, stream_));
-      RETURN_IF_ERROR(linear_->Run(L.down, act_, n, x_, /*accumulate=*/true));
+      RETURN_IF_ERROR(EnqueueDenseMlp(L.gate_up, L.down, L.post_norm, c.intermediate_size, n, gate_up_, act_));
     }
   }
   return absl::OkStatus();

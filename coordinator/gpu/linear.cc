@@ -13,6 +13,22 @@ absl::Status CublasStatus(cublasStatus_t s, const char* what) {
   return absl::InternalError(StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
 }
 
+// Grows a stream's device scratch to hold n elements; the old one is freed only once queued work that
+// may still read it has finished.
+template <typename T>
+absl::Status GrowScratch(cudaStream_t stream, size_t n, T** buffer, size_t* capacity) {
+  if (n <= *capacity) return absl::OkStatus();
+  if (*buffer != nullptr) {
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    cudaFree(*buffer);
+  }
+  *buffer = nullptr;
+  *capacity = 0;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(buffer, n * sizeof(T)));
+  *capacity = n;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LinearRunner>> LinearRunner::Create(cudaStream_t stream) {
@@ -24,26 +40,8 @@ absl::StatusOr<std::unique_ptr<LinearRunner>> LinearRunner::Create(cudaStream_t 
 }
 
 absl::Status LinearRunner::Reserve(size_t n) {
-  if (normed_capacity_ < n) {
-    if (normed_ != nullptr) {
-      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-      cudaFree(normed_);
-    }
-    normed_ = nullptr;
-    normed_capacity_ = 0;
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&normed_, n * sizeof(float)));
-    normed_capacity_ = n;
-  }
-  if (n <= x_bf16_capacity_) return absl::OkStatus();
-  if (x_bf16_ != nullptr) {
-    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // queued work may still read the old scratch
-    cudaFree(x_bf16_);
-  }
-  x_bf16_ = nullptr;
-  x_bf16_capacity_ = 0;
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&x_bf16_, n * sizeof(__nv_bfloat16)));
-  x_bf16_capacity_ = n;
-  return absl::OkStatus();
+  RETURN_IF_ERROR(GrowScratch(stream_, n, &normed_, &normed_capacity_));
+  return GrowScratch(stream_, n, &x_bf16_, &x_bf16_capacity_);
 }
 
 absl::Status LinearRunner::RunNormed(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens,
@@ -52,18 +50,8 @@ absl::Status LinearRunner::RunNormed(const DeviceMatrix& w, const float* x, cons
     return CudaStatus(LaunchGemv(w, x, tokens, y, accumulate, &norm, stream_), "GEMV launch");
   }
   float* normed = norm.normed_out;
-  const size_t n = static_cast<size_t>(tokens) * w.cols;
   if (normed == nullptr) {
-    if (n > normed_capacity_) {
-      if (normed_ != nullptr) {
-        CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-        cudaFree(normed_);
-      }
-      normed_ = nullptr;
-      normed_capacity_ = 0;
-      CUDA_RETURN_IF_ERROR(cudaMalloc(&normed_, n * sizeof(float)));
-      normed_capacity_ = n;
-    }
+    RETURN_IF_ERROR(GrowScratch(stream_, static_cast<size_t>(tokens) * w.cols, &normed_, &normed_capacity_));
     normed = normed_;
   }
   CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x, norm.weight, normed, tokens, static_cast<int>(w.cols), norm.eps, stream_));
@@ -99,7 +87,7 @@ absl::Status LinearRunner::Run(const DeviceMatrix& w, const float* x, int tokens
                         "cublasSgemm");
   }
   const size_t n = static_cast<size_t>(tokens) * k;
-  RETURN_IF_ERROR(Reserve(n));
+  RETURN_IF_ERROR(GrowScratch(stream_, n, &x_bf16_, &x_bf16_capacity_));
   CUDA_RETURN_IF_ERROR(LaunchToBf16(x, n, x_bf16_, stream_));
   return CublasStatus(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, tokens, k, &alpha, w.data, CUDA_R_16BF,
                                    k, x_bf16_, CUDA_R_16BF, k, &beta, y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
