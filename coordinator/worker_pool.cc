@@ -524,8 +524,8 @@ absl::Status WorkerPool::PublishGpuLayer(int layer, void* stream, int parity) {
     return absl::InvalidArgumentError(StrCat("layer ", layer, " is not an MoE layer"));
   }
   const uint32_t tick = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
-  return StreamWriteCounter(static_cast<cudaStream_t>(stream), reinterpret_cast<uint32_t*>(device_buffer_->data()),
-                            tick);
+  return EnqueueWriteCounter(static_cast<cudaStream_t>(stream), reinterpret_cast<uint32_t*>(device_buffer_->data()),
+                             tick);
 }
 
 absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
@@ -534,11 +534,9 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   }
   const uint32_t tick = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
   uint8_t* base = device_buffer_->data();
-  for (int w : layer_owners_[layer]) {
-    RETURN_IF_ERROR(StreamWaitCounter(static_cast<cudaStream_t>(stream),
-                                      reinterpret_cast<uint32_t*>(base + kCounterStride * (w + 1)), tick));
-  }
-  return absl::OkStatus();
+  std::vector<const uint32_t*> done;
+  for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
+  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick);
 }
 
 absl::Status WorkerPool::FinishGpuStep(void* event) {

@@ -9,121 +9,159 @@
 namespace pinmoe {
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kMaxThreads = 256;
+constexpr int kMaxWarps = kMaxThreads / 32;
+constexpr int kGroupRows = 4;  // rows per block and step: the loads each thread keeps in flight
 
-__device__ __forceinline__ void Unpack(const uint4& p, float (&w)[8]) {
+// Dot product of 16 bytes of weights with the matching 8 (bf16) or 4 (fp32) activations.
+__device__ __forceinline__ float Dot16(const uint4& p, const float* x, __nv_bfloat16) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&p);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 f = __bfloat1622float2(h[k]);
-    w[2 * k] = f.x;
-    w[2 * k + 1] = f.y;
-  }
+  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
+  const float2 f0 = __bfloat1622float2(h[0]), f1 = __bfloat1622float2(h[1]), f2 = __bfloat1622float2(h[2]),
+               f3 = __bfloat1622float2(h[3]);
+  float s = f0.x * a.x;
+  s = fmaf(f0.y, a.y, s);
+  s = fmaf(f1.x, a.z, s);
+  s = fmaf(f1.y, a.w, s);
+  s = fmaf(f2.x, b.x, s);
+  s = fmaf(f2.y, b.y, s);
+  s = fmaf(f3.x, b.z, s);
+  return fmaf(f3.y, b.w, s);
 }
 
-__device__ __forceinline__ void Unpack(const uint4& p, float (&w)[4]) {
-  const float4 f = *reinterpret_cast<const float4*>(&p);
-  w[0] = f.x;
-  w[1] = f.y;
-  w[2] = f.z;
-  w[3] = f.w;
+__device__ __forceinline__ float Dot16(const uint4& p, const float* x, float) {
+  const float4 w = *reinterpret_cast<const float4*>(&p);
+  const float4 a = *reinterpret_cast<const float4*>(x);
+  float s = w.x * a.x;
+  s = fmaf(w.y, a.y, s);
+  s = fmaf(w.z, a.z, s);
+  return fmaf(w.w, a.w, s);
 }
 
 static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_topk.cuh disagree");
-constexpr int kInFlight = 8;  // 16-byte weight loads each lane keeps in flight
 
-// One warp per output row, all tokens at once: each 16-byte chunk of the row is loaded once, kInFlight
-// chunks in flight per lane. With kNorm, the block first RMS-normalises the tokens' rows of x (weight
-// nw) into shared memory, which spares a launch and a dependent step per norm; block 0 also writes the
-// normalised rows to normed_out when it is set (the experts' input).
+// y[t, rows] (=|+=) x[t, cols] . W^T for up to T tokens. Each block takes kGroupRows rows at a time; its
+// threads split the columns 16 bytes each, so every thread keeps kGroupRows weight loads in flight, and
+// the partial sums meet in shared memory in a fixed order (results do not depend on the grid). The grid
+// is at most what the GPU holds at once and walks the row groups, requesting the next group's weights
+// before computing the current one: no second wave, no block launches in the middle of the stream. This
+// layout read 21 MB of weights at ~3 TB/s where one warp per row managed ~1.9 (bench/gpu_gemv_l2_bench).
+//
+// With kNorm the block first stages x * norm_weight in shared memory and sums x^2 on the way; the
+// 1/rms scale is applied to the finished sums (a per-token factor), so no step waits on the reduction
+// before the products start. Block 0 also writes the normalised rows to normed_out when it is set (the
+// experts' input), as weight * (x * 1/rms), the order the CPU path uses.
 template <typename W, int T, bool kNorm, bool kTopK>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kMaxThreads)
     GemvKernel(const W* __restrict__ w, const float* __restrict__ x, int rows, int cols, int tokens,
                float* __restrict__ y, bool accumulate, const float* __restrict__ nw, float eps,
                float* __restrict__ normed_out, GemvTopK topk) {
   constexpr int kElems = 16 / sizeof(W);
-  extern __shared__ float xs[];  // kNorm: [tokens, cols]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * kWarps + warp;
-  const int steps = cols / kElems;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<size_t>(min(row, rows - 1)) * cols);
-  // The weights do not depend on the kernels before this one: the first kInFlight chunks of the row are
-  // requested before waiting for them (and before the norm prologue), so that DRAM latency overlaps the
-  // previous kernel's tail and the prologue.
-  uint4 wv[kInFlight];
+  constexpr int R = kGroupRows;
+  extern __shared__ float xs[];  // kNorm: [tokens, cols] of x * norm weight
+  __shared__ float red[kMaxWarps][R * T];
+  __shared__ float scale[T];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int chunks = cols / kElems, groups = (rows + R - 1) / R;
+  int g = blockIdx.x;
+  uint4 v[R];
+  // Rows past the end read the last row again; their sums are dropped.
+  auto load = [&](int group, int c) {
 #pragma unroll
-  for (int u = 0; u < kInFlight; ++u) {
-    const int st = lane + 32 * u;
-    if (row < rows && st < steps) wv[u] = __ldg(wr + st);
-  }
-  PdlWait();
-  // Let the next kernel be scheduled early only when this grid fits in about one wave: otherwise its
-  // waiting blocks would take the places of this grid's later ones (lm_head has ~19k blocks).
-  if (gridDim.x <= 1024) PdlTrigger();
-  if constexpr (kNorm) {
-    __shared__ float red[kWarps];
-    for (int t = 0; t < tokens; ++t) {
-      const float* xr = x + static_cast<size_t>(t) * cols;
-      float ss = 0.f;
-      for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) red[warp] = ss;
-      __syncthreads();
-      float total = 0.f;
-      for (int i = 0; i < kWarps; ++i) total += red[i];
-      const float inv = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
-      for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-        const float v = nw[i] * (xr[i] * inv);
-        xs[static_cast<size_t>(t) * cols + i] = v;
-        if (blockIdx.x == 0 && normed_out != nullptr) normed_out[static_cast<size_t>(t) * cols + i] = v;
-      }
-      __syncthreads();  // also keeps red[] stable until every warp has read it
+    for (int r = 0; r < R; ++r) {
+      const int row = min(group * R + r, rows - 1);
+      v[r] = __ldg(reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * cols) + c);
     }
-  }
-  const float* xsrc = kNorm ? xs : x;
-  if (!kTopK && row >= rows) return;
-  const bool active = row < rows;
-  float s[T];
+  };
+  // The weights do not depend on earlier kernels: the first group's are requested before the wait.
+  if (g < groups && threadIdx.x < chunks) load(g, threadIdx.x);
+  PdlWait();
+  PdlTrigger();
+  if constexpr (kNorm) {
+    float ss[T];
 #pragma unroll
-  for (int t = 0; t < T; ++t) s[t] = 0.f;
-  for (int st0 = lane; active;) {
+    for (int t = 0; t < T; ++t) ss[t] = 0.f;
 #pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int st = st0 + 32 * u;
-      if (st >= steps) break;
-      float wf[kElems];
-      Unpack(wv[u], wf);
+    for (int t = 0; t < T; ++t) {
+      if (t >= tokens) break;
+      for (int i = threadIdx.x * 4; i < cols; i += blockDim.x * 4) {
+        const float4 xv = *reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * cols + i);
+        const float4 wv = __ldg(reinterpret_cast<const float4*>(nw + i));
+        ss[t] = fmaf(xv.x, xv.x, ss[t]);
+        ss[t] = fmaf(xv.y, xv.y, ss[t]);
+        ss[t] = fmaf(xv.z, xv.z, ss[t]);
+        ss[t] = fmaf(xv.w, xv.w, ss[t]);
+        *reinterpret_cast<float4*>(xs + static_cast<size_t>(t) * cols + i) =
+            make_float4(xv.x * wv.x, xv.y * wv.y, xv.z * wv.z, xv.w * wv.w);
+      }
+    }
 #pragma unroll
-      for (int t = 0; t < T; ++t) {
-        if (t >= tokens) break;
-        const float4* xv = reinterpret_cast<const float4*>(xsrc + static_cast<size_t>(t) * cols) + st * (kElems / 4);
-#pragma unroll
-        for (int e = 0; e < kElems / 4; ++e) {
-          const float4 xx = kNorm ? xv[e] : __ldg(xv + e);
-          s[t] = fmaf(wf[4 * e], xx.x, s[t]);
-          s[t] = fmaf(wf[4 * e + 1], xx.y, s[t]);
-          s[t] = fmaf(wf[4 * e + 2], xx.z, s[t]);
-          s[t] = fmaf(wf[4 * e + 3], xx.w, s[t]);
+    for (int t = 0; t < T; ++t) {
+      for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
+      if (lane == 0) red[warp][t] = ss[t];
+    }
+    __syncthreads();
+    if (threadIdx.x < T) {
+      float total = 0.f;
+      for (int k = 0; k < warps; ++k) total += red[k][threadIdx.x];
+      scale[threadIdx.x] = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
+    }
+    __syncthreads();
+    if (blockIdx.x == 0 && normed_out != nullptr) {
+      for (int t = 0; t < tokens; ++t) {
+        const float inv = scale[t];
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+          const size_t at = static_cast<size_t>(t) * cols + i;
+          normed_out[at] = nw[i] * (x[at] * inv);
         }
       }
     }
-    st0 += 32 * kInFlight;
-    if (st0 >= steps) break;
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      const int st = st0 + 32 * u;
-      if (st < steps) wv[u] = __ldg(wr + st);
-    }
   }
+  const float* xsrc = kNorm ? xs : x;
+  while (g < groups) {
+    float acc[R][T];
 #pragma unroll
-  for (int t = 0; t < T; ++t) {
-    if (t >= tokens) break;
-    float v = s[t];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0 && active) {
-      float* dst = y + static_cast<size_t>(t) * rows + row;
-      *dst = accumulate ? *dst + v : v;
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) acc[r][t] = 0.f;
     }
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        if (t >= tokens) break;
+        const float* xc = xsrc + static_cast<size_t>(t) * cols + c * kElems;
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][t] += Dot16(v[r], xc, W());
+      }
+      int nc = c + blockDim.x, ng = g;
+      if (nc >= chunks) {
+        nc = threadIdx.x;
+        ng = g + gridDim.x;
+      }
+      if (ng < groups && nc < chunks) load(ng, nc);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        float s = acc[r][t];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) red[warp][r * T + t] = s;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < R * T) {
+      const int r = threadIdx.x / T, t = threadIdx.x % T, row = g * R + r;
+      if (t < tokens && row < rows) {
+        float s = 0.f;
+        for (int k = 0; k < warps; ++k) s += red[k][threadIdx.x];
+        if constexpr (kNorm) s *= scale[t];
+        float* dst = y + static_cast<size_t>(t) * rows + row;
+        *dst = accumulate ? *dst + s : s;
+      }
+    }
+    __syncthreads();  // red[] is reused by the next group
+    g += gridDim.x;
   }
   if constexpr (kTopK) {
     // The router's epilogue: the last block to finish routes every token (one warp each) from the
@@ -135,10 +173,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     __syncthreads();
     if (last) {
       __threadfence();
-      if (warp < tokens) {
-        WarpRouteTopK(y + static_cast<size_t>(warp) * rows, rows, topk.top_k, topk.norm,
-                      topk.ids + static_cast<size_t>(warp) * topk.top_k,
-                      topk.weights + static_cast<size_t>(warp) * topk.top_k);
+      for (int t = warp; t < tokens; t += warps) {
+        WarpRouteTopK(y + static_cast<size_t>(t) * rows, rows, topk.top_k, topk.norm,
+                      topk.ids + static_cast<size_t>(t) * topk.top_k,
+                      topk.weights + static_cast<size_t>(t) * topk.top_k);
       }
       if (threadIdx.x == 0) *topk.blocks_done = 0u;
     }
@@ -150,14 +188,25 @@ cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens,
                               const GemvNorm* norm, const GemvTopK* topk, cudaStream_t stream) {
   const W* w = static_cast<const W*>(m.data);
   const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
-  const dim3 grid((rows + kWarps - 1) / kWarps), block(kWarps * 32);
+  constexpr int kElems = 16 / sizeof(W);
+  const int chunks = cols / kElems;
+  const int threads = std::min(kMaxThreads, (chunks + 31) / 32 * 32);
   const size_t smem = kNorm ? static_cast<size_t>(tokens) * cols * sizeof(float) : 0;
+  auto kernel = GemvKernel<W, T, kNorm, kTopK>;
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(GemvKernel<W, T, kNorm, kTopK>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  return LaunchPdl(GemvKernel<W, T, kNorm, kTopK>, grid, block, smem, stream, w, x, rows, cols, tokens, y, acc,
+  // At most one resident wave (see the kernel).
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  if (err != cudaSuccess) return err;
+  const int groups = (rows + kGroupRows - 1) / kGroupRows;
+  const int grid = std::max(1, std::min(groups, std::max(per_sm, 1) * sms));
+  return LaunchPdl(kernel, dim3(grid), dim3(threads), smem, stream, w, x, rows, cols, tokens, y, acc,
                    kNorm ? norm->weight : static_cast<const float*>(nullptr), kNorm ? norm->eps : 0.f,
                    kNorm ? norm->normed_out : static_cast<float*>(nullptr), kTopK ? *topk : GemvTopK{});
 }

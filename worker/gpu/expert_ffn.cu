@@ -2,151 +2,203 @@
 
 #include "worker/gpu/pdl.cuh"
 
+#include <algorithm>
+#include <cmath>
+
 namespace pinmoe {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerWarp = 2;
-constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
+constexpr int kMaxThreads = 256;
+constexpr int kMaxWarps = kMaxThreads / 32;
 
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
+// Dot product of 16 bytes of weights with the matching 8 (bf16) or 4 (fp32) activations.
+__device__ __forceinline__ float Dot16(const uint4& p, const float* __restrict__ x, __nv_bfloat16) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&p);
+  const float4 a = __ldg(reinterpret_cast<const float4*>(x)), b = __ldg(reinterpret_cast<const float4*>(x + 4));
+  const float2 f0 = __bfloat1622float2(h[0]), f1 = __bfloat1622float2(h[1]), f2 = __bfloat1622float2(h[2]),
+               f3 = __bfloat1622float2(h[3]);
+  float s = f0.x * a.x;
+  s = fmaf(f0.y, a.y, s);
+  s = fmaf(f1.x, a.z, s);
+  s = fmaf(f1.y, a.w, s);
+  s = fmaf(f2.x, b.x, s);
+  s = fmaf(f2.y, b.y, s);
+  s = fmaf(f3.x, b.z, s);
+  return fmaf(f3.y, b.w, s);
 }
 
-// Dot product of one bf16 row with an fp32 vector in shared memory; 8 elements (16 bytes) per lane per
-// step, the whole warp covering 256 elements per step.
-__device__ __forceinline__ float RowDot(const __nv_bfloat16* __restrict__ row, const float* __restrict__ v,
-                                        int n, int lane) {
-  float acc = 0.f;
-  const uint4* r = reinterpret_cast<const uint4*>(row);
-  const int steps = n / 8;
-#pragma unroll 4
-  for (int s = lane; s < steps; s += 32) {
-    const uint4 packed = __ldg(r + s);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&packed);
-    const float* vv = v + s * 8;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __bfloat1622float2(h[k]);
-      acc = fmaf(f.x, vv[2 * k], acc);
-      acc = fmaf(f.y, vv[2 * k + 1], acc);
-    }
-  }
-  return WarpSum(acc);
-}
-
-// The fp32-weight variant: 4 elements (16 bytes) per lane per step.
-__device__ __forceinline__ float RowDot(const float* __restrict__ row, const float* __restrict__ v, int n,
-                                        int lane) {
-  float acc = 0.f;
-  const float4* r = reinterpret_cast<const float4*>(row);
-  const int steps = n / 4;
-#pragma unroll 4
-  for (int s = lane; s < steps; s += 32) {
-    const float4 w = __ldg(r + s);
-    const float* vv = v + s * 4;
-    acc = fmaf(w.x, vv[0], acc);
-    acc = fmaf(w.y, vv[1], acc);
-    acc = fmaf(w.z, vv[2], acc);
-    acc = fmaf(w.w, vv[3], acc);
-  }
-  return WarpSum(acc);
+__device__ __forceinline__ float Dot16(const uint4& p, const float* __restrict__ x, float) {
+  const float4 w = *reinterpret_cast<const float4*>(&p);
+  const float4 a = __ldg(reinterpret_cast<const float4*>(x));
+  float s = w.x * a.x;
+  s = fmaf(w.y, a.y, s);
+  s = fmaf(w.z, a.z, s);
+  return fmaf(w.w, a.w, s);
 }
 
 __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); }
 
-// grid: (ceil(inter / kRowsPerBlock), tokens * top_k)
-template <typename W>
-__global__ void __launch_bounds__(kThreads) GateUpKernel(ExpertFfnArgs a) {
+// One expert matrix product per (token, slot) pair over the routed experts' rows, laid out like the
+// dense GEMV (coordinator/gpu/linear.cu): each block takes R rows of a pair at a time, its threads split
+// the columns 16 bytes each (R loads in flight per thread and matrix), partial sums meet in shared
+// memory in a fixed order, and the next rows' weights are requested before the current ones are
+// computed. The grid is at most one resident wave. Each block first lists the pairs whose expert has
+// weights here (another worker owns the rest: several workers share one routing table and one output
+// buffer) with their matrices in shared memory, then takes one contiguous run of the (pair, row group)
+// items, so no work waits on a routing lookup and nothing is spent on other workers' pairs. Each row's
+// arithmetic is the same wherever it runs.
+//  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
+//  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
+constexpr int kTablePairs = kMaxThreads;  // pairs listed per pass
+
+template <typename W, bool kGateUp, int R>
+__global__ void __launch_bounds__(kMaxThreads) ExpertRowsKernel(ExpertFfnArgs a) {
+  constexpr int kElems = 16 / sizeof(W);
+  constexpr int M = kGateUp ? 2 : 1;  // matrices per row: gate and up, or down
+  __shared__ float red[kMaxWarps][R * M];
+  __shared__ int table_pair[kTablePairs];
+  __shared__ const W* table_mat[M][kTablePairs];
+  __shared__ int warp_owned[kMaxWarps];
+  __shared__ int listed;
   PdlWait();
   PdlTrigger();
-  const int pair = blockIdx.y;
-  const int e = a.routing[pair];
-  if (e < 0 || e >= a.num_experts) return;
-  const GpuExpert ex = a.experts[e];
-  if (ex.gate == nullptr) return;
-  extern __shared__ float xs[];
-  const float* x = a.x + static_cast<size_t>(pair / a.top_k) * a.hidden;
-  for (int i = threadIdx.x; i < a.hidden; i += kThreads) xs[i] = x[i];
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int row = blockIdx.x * kRowsPerBlock + warp * kRowsPerWarp + r;
-    if (row >= a.inter) break;
-    const float g = RowDot(static_cast<const W*>(ex.gate) + static_cast<size_t>(row) * a.hidden, xs, a.hidden, lane);
-    const float u = RowDot(static_cast<const W*>(ex.up) + static_cast<size_t>(row) * a.hidden, xs, a.hidden, lane);
-    if (lane == 0) a.act[static_cast<size_t>(pair) * a.inter + row] = Silu(g) * u;
-  }
-}
-
-// grid: (ceil(hidden / kRowsPerBlock), tokens * top_k)
-template <typename W>
-__global__ void __launch_bounds__(kThreads) DownKernel(ExpertFfnArgs a) {
-  const int pair = blockIdx.y;
-  // The routing and the expert are known from before GateUp: pull this block's rows of the down
-  // projection toward L2 while GateUp finishes, then wait for its activations.
-  {
-    const int e = a.routing[pair];
-    if (e >= 0 && e < a.num_experts && a.experts[e].down != nullptr) {
-      const int row0 = blockIdx.x * kRowsPerBlock;
-      const int n = min(kRowsPerBlock, a.hidden - row0);
-      if (n > 0) {
-        PrefetchL2(static_cast<const W*>(a.experts[e].down) + static_cast<size_t>(row0) * a.inter,
-                   static_cast<size_t>(n) * a.inter * sizeof(W), threadIdx.x, kThreads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int rows = kGateUp ? a.inter : a.hidden, cols = kGateUp ? a.hidden : a.inter;
+  const int chunks = cols / kElems, per_pair = (rows + R - 1) / R;
+  const int pairs = a.tokens * a.top_k;
+  for (int base = 0; base < pairs; base += kTablePairs) {
+    // List this pass's owned pairs in pair order (ballot + per-warp offsets): every block builds the
+    // same table, so the blocks' runs of items tile it exactly.
+    __syncthreads();  // the previous pass is done with the table
+    if (threadIdx.x == 0) listed = 0;
+    for (int p0 = 0; p0 < kTablePairs && base + p0 < pairs; p0 += blockDim.x) {
+      const int p = p0 + threadIdx.x, pair = base + p;
+      const W* m[M] = {};
+      if (p < kTablePairs && pair < pairs) {
+        const int e = a.routing[pair];
+        if (e >= 0 && e < a.num_experts) {
+          const GpuExpert ex = a.experts[e];
+          m[0] = static_cast<const W*>(kGateUp ? ex.gate : ex.down);
+          if (kGateUp) m[M - 1] = static_cast<const W*>(ex.up);
+        }
       }
+      const bool owned = m[0] != nullptr;
+      const unsigned ballot = __ballot_sync(0xffffffffu, owned);
+      if (lane == 0) warp_owned[warp] = __popc(ballot);
+      __syncthreads();
+      int at = listed + __popc(ballot & ((1u << lane) - 1u));
+      for (int w = 0; w < warp; ++w) at += warp_owned[w];
+      if (owned) {
+        table_pair[at] = pair;
+#pragma unroll
+        for (int k = 0; k < M; ++k) table_mat[k][at] = m[k];
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        for (int w = 0; w < warps; ++w) listed += warp_owned[w];
+      }
+      __syncthreads();
+    }
+    const int owned_pairs = listed;
+    const int items = owned_pairs * per_pair;
+    const int begin = static_cast<int>(static_cast<long>(items) * blockIdx.x / gridDim.x);
+    const int end = static_cast<int>(static_cast<long>(items) * (blockIdx.x + 1) / gridDim.x);
+    uint4 v[M][R];
+    auto load = [&](int item, int c) {
+      const int slot = item / per_pair, row0 = (item % per_pair) * R;
+#pragma unroll
+      for (int k = 0; k < M; ++k) {
+        const W* mat = table_mat[k][slot];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const int row = min(row0 + r, rows - 1);
+          v[k][r] = __ldg(reinterpret_cast<const uint4*>(mat + static_cast<size_t>(row) * cols) + c);
+        }
+      }
+    };
+    if (begin < end && threadIdx.x < chunks) load(begin, threadIdx.x);
+    for (int item = begin; item < end; ++item) {
+      const int pair = table_pair[item / per_pair], row0 = (item % per_pair) * R;
+      const float* x = kGateUp ? a.x + static_cast<size_t>(pair / a.top_k) * a.hidden
+                               : a.act + static_cast<size_t>(pair) * a.inter;
+      float acc[M][R];
+#pragma unroll
+      for (int k = 0; k < M; ++k) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[k][r] = 0.f;
+      }
+      for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const float* xc = x + c * kElems;
+#pragma unroll
+        for (int k = 0; k < M; ++k) {
+#pragma unroll
+          for (int r = 0; r < R; ++r) acc[k][r] += Dot16(v[k][r], xc, W());
+        }
+        if (c + static_cast<int>(blockDim.x) < chunks) {
+          load(item, c + blockDim.x);
+        } else if (item + 1 < end) {
+          load(item + 1, threadIdx.x);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < M; ++k) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float s = acc[k][r];
+          for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          if (lane == 0) red[warp][k * R + r] = s;
+        }
+      }
+      __syncthreads();
+      if (threadIdx.x < R && row0 + static_cast<int>(threadIdx.x) < rows) {
+        float sum[M];
+#pragma unroll
+        for (int k = 0; k < M; ++k) {
+          sum[k] = 0.f;
+          for (int w = 0; w < warps; ++w) sum[k] += red[w][k * R + threadIdx.x];
+        }
+        const int row = row0 + threadIdx.x;
+        if (kGateUp) {
+          a.act[static_cast<size_t>(pair) * a.inter + row] = Silu(sum[0]) * sum[M - 1];
+        } else {
+          a.out[static_cast<size_t>(pair) * a.hidden + row] = sum[0];
+        }
+      }
+      __syncthreads();  // red[] is reused by the next item
     }
   }
-  PdlWait();
-  PdlTrigger();
-  const int e = a.routing[pair];
-  if (e < 0 || e >= a.num_experts) return;
-  const GpuExpert ex = a.experts[e];
-  if (ex.down == nullptr) return;
-  extern __shared__ float acts[];
-  const float* act = a.act + static_cast<size_t>(pair) * a.inter;
-  for (int i = threadIdx.x; i < a.inter; i += kThreads) acts[i] = act[i];
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int row = blockIdx.x * kRowsPerBlock + warp * kRowsPerWarp + r;
-    if (row >= a.hidden) break;
-    const float y = RowDot(static_cast<const W*>(ex.down) + static_cast<size_t>(row) * a.inter, acts, a.inter, lane);
-    if (lane == 0) a.out[static_cast<size_t>(pair) * a.hidden + row] = y;
-  }
 }
 
+template <typename W, bool kGateUp, int R>
+cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
+  constexpr int kElems = 16 / sizeof(W);
+  const int cols = kGateUp ? a.hidden : a.inter, rows = kGateUp ? a.inter : a.hidden;
+  const int threads = std::min(kMaxThreads, (cols / kElems + 31) / 32 * 32);
+  auto kernel = ExpertRowsKernel<W, kGateUp, R>;
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+  if (err != cudaSuccess) return err;
+  const long items = static_cast<long>(std::min(a.tokens * a.top_k, kTablePairs)) * ((rows + R - 1) / R);
+  const long wave = static_cast<long>(std::max(per_sm, 1)) * sms;
+  const float share = a.share > 0.f && a.share < 1.f ? a.share : 1.f;
+  const int grid = static_cast<int>(std::max(1L, static_cast<long>(std::ceil(std::min(items, wave) * share))));
+  return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
+}
 
 template <typename W>
 cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
-  const int pairs = a.tokens * a.top_k;
-  const size_t smem_x = static_cast<size_t>(a.hidden) * sizeof(float);
-  const size_t smem_act = static_cast<size_t>(a.inter) * sizeof(float);
-  if (smem_x > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(GateUpKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem_x));
-    if (err != cudaSuccess) return err;
-  }
-  if (smem_act > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(DownKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem_act));
-    if (err != cudaSuccess) return err;
-  }
-  dim3 g1((a.inter + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
-  cudaError_t err = LaunchPdl(GateUpKernel<W>, g1, dim3(kThreads), smem_x, stream, a);
+  // gate/up keeps 2 x 2 loads in flight per thread, down 4: both about the registers of the dense GEMV.
+  cudaError_t err = LaunchRows<W, true, 2>(a, stream);
   if (err != cudaSuccess) return err;
-  dim3 g2((a.hidden + kRowsPerBlock - 1) / kRowsPerBlock, pairs);
-  return LaunchPdl(DownKernel<W>, g2, dim3(kThreads), smem_act, stream, a);
+  return LaunchRows<W, false, 4>(a, stream);
 }
 
 }  // namespace
 
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
-  if (a.tokens * a.top_k > 65535) return cudaErrorInvalidValue;  // grid.y limit; callers split larger batches
   return a.fp32_weights ? Launch<float>(a, stream) : Launch<__nv_bfloat16>(a, stream);
 }
 

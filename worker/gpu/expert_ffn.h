@@ -1,7 +1,8 @@
 // GPU expert FFN for decode: bf16 (or fp32) weights, fp32 activations and accumulation. Reads only the weights of
 // experts that some token was routed to, each row once per (token, slot), with 16-byte loads.
 //
-// Two kernels per MoE layer: gate/up (+ SiLU(gate) * up, into an fp32 scratch) and down. A pair whose
+// Two kernels per MoE layer: gate/up (+ SiLU(gate) * up, into an fp32 scratch) and down; any number of
+// pairs. A pair whose
 // expert has no weights here (owned by another worker) is skipped, so several workers can share one
 // routing table and one output buffer.
 #pragma once
@@ -34,6 +35,9 @@ struct ExpertFfnArgs {
   float* act = nullptr;               // scratch [tokens, top_k, inter]
   float* out = nullptr;               // [tokens, top_k, hidden]; pairs not owned are left untouched
   bool fp32_weights = false;          // weights are fp32 (checked against references) instead of bf16
+  float share = 1.f;                  // this store's fraction of the layer's experts: the decode kernels
+                                      // size their grids to it, so that the stores (worker processes)
+                                      // sharing one GPU run side by side instead of queueing
 };
 
 // Enqueues both kernels on `stream`. Returns the launch error, if any.

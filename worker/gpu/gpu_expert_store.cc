@@ -187,24 +187,21 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
     a.out = out;
     return CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch");
   }
-  // Batches beyond the kernel's grid limit go in slices of tokens.
-  const uint32_t max_tokens = std::max<uint32_t>(1, 65535 / top_k);
-  for (uint32_t t0 = 0; t0 < tokens; t0 += max_tokens) {
-    ExpertFfnArgs a;
-    a.x = x + static_cast<size_t>(t0) * config_.hidden_size;
-    a.routing = routing + static_cast<size_t>(t0) * top_k;
-    a.experts = table->second;
-    a.num_experts = config_.num_experts;
-    a.tokens = static_cast<int>(std::min(max_tokens, tokens - t0));
-    a.top_k = static_cast<int>(top_k);
-    a.hidden = config_.hidden_size;
-    a.inter = config_.moe_intermediate_size;
-    a.act = act_ + static_cast<size_t>(t0) * top_k * config_.moe_intermediate_size;
-    a.out = out + static_cast<size_t>(t0) * top_k * config_.hidden_size;
-    a.fp32_weights = fp32_;
-    CUDA_RETURN_IF_ERROR(LaunchExpertFfnDecode(a, stream));
-  }
-  return absl::OkStatus();
+  ExpertFfnArgs a;
+  a.x = x;
+  a.routing = routing;
+  a.experts = table->second;
+  a.num_experts = config_.num_experts;
+  a.tokens = static_cast<int>(tokens);
+  a.top_k = static_cast<int>(top_k);
+  a.hidden = config_.hidden_size;
+  a.inter = config_.moe_intermediate_size;
+  a.act = act_;
+  a.out = out;
+  a.fp32_weights = fp32_;
+  const std::vector<bool>& owned = owned_[layer];
+  a.share = static_cast<float>(std::count(owned.begin(), owned.end(), true)) / static_cast<float>(owned.size());
+  return CudaStatus(LaunchExpertFfnDecode(a, stream), "expert FFN launch");
 }
 
 absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint32_t tokens, uint32_t top_k,

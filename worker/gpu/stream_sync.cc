@@ -2,10 +2,13 @@
 
 #include <cuda.h>
 
+#include <cstdlib>
+#include <string_view>
 #include <thread>
 
 #include "common/status.h"
 #include "common/str_cat.h"
+#include "worker/gpu/counter_kernels.h"
 #include "worker/gpu/cuda_check.h"
 
 namespace pinmoe {
@@ -54,6 +57,45 @@ absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uin
   if (o.wait == nullptr) return absl::UnavailableError("the CUDA driver offers no cuStreamWaitValue32");
   return DriverStatus(o.wait(stream, reinterpret_cast<CUdeviceptr>(counter), value, CU_STREAM_WAIT_VALUE_EQ),
                       "cuStreamWaitValue32");
+}
+
+namespace {
+
+// PINMOE_COUNTER_WAIT / PINMOE_COUNTER_WRITE = kernel | stream pick the form of each half.
+bool KernelForm(const char* variable, bool fallback) {
+  const char* v = std::getenv(variable);
+  if (v == nullptr || v[0] == '\0') return fallback;
+  return std::string_view(v) != "stream";
+}
+
+bool KernelWaits() {
+  static const bool kernel = KernelForm("PINMOE_COUNTER_WAIT", true);
+  return kernel;
+}
+
+bool KernelWrites() {
+  static const bool kernel = KernelForm("PINMOE_COUNTER_WRITE", false);
+  return kernel;
+}
+
+}  // namespace
+
+absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value) {
+  if (!KernelWaits()) {
+    for (const uint32_t* c : counters) RETURN_IF_ERROR(StreamWaitCounter(stream, c, value));
+    return absl::OkStatus();
+  }
+  for (size_t i = 0; i < counters.size(); i += kMaxCounters) {
+    CounterSet set;
+    for (size_t j = i; j < counters.size() && set.count < kMaxCounters; ++j) set.counters[set.count++] = counters[j];
+    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value) {
+  if (!KernelWrites()) return StreamWriteCounter(stream, counter, value);
+  return CudaStatus(LaunchWriteCounter(counter, value, stream), "counter write kernel");
 }
 
 absl::Status WaitForEvent(cudaEvent_t event, std::chrono::milliseconds timeout, std::string_view what,

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -24,6 +25,13 @@ absl::Status StreamWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t
 // Enqueues a wait until *counter == value. Equality rather than "at least" lets a captured CUDA graph
 // replay the same values every other step (see WorkerPool's step parity).
 absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uint32_t value);
+
+// The same hand-overs in the form chosen for this process: a wait as a gate kernel (counter_kernels.h)
+// and a write as a stream memory operation by default, the measured fastest pair on the H100 under MPS
+// (bench/NOTES.md); PINMOE_COUNTER_WAIT / PINMOE_COUNTER_WRITE = kernel | stream override either. `counters` holds at
+// most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of them to equal value.
+absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value);
+absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
 
 // Waits for `event` with a deadline, calling `poll` about every millisecond (it may fail the wait, e.g.
 // when a peer died). Spins between polls: the step's latency matters more than a host core.

@@ -1,0 +1,54 @@
+#include "worker/gpu/counter_kernels.h"
+
+#include "worker/gpu/pdl.cuh"
+
+namespace pinmoe {
+namespace {
+
+__device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// One thread per counter polls until it holds `value`, at most kSpinLimitNs; then the block lets the
+// next kernel in the stream start (its blocks were not resident while this one waited, so a waiting
+// gate holds one block slot of one SM and nothing else).
+__global__ void WaitCountersKernel(CounterSet set, uint32_t value) {
+  PdlWait();  // ordered after the stream's earlier work, like a stream wait
+  if (threadIdx.x < set.count) {
+    const uint32_t* c = set.counters[threadIdx.x];
+    const uint64_t start = GlobalTimerNs();
+    while (LoadAcquireSys(c) != value) {
+      if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
+    }
+  }
+  __syncthreads();
+  PdlTrigger();
+}
+
+__global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
+  PdlWait();  // everything before it in the stream has finished and its writes are visible
+  __threadfence_system();
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(counter), "r"(value) : "memory");
+  PdlTrigger();
+}
+
+}  // namespace
+
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream) {
+  if (set.count <= 0 || set.count > kMaxCounters) return cudaErrorInvalidValue;
+  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value);
+}
+
+cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream) {
+  return LaunchPdl(WriteCounterKernel, dim3(1), dim3(1), 0, stream, counter, value);
+}
+
+}  // namespace pinmoe

@@ -1,0 +1,28 @@
+// The kernel form of stream_sync.h's counter hand-over: a one-block gate kernel that polls the counters
+// from an SM (sub-microsecond) instead of a stream wait (the front end's poll, several microseconds
+// under MPS), and a one-thread kernel that publishes a counter after the stream's earlier work. Both
+// are launched with programmatic dependent launch, so the kernel after a gate starts as soon as the
+// gate lets it. A gate never waits more than kCounterSpinLimitNs: a peer that died cannot wedge the
+// GPU, and the host's bounded waits report it (WorkerPool::FinishGpuStep).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace pinmoe {
+
+constexpr int kMaxCounters = 32;
+constexpr uint64_t kCounterSpinLimitNs = 60ull * 1000 * 1000 * 1000;
+
+struct CounterSet {
+  const uint32_t* counters[kMaxCounters] = {};
+  int count = 0;
+};
+
+// Enqueues a wait until every counter of `set` equals `value`.
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream);
+// Enqueues "*counter = value" after all earlier work on the stream (system-scope release).
+cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream);
+
+}  // namespace pinmoe
