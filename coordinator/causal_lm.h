@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "coordinator/sampler.h"
 
 namespace pinmoe {
 
@@ -20,6 +21,9 @@ class CausalLm {
   // Forward, but only the arg-max of the last logits (ties to the lower id) is wanted: a GPU model takes
   // it on the device and copies one id instead of the vocabulary's logits.
   virtual absl::StatusOr<int32_t> ForwardArgMax(std::span<const int32_t> ids);
+  // Forward, but only the k largest logits are wanted (TopCandidates' order: largest first, ties to the
+  // lower id), for a sampler bounded by top-k: a GPU model selects them on the device.
+  virtual absl::Status ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top);
   // Forgets the sequence (caches back to empty).
   virtual void Reset() = 0;
   virtual int position() const = 0;

@@ -14,6 +14,13 @@ absl::StatusOr<int32_t> CausalLm::ForwardArgMax(std::span<const int32_t> ids) {
   return ArgMax(logits);
 }
 
+absl::Status CausalLm::ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top) {
+  std::vector<float> logits;
+  RETURN_IF_ERROR(Forward(ids, &logits));
+  *top = TopCandidates(logits, k);
+  return absl::OkStatus();
+}
+
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:
@@ -48,10 +55,15 @@ absl::StatusOr<GenerateResult> Generate(CausalLm& model, const std::vector<int32
   GenerateResult result;
   Sampler sampler(params.sampling);
   std::vector<float> logits;
-  // Greedy without logprobs needs only each step's arg-max.
-  const bool argmax_only = params.sampling.temperature <= 0.0f && params.top_logprobs == 0 && !keep_logits;
+  // Without logprobs, greedy needs only each step's arg-max, and a draw bounded by top-k only the top k
+  // logits: the model (a GPU one on the device) reduces them, and the draw is the same.
+  const bool full_logits = params.top_logprobs > 0 || keep_logits;
+  const bool argmax_only = params.sampling.temperature <= 0.0f && !full_logits;
+  const int top_k = full_logits ? 0 : sampler.CandidatesNeeded();
   int32_t argmax = -1;
+  std::vector<Candidate> top;
   auto forward = [&](std::span<const int32_t> ids) -> absl::Status {
+    if (top_k > 0) return model.ForwardTopK(ids, top_k, &top);
     if (!argmax_only) return model.Forward(ids, &logits);
     ASSIGN_OR_RETURN(argmax, model.ForwardArgMax(ids));
     return absl::OkStatus();
@@ -63,7 +75,7 @@ absl::StatusOr<GenerateResult> Generate(CausalLm& model, const std::vector<int32
   for (int step = 0; step < params.max_new_tokens; ++step) {
     if (params.top_logprobs > 0) result.top_logprobs.push_back(TopLogprobs(logits, params.top_logprobs));
     if (keep_logits) result.logits.push_back(logits);
-    const int32_t next = argmax_only ? argmax : sampler.Sample(logits);
+    const int32_t next = argmax_only ? argmax : top_k > 0 ? sampler.SampleTop(top) : sampler.Sample(logits);
     const bool eos = !params.ignore_eos && std::find(params.eos_ids.begin(), params.eos_ids.end(),
                                                      next) != params.eos_ids.end();
     if (eos) {

@@ -51,6 +51,7 @@ ABSL_FLAG(int, prompt_tokens, 2048, "bench: prompt length for the prefill measur
 ABSL_FLAG(int, decode_tokens, 128, "bench: greedy steps for the decode measurement");
 ABSL_FLAG(int, batch, 1, "bench: sequences per step (1 so far)");
 ABSL_FLAG(int, repetitions, 3, "bench: runs of each measurement (the best is reported)");
+ABSL_FLAG(int, sample_top_k, 0, "bench: decode by sampling from the top k (device-selected) instead of greedily");
 ABSL_FLAG(bool, cuda_graphs, true, "bench: replay decode steps as CUDA graphs");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
@@ -116,7 +117,8 @@ bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --promp
   prints tokens/s, the weight bytes each decoded token reads and the fraction of the card's memory
   bandwidth. --synthetic qwen3-30b-a3b or qwen3-next-80b-a3b draws seeded bf16 weights of that published
   shape on the device (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint;
-  --cuda-graphs=false launches every kernel of a decode step instead of replaying a captured graph. --device, --workers
+  --cuda-graphs=false launches every kernel of a decode step instead of replaying a captured graph;
+  --sample-top-k K decodes by drawing from the top K logits (selected on the device) instead. --device, --workers
   and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS
   (nvidia-cuda-mps-control -d) when workers share the coordinator's GPU: without it the GPU time-slices
   between the processes and every layer's hand-over costs ~0.3 ms.
@@ -224,6 +226,7 @@ int main(int argc, char** argv) {
     b.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
     b.batch = absl::GetFlag(FLAGS_batch);
     b.repetitions = absl::GetFlag(FLAGS_repetitions);
+    b.sample_top_k = absl::GetFlag(FLAGS_sample_top_k);
     b.graphs = absl::GetFlag(FLAGS_cuda_graphs);
     absl::Status st = pinmoe::RunBench(b, std::cout, std::cerr);
     return st.ok() ? 0 : Fail(st);

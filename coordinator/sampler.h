@@ -21,10 +21,25 @@ struct TokenLogprob {
   float logprob;
 };
 
+// A token and its logit, as the sampler sees its candidates.
+struct Candidate {
+  int32_t id;
+  float logit;
+};
+
+// The k largest logits, largest first, ties to the lower id.
+std::vector<Candidate> TopCandidates(std::span<const float> logits, int k);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
   int32_t Sample(std::span<const float> logits);
+  // How many candidates the next draw needs when the model can supply the top ones itself (a GPU model
+  // selects them on the device): top_k when it bounds the draw, else 0 (the draw needs every logit).
+  int CandidatesNeeded() const;
+  // The draw from the top CandidatesNeeded() candidates (TopCandidates' order): the same token, and the
+  // same generator state after it, as Sample over all the logits.
+  int32_t SampleTop(std::span<const Candidate> top);
 
  private:
   SamplingParams params_;

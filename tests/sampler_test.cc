@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <map>
+#include <random>
 
 #include "gtest/gtest.h"
 
@@ -39,6 +40,38 @@ TEST(Sampler, FrequenciesFollowSoftmaxAndTopPCuts) {
   for (int i = 0; i < n; ++i) cut[p.Sample(logits)]++;
   EXPECT_EQ(cut[2], 0);
   EXPECT_NEAR(cut[0] / double(n), 0.625, 0.02);
+}
+
+TEST(TopCandidates, LargestFirstTiesToLowerId) {
+  std::vector<float> logits = {0.5f, 2.0f, -1.0f, 2.0f, 1.5f};
+  const auto top = TopCandidates(logits, 3);
+  ASSERT_EQ(top.size(), 3u);
+  EXPECT_EQ(top[0].id, 1);
+  EXPECT_EQ(top[1].id, 3);
+  EXPECT_EQ(top[2].id, 4);
+  EXPECT_EQ(top[2].logit, 1.5f);
+  EXPECT_EQ(TopCandidates(logits, 9).size(), 5u);
+}
+
+// A model that supplies its top candidates (the GPU path) must draw exactly what the full-logits path
+// draws, seed for seed.
+TEST(Sampler, DrawFromTopCandidatesMatchesDrawFromAllLogits) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  std::vector<float> logits(5000);
+  for (float& l : logits) l = std::round(normal(rng) * 8.f) / 8.f;  // coarse values: many ties
+  for (const SamplingParams& p : {SamplingParams{.temperature = 0.7f, .top_k = 20, .top_p = 0.9f, .seed = 11},
+                                  SamplingParams{.temperature = 1.3f, .top_k = 64, .seed = 12},
+                                  SamplingParams{.temperature = 0.2f, .top_k = 1, .top_p = 0.5f, .seed = 13}}) {
+    Sampler full(p), top(p);
+    ASSERT_EQ(top.CandidatesNeeded(), p.top_k);
+    for (int i = 0; i < 300; ++i) {
+      const auto cands = TopCandidates(logits, top.CandidatesNeeded());
+      ASSERT_EQ(full.Sample(logits), top.SampleTop(cands)) << "draw " << i << " top_k " << p.top_k;
+    }
+  }
+  EXPECT_EQ(Sampler({.temperature = 0.7f}).CandidatesNeeded(), 0);  // unbounded: needs every logit
+  EXPECT_EQ(Sampler({.temperature = 0.0f, .top_k = 5}).CandidatesNeeded(), 0);  // greedy: the arg-max path
 }
 
 TEST(TopLogprobs, AreLogSoftmaxSorted) {

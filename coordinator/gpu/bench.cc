@@ -17,6 +17,7 @@
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/gpu_qwen3_moe.h"
 #include "coordinator/gpu/gpu_qwen3_next.h"
+#include "coordinator/sampler.h"
 #include "coordinator/worker_pool.h"
 #include "worker/gpu/cuda_check.h"
 
@@ -175,9 +176,16 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     best_prefill = std::min(best_prefill, Seconds(start));
     model->Reset();
     int32_t next = prompt[0];
+    Sampler sampler(SamplingParams{.temperature = 0.7f, .top_k = o.sample_top_k, .seed = 7});
+    std::vector<Candidate> top;
     start = std::chrono::steady_clock::now();
     for (int i = 0; i < o.decode_tokens; ++i) {
-      ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
+      if (o.sample_top_k > 0) {
+        RETURN_IF_ERROR(model->ForwardTopK(std::span<const int32_t>(&next, 1), o.sample_top_k, &top));
+        next = sampler.SampleTop(top);
+      } else {
+        ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
+      }
     }
     best_decode = std::min(best_decode, Seconds(start) / o.decode_tokens);
   }
@@ -187,9 +195,10 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   const uint64_t bytes = DecodeWeightBytes(config, bytes_per_weight);
   const double roofline = peak / static_cast<double>(bytes);
   out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
-  out << absl::StrFormat("model: %s, %d layers, decode %s, experts %s\n",
+  out << absl::StrFormat("model: %s, %d layers, decode %s%s, experts %s\n",
                          o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
+                         o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),
                          o.workers == 0 ? std::string("in-process")
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));
   out << absl::StrFormat("prefill %5d tokens: %9.1f tokens/s  (%.1f ms)\n", o.prompt_tokens,

@@ -345,6 +345,50 @@ __global__ void ArgMaxKernel(const float* v, int n, ArgMaxScratch scratch, int32
   }
 }
 
+// Sorts n (a power of two) keys in shared memory, largest first (bitonic network; the whole block).
+__device__ void SortKeysDescending(unsigned long long* keys, int n) {
+  for (int size = 2; size <= n; size <<= 1) {
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      __syncthreads();
+      for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
+        const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
+        const bool descending = (lo & size) == 0;
+        const unsigned long long a = keys[lo], b = keys[hi];
+        if ((a < b) == descending) {
+          keys[lo] = b;
+          keys[hi] = a;
+        }
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// First pass: block b sorts values [b * kTopKChunk, ...) and keeps its k best keys (0 pads: below any
+// real key, whose low half is at least 2^31).
+__global__ void TopKChunkKernel(const float* values, int n, int k, unsigned long long* partial) {
+  __shared__ unsigned long long keys[kTopKChunk];
+  PdlWait();
+  PdlTrigger();
+  const int base = blockIdx.x * kTopKChunk;
+  for (int i = threadIdx.x; i < kTopKChunk; i += blockDim.x) {
+    keys[i] = base + i < n ? PackArgMax(values[base + i], base + i) : 0ull;
+  }
+  SortKeysDescending(keys, kTopKChunk);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) partial[static_cast<size_t>(blockIdx.x) * k + i] = keys[i];
+}
+
+// Second pass (one block): the chunks' candidates sorted together; the first k are the answer.
+__global__ void TopKMergeKernel(const unsigned long long* partial, int count, int padded, int k,
+                                unsigned long long* out) {
+  extern __shared__ unsigned long long merged[];
+  PdlWait();
+  PdlTrigger();
+  for (int i = threadIdx.x; i < padded; i += blockDim.x) merged[i] = i < count ? partial[i] : 0ull;
+  SortKeysDescending(merged, padded);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) out[i] = merged[i];
+}
+
 // One warp per token, everything in registers: softmax over at most 32 * kTopKPerLane experts, then
 // top_k rounds of a warp arg-max (ties to the lower index), no shared memory and no block barriers.
 __global__ void RouteTopKKernel(const float* logits, int num_experts, int top_k, bool norm, int32_t* ids,
@@ -449,6 +493,23 @@ cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int3
   if (n <= 0 || scratch.key == nullptr || scratch.blocks_done == nullptr) return cudaErrorInvalidValue;
   const int blocks = std::min((n + 1023) / 1024, 132);
   return LaunchPdl(ArgMaxKernel, dim3(blocks), dim3(1024), 0, stream, values, n, scratch, index);
+}
+
+cudaError_t LaunchTopK(const float* values, int n, int k, unsigned long long* partial, unsigned long long* out,
+                       cudaStream_t stream) {
+  const int chunks = (n + kTopKChunk - 1) / kTopKChunk;
+  if (n <= 0 || k <= 0 || k > kDeviceTopKMax || k > n || chunks > kTopKMaxChunks) return cudaErrorInvalidValue;
+  cudaError_t err = LaunchPdl(TopKChunkKernel, dim3(chunks), dim3(1024), 0, stream, values, n, k, partial);
+  if (err != cudaSuccess) return err;
+  const int count = chunks * k;
+  int padded = 1;
+  while (padded < count) padded <<= 1;
+  const size_t smem = static_cast<size_t>(padded) * sizeof(unsigned long long);
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(TopKMergeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  return LaunchPdl(TopKMergeKernel, dim3(1), dim3(1024), smem, stream, partial, count, padded, k, out);
 }
 
 cudaError_t LaunchRouteTopK(const float* logits, int tokens, int num_experts, int top_k, bool norm_topk_prob,

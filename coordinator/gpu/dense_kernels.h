@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace pinmoe {
 
@@ -81,6 +82,23 @@ struct ArgMaxScratch {
   unsigned int* blocks_done = nullptr;
 };
 cudaError_t LaunchArgMax(const float* values, int n, ArgMaxScratch scratch, int32_t* index, cudaStream_t stream);
+
+// The k largest of values[0, n), largest first, ties to the lower index (the sampler's candidates), as
+// keys (DecodeTopKKey) in out[0, k): each block of the first pass sorts kTopKChunk values in shared
+// memory and keeps its k best, a second pass sorts those. k <= kDeviceTopKMax; partial holds
+// TopKPartialKeys(n) keys; n up to kTopKChunk * kTopKMaxChunks.
+constexpr int kDeviceTopKMax = 64;
+constexpr int kTopKChunk = 2048;
+constexpr int kTopKMaxChunks = 256;
+inline int TopKPartialKeys(int n) { return (n + kTopKChunk - 1) / kTopKChunk * kDeviceTopKMax; }
+cudaError_t LaunchTopK(const float* values, int n, int k, unsigned long long* partial, unsigned long long* out,
+                       cudaStream_t stream);
+inline void DecodeTopKKey(unsigned long long key, int32_t* index, float* value) {
+  *index = static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(key & 0xFFFFFFFFull));
+  uint32_t b = static_cast<uint32_t>(key >> 32);
+  b = (b & 0x80000000u) ? (b & 0x7FFFFFFFu) : ~b;
+  std::memcpy(value, &b, sizeof(b));
+}
 
 // Per token: softmax over logits [tokens, num_experts], the top_k largest (ties to the lower index),
 // renormalised when norm_topk_prob. ids/weights: [tokens, top_k]. num_experts <= 512.

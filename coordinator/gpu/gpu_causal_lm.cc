@@ -69,10 +69,13 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   RETURN_IF_ERROR(Alloc(2, &am));
   argmax_scratch_.key = reinterpret_cast<unsigned long long*>(am);
   argmax_scratch_.blocks_done = reinterpret_cast<unsigned int*>(am + 1);
+  RETURN_IF_ERROR(Alloc(TopKPartialKeys(c.vocab_size), &topk_partial_));
+  RETURN_IF_ERROR(Alloc(kDeviceTopKMax, &topk_keys_));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&ids_host_, t * sizeof(int32_t)));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&position_host_, sizeof(int32_t)));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&logits_host_, c.vocab_size * sizeof(float)));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&argmax_host_, sizeof(int32_t)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&topk_host_, kDeviceTopKMax * sizeof(unsigned long long)));
   // RoPE frequencies exactly as the CPU path computes them.
   Rope rope(c.head_dim, c.RotaryDim(), c.rope_theta);
   RETURN_IF_ERROR(Alloc(rope.inv_freq().size(), &inv_freq_));
@@ -87,6 +90,7 @@ GpuCausalLm::~GpuCausalLm() {
   if (ids_host_ != nullptr) cudaFreeHost(ids_host_);
   if (logits_host_ != nullptr) cudaFreeHost(logits_host_);
   if (argmax_host_ != nullptr) cudaFreeHost(argmax_host_);
+  if (topk_host_ != nullptr) cudaFreeHost(topk_host_);
   if (position_host_ != nullptr) cudaFreeHost(position_host_);
   for (auto& by_variant : graphs_) {
     for (cudaGraphExec_t g : by_variant) {
@@ -117,7 +121,7 @@ absl::Status GpuCausalLm::CheckIds(std::span<const int32_t> ids) const {
   return absl::OkStatus();
 }
 
-absl::Status GpuCausalLm::Step(const int32_t* ids, int n, bool greedy, bool want_output) {
+absl::Status GpuCausalLm::Step(const int32_t* ids, int n, Output output, bool want_output) {
   PINMOE_CHECK(experts_ != nullptr);
   cudaStream_t s = stream_;
   std::copy(ids, ids + n, ids_host_);
@@ -126,11 +130,16 @@ absl::Status GpuCausalLm::Step(const int32_t* ids, int n, bool greedy, bool want
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(position_dev_, position_host_, sizeof(int32_t), cudaMemcpyHostToDevice, s));
   ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(n)));
   if (n == 1 && want_output && options_.graphs && variant < experts_->graph_variants() && variant < 2) {
-    cudaGraphExec_t& exec = graphs_[variant][greedy ? 1 : 0];
+    cudaGraphExec_t& exec = graphs_[variant][static_cast<int>(output)];
+    if (output == Output::kTopK && exec != nullptr && graph_top_k_[variant] != top_k_) {
+      CUDA_RETURN_IF_ERROR(cudaGraphExecDestroy(exec));  // captured for another k
+      exec = nullptr;
+    }
     if (exec == nullptr) {
-      // Capture once per (variant, greedy); every later decode step replays it.
+      // Capture once per (variant, output); every later decode step replays it.
+      if (output == Output::kTopK) graph_top_k_[variant] = top_k_;
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      absl::Status st = EnqueueStep(n, greedy, want_output, variant);
+      absl::Status st = EnqueueStep(n, output, want_output, variant);
       cudaGraph_t graph = nullptr;
       const cudaError_t end = cudaStreamEndCapture(s, &graph);
       RETURN_IF_ERROR(st);
@@ -141,7 +150,7 @@ absl::Status GpuCausalLm::Step(const int32_t* ids, int n, bool greedy, bool want
     }
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, s));
   } else {
-    RETURN_IF_ERROR(EnqueueStep(n, greedy, want_output, variant));
+    RETURN_IF_ERROR(EnqueueStep(n, output, want_output, variant));
   }
   CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
   RETURN_IF_ERROR(experts_->FinishStep(step_done_));
@@ -149,7 +158,7 @@ absl::Status GpuCausalLm::Step(const int32_t* ids, int n, bool greedy, bool want
   return absl::OkStatus();
 }
 
-absl::Status GpuCausalLm::EnqueueStep(int n, bool greedy, bool want_output, int variant) {
+absl::Status GpuCausalLm::EnqueueStep(int n, Output output, bool want_output, int variant) {
   const int h = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   CUDA_RETURN_IF_ERROR(LaunchEmbed(embed_.data, embed_.bf16, ids_dev_, n, h, x_, stream_));
@@ -157,9 +166,13 @@ absl::Status GpuCausalLm::EnqueueStep(int n, bool greedy, bool want_output, int 
   if (!want_output) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_ + static_cast<size_t>(n - 1) * h, final_norm_, last_h_, 1, h, eps, stream_));
   RETURN_IF_ERROR(linear_->Run(lm_head_, last_h_, 1, logits_, /*accumulate=*/false));
-  if (greedy) {
+  if (output == Output::kArgMax) {
     CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_, config_.vocab_size, argmax_scratch_, argmax_, stream_));
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(argmax_host_, argmax_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  } else if (output == Output::kTopK) {
+    CUDA_RETURN_IF_ERROR(LaunchTopK(logits_, config_.vocab_size, top_k_, topk_partial_, topk_keys_, stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(topk_host_, topk_keys_, top_k_ * sizeof(unsigned long long),
+                                         cudaMemcpyDeviceToHost, stream_));
   } else {
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits_host_, logits_, config_.vocab_size * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));
@@ -233,25 +246,34 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   return CudaStatus(LaunchAttention(aa, n, stream_), "attention launch");
 }
 
-absl::Status GpuCausalLm::Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) {
+absl::Status GpuCausalLm::Run(std::span<const int32_t> ids, Output output) {
   RETURN_IF_ERROR(CheckIds(ids));
   const int chunk = static_cast<int>(std::min<uint32_t>(experts_->max_tokens(), options_.max_step_tokens));
   for (size_t i = 0; i < ids.size(); i += chunk) {
     const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - i));
-    RETURN_IF_ERROR(Step(ids.data() + i, n, /*greedy=*/false, /*want_output=*/i + n == ids.size()));
+    RETURN_IF_ERROR(Step(ids.data() + i, n, output, /*want_output=*/i + n == ids.size()));
   }
+  return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) {
+  RETURN_IF_ERROR(Run(ids, Output::kLogits));
   last_logits->assign(logits_host_, logits_host_ + config_.vocab_size);
   return absl::OkStatus();
 }
 
 absl::StatusOr<int32_t> GpuCausalLm::ForwardGreedy(std::span<const int32_t> ids) {
-  RETURN_IF_ERROR(CheckIds(ids));
-  const int chunk = static_cast<int>(std::min<uint32_t>(experts_->max_tokens(), options_.max_step_tokens));
-  for (size_t i = 0; i < ids.size(); i += chunk) {
-    const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - i));
-    RETURN_IF_ERROR(Step(ids.data() + i, n, /*greedy=*/true, /*want_output=*/i + n == ids.size()));
-  }
+  RETURN_IF_ERROR(Run(ids, Output::kArgMax));
   return *argmax_host_;
+}
+
+absl::Status GpuCausalLm::ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top) {
+  if (k <= 0 || k > kDeviceTopKMax || k > config_.vocab_size) return CausalLm::ForwardTopK(ids, k, top);
+  top_k_ = k;
+  RETURN_IF_ERROR(Run(ids, Output::kTopK));
+  top->resize(k);
+  for (int i = 0; i < k; ++i) DecodeTopKKey(topk_host_[i], &(*top)[i].id, &(*top)[i].logit);
+  return absl::OkStatus();
 }
 
 }  // namespace pinmoe

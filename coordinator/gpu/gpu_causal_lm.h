@@ -1,6 +1,7 @@
 // What every GPU model shares: weights in device memory (checkpoint dtype, or seeded synthetic ones),
-// one stream, the embedding, the final norm and lm_head with greedy arg-max on the device, the
-// activations of a step, and the step itself: a prompt runs in chunks of at most max_tokens() of the
+// one stream, the embedding, the final norm and lm_head with the arg-max or the sampler's top-k
+// candidates taken on the device, the activations of a step, and the step itself: a prompt runs in
+// chunks of at most max_tokens() of the
 // expert backend, and decode steps (one token) replay a CUDA graph captured on first use (one per
 // backend variant and output kind), so the host enqueues one launch per token. Each architecture
 // supplies its layers (EnqueueLayers) and its recurrent state, if any (ResetState).
@@ -48,6 +49,8 @@ class GpuCausalLm : public CausalLm {
   // Forward without copying logits to the host: the arg-max is taken on the device.
   absl::StatusOr<int32_t> ForwardGreedy(std::span<const int32_t> ids);
   absl::StatusOr<int32_t> ForwardArgMax(std::span<const int32_t> ids) override { return ForwardGreedy(ids); }
+  // The top k (<= kDeviceTopKMax) selected on the device: k keys come back instead of the logits.
+  absl::Status ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top) override;
   void Reset() override;
   int position() const override { return position_; }
   int max_context() const override { return max_context_; }
@@ -109,22 +112,31 @@ class GpuCausalLm : public CausalLm {
   unsigned int* router_blocks_done_ = nullptr;  // the fused router top-k's block counter
 
  private:
+  // What a step leaves on the host: the logits, their arg-max, or their top top_k_ keys.
+  enum class Output { kLogits = 0, kArgMax = 1, kTopK = 2 };
   absl::Status CheckIds(std::span<const int32_t> ids) const;
-  absl::Status Step(const int32_t* ids, int n, bool greedy, bool want_output);
-  absl::Status EnqueueStep(int n, bool greedy, bool want_output, int variant);
+  // Runs ids in steps of at most max_tokens(); the last step produces `output`.
+  absl::Status Run(std::span<const int32_t> ids, Output output);
+  absl::Status Step(const int32_t* ids, int n, Output output, bool want_output);
+  absl::Status EnqueueStep(int n, Output output, bool want_output, int variant);
 
   cudaEvent_t step_done_ = nullptr;
   float* last_h_ = nullptr;
   float* logits_ = nullptr;
   int32_t* argmax_ = nullptr;
   ArgMaxScratch argmax_scratch_;
-  // Decode graphs by [experts' variant][greedy]; null until first used.
-  cudaGraphExec_t graphs_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};
+  unsigned long long* topk_partial_ = nullptr;  // [TopKPartialKeys(vocab)]
+  unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]
+  int top_k_ = 0;                               // the k of Output::kTopK
+  // Decode graphs by [experts' variant][output]; null until first used (kTopK's for graph_top_k_).
+  cudaGraphExec_t graphs_[2][3] = {};
+  int graph_top_k_[2] = {0, 0};
   // Pinned host staging.
   int32_t* ids_host_ = nullptr;
   int32_t* position_host_ = nullptr;
   float* logits_host_ = nullptr;
   int32_t* argmax_host_ = nullptr;
+  unsigned long long* topk_host_ = nullptr;
 };
 
 template <typename Between>

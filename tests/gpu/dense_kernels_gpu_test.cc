@@ -11,6 +11,7 @@
 #include "coordinator/gpu/flash_attention.h"
 #include "coordinator/gpu/linear.h"
 #include "coordinator/layers.h"
+#include "coordinator/sampler.h"
 #include "gtest/gtest.h"
 
 namespace pinmoe {
@@ -326,6 +327,30 @@ TEST(DenseKernelsGpu, EmbedSiluMulCombineArgMax) {
     for (int call = 0; call < 2; ++call) {  // the scratch resets itself
       ASSERT_CUDA(LaunchArgMax(dv.as<float>(), n, as, dix.as<int32_t>(), nullptr));
       EXPECT_EQ(dix.get<int32_t>()[0], n / 2) << n;
+    }
+  }
+}
+
+// The sampler's candidates on the device against TopCandidates on the host: same ids, same order, the
+// same float values, over vocabularies of several sizes with ties and negative logits.
+TEST(DenseKernelsGpu, SamplerTopK) {
+  for (auto [n, k] : {std::pair{151936, 20}, std::pair{151936, 64}, std::pair{5000, 1}, std::pair{2049, 40},
+                      std::pair{7, 7}, std::pair{300, 33}}) {
+    auto v = Random(static_cast<size_t>(n), n + k, 8.f);
+    for (int i = 0; i < n; i += 7) v[i] = std::round(v[i] * 4.f) / 4.f;  // many ties among the largest
+    v[n / 3] = 1000.f;
+    v[n - 1] = 1000.f;  // a tie at the top: the lower index first
+    Dev dv(v), partial(static_cast<size_t>(TopKPartialKeys(n)) * 8), out(kDeviceTopKMax * 8);
+    ASSERT_CUDA(LaunchTopK(dv.as<float>(), n, k, partial.as<unsigned long long>(), out.as<unsigned long long>(),
+                           nullptr));
+    const auto keys = out.get<unsigned long long>();
+    const auto want = TopCandidates(v, k);
+    for (int i = 0; i < k; ++i) {
+      int32_t id = -1;
+      float value = 0.f;
+      DecodeTopKKey(keys[i], &id, &value);
+      ASSERT_EQ(id, want[i].id) << "n " << n << " k " << k << " rank " << i;
+      ASSERT_EQ(value, want[i].logit) << "n " << n << " k " << k << " rank " << i;
     }
   }
 }

@@ -93,6 +93,18 @@ TEST_P(GpuModelFp32, MatchesTransformersInProcessAndInWorkers) {
       auto r = Generate((*session)->model(), prompt, p, nullptr, /*keep_logits=*/false);
       ASSERT_TRUE(r.ok()) << r.status();
       EXPECT_EQ(r->token_ids, want);
+      // Sampling bounded by top-k: the candidates are selected on the device; the draws must be those
+      // of the host sampler over the full logits (keep_logits forces that path), seed for seed.
+      for (const SamplingParams& sp : {SamplingParams{.temperature = 0.8f, .top_k = 20, .top_p = 0.9f, .seed = 3},
+                                       SamplingParams{.temperature = 1.5f, .top_k = 64, .seed = 4}}) {
+        GenerateParams q = p;
+        q.sampling = sp;
+        q.max_new_tokens = 12;
+        auto device = Generate((*session)->model(), prompt, q, nullptr, /*keep_logits=*/false);
+        auto host = Generate((*session)->model(), prompt, q, nullptr, /*keep_logits=*/true);
+        ASSERT_TRUE(device.ok() && host.ok()) << device.status() << host.status();
+        EXPECT_EQ(device->token_ids, host->token_ids) << "top_k " << sp.top_k;
+      }
     }
     for (int workers : {1, 3}) {
       testing::GreedyRun pooled = testing::Greedy(Options(dir, workers, "cuda:0"), prompt, 8);

@@ -2,7 +2,10 @@
 
 #include <cuda.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <string>
 #include <string_view>
 #include <thread>
 
@@ -68,8 +71,19 @@ bool KernelForm(const char* variable, bool fallback) {
   return std::string_view(v) != "stream";
 }
 
+// Whether this process's CUDA work goes through an MPS server: the driver connects a client whenever
+// the control daemon's pipe exists.
+bool MpsActive() {
+  const char* dir = std::getenv("CUDA_MPS_PIPE_DIRECTORY");
+  const std::string control = std::string(dir != nullptr && dir[0] != '\0' ? dir : "/tmp/nvidia-mps") + "/control";
+  return ::access(control.c_str(), F_OK) == 0;
+}
+
+// Gate kernels only under MPS: without it, processes sharing a GPU are time-sliced, and a spinning gate
+// would keep its process's slice while the one it waits for cannot run (measured: 4.7 tok/s against 52
+// with stream waits, one worker on the coordinator's H100).
 bool KernelWaits() {
-  static const bool kernel = KernelForm("PINMOE_COUNTER_WAIT", true);
+  static const bool kernel = KernelForm("PINMOE_COUNTER_WAIT", MpsActive());
   return kernel;
 }
 

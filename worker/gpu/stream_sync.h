@@ -26,9 +26,10 @@ absl::Status StreamWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t
 // replay the same values every other step (see WorkerPool's step parity).
 absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uint32_t value);
 
-// The same hand-overs in the form chosen for this process: a wait as a gate kernel (counter_kernels.h)
-// and a write as a stream memory operation by default, the measured fastest pair on the H100 under MPS
-// (bench/NOTES.md); PINMOE_COUNTER_WAIT / PINMOE_COUNTER_WRITE = kernel | stream override either. `counters` holds at
+// The same hand-overs in the form chosen for this process: under MPS a wait is a gate kernel
+// (counter_kernels.h), otherwise a stream wait (a spinning gate would hold its process's time slice);
+// a write is a stream memory operation. That is the measured fastest choice on the H100 (bench/NOTES.md);
+// PINMOE_COUNTER_WAIT / PINMOE_COUNTER_WRITE = kernel | stream override either. `counters` holds at
 // most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of them to equal value.
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value);
 absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
