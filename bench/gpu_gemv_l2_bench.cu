@@ -1,6 +1,7 @@
-// Does pulling a decode GEMV's weights into L2 ahead of it pay, and how? Times, per layer of a 48-layer
-// graph (48 distinct matrices, so nothing stays in L2 from one replay to the next):
-//   cold          the GEMV alone, back to back
+// Does pulling a decode GEMV's weights into L2 ahead of it pay, and which GEMV layout streams fastest?
+// Times, per layer of a 48-layer graph (48 distinct matrices, so nothing stays in L2 from one replay to
+// the next):
+//   cold          the product's GEMV (LaunchGemv) alone, back to back
 //   idle+gemv     a 1-block kernel spinning for --idle-us (an attention-like phase that leaves device
 //                 memory idle), then the GEMV
 //   bulk+idle+gemv, lines+idle+gemv, loads+idle+gemv
@@ -8,6 +9,11 @@
 //                 prefetches (cp.async.bulk.prefetch.L2), by one prefetch.global.L2 per 128-byte line,
 //                 or by plain loads whose results are discarded
 //   hot           the same matrix every time (it stays in L2 when it fits): the GEMV's floor from L2
+//   splitk*, persist*, read
+//                 the same cold and hot for candidate layouts: a block of 256 threads splitting the
+//                 columns over 8 or 16 rows, the same over 8 or 4 rows with the grid cut to one
+//                 resident wave walking the rows (what linear.cu does now), and a plain read of every
+//                 byte (the floor). Results: bench/NOTES.md.
 //
 //   build-device/bin/gpu_gemv_l2_bench [--rows R --cols C --idle-us U --blocks B]
 #include <cuda_bf16.h>
@@ -57,7 +63,8 @@ __device__ void BulkPrefetchL2(L2Prefetch range, int block, int blocks) {
   constexpr size_t kPiece = 32 * 1024;
   const size_t bytes = range.bytes & ~static_cast<size_t>(15), pieces = (bytes + kPiece - 1) / kPiece;
   const char* base = static_cast<const char*>(range.data);
-  for (size_t i = block + static_cast<size_t>(threadIdx.x) * blocks; i < pieces; i += static_cast<size_t>(blocks) * blockDim.x) {
+  const size_t step = static_cast<size_t>(blocks) * blockDim.x;
+  for (size_t i = block + static_cast<size_t>(threadIdx.x) * blocks; i < pieces; i += step) {
     const size_t off = i * kPiece;
     const unsigned size = static_cast<unsigned>(bytes - off < kPiece ? bytes - off : kPiece);
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(size) : "memory");
@@ -106,7 +113,9 @@ __global__ void __launch_bounds__(256) GemvSplitK(const __nv_bfloat16* __restric
   uint4 v[R];
   auto load = [&](int grp, int c) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) v[r] = __ldg(reinterpret_cast<const uint4*>(w + (static_cast<size_t>(grp) * R + r) * cols) + c);
+    for (int r = 0; r < R; ++r) {
+      v[r] = __ldg(reinterpret_cast<const uint4*>(w + (static_cast<size_t>(grp) * R + r) * cols) + c);
+    }
   };
   if (g < groups) load(g, threadIdx.x);
   PdlWait();
@@ -153,7 +162,8 @@ __global__ void __launch_bounds__(256) ReadAll(const uint4* __restrict__ p, size
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (; i + 3 * stride < n; i += 4 * stride) {
-    const uint4 a = __ldg(p + i), b = __ldg(p + i + stride), c = __ldg(p + i + 2 * stride), d = __ldg(p + i + 3 * stride);
+    const uint4 a = __ldg(p + i), b = __ldg(p + i + stride);
+    const uint4 c = __ldg(p + i + 2 * stride), d = __ldg(p + i + 3 * stride);
     acc ^= a.x ^ b.y ^ c.z ^ d.w;
   }
   for (; i < n; i += stride) acc ^= __ldg(p + i).x;
@@ -204,7 +214,8 @@ int main(int argc, char** argv) {
   int clock_khz = 0;
   CHECK_CUDA(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
   const long long cycles = static_cast<long long>(idle_us * clock_khz / 1e3);
-  std::printf("device: %s (%d SMs, %d MB L2); matrix %d x %d bf16 = %.1f MB, %d layers; idle phase %.1f us, %d blocks\n",
+  std::printf("device: %s (%d SMs, %d MB L2); matrix %d x %d bf16 = %.1f MB, %d layers; idle phase %.1f us, "
+              "%d blocks\n",
               prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, rows, cols, bytes / 1e6, layers, idle_us,
               blocks);
   struct Case {
@@ -233,11 +244,27 @@ int main(int argc, char** argv) {
       if (!gemv) continue;
       switch (c.kernel) {
         case 0: CHECK_CUDA(LaunchGemv(m, x, 1, y, false, nullptr, s)); break;
-        case 1: CHECK_CUDA(LaunchPdl(GemvSplitK<8, false>, dim3(rows / 8), dim3(256), 0, s, wp, x, rows, cols, y)); break;
-        case 2: CHECK_CUDA(LaunchPdl(GemvSplitK<16, false>, dim3(rows / 16), dim3(256), 0, s, wp, x, rows, cols, y)); break;
-        case 3: CHECK_CUDA(LaunchPdl(GemvSplitK<8, true>, dim3(std::min(rows / 8, Resident(GemvSplitK<8, true>))), dim3(256), 0, s, wp, x, rows, cols, y)); break;
-        case 4: CHECK_CUDA(LaunchPdl(GemvSplitK<4, true>, dim3(std::min(rows / 4, Resident(GemvSplitK<4, true>))), dim3(256), 0, s, wp, x, rows, cols, y)); break;
-        case 5: CHECK_CUDA(LaunchPdl(ReadAll, dim3(Resident(ReadAll)), dim3(256), 0, s, reinterpret_cast<const uint4*>(wp), bytes / 16, sink)); break;
+        case 1:
+          CHECK_CUDA(LaunchPdl(GemvSplitK<8, false>, dim3(rows / 8), dim3(256), 0, s, wp, x, rows, cols, y));
+          break;
+        case 2:
+          CHECK_CUDA(LaunchPdl(GemvSplitK<16, false>, dim3(rows / 16), dim3(256), 0, s, wp, x, rows, cols, y));
+          break;
+        case 3: {
+          const int grid = std::min(rows / 8, Resident(GemvSplitK<8, true>));
+          CHECK_CUDA(LaunchPdl(GemvSplitK<8, true>, dim3(grid), dim3(256), 0, s, wp, x, rows, cols, y));
+          break;
+        }
+        case 4: {
+          const int grid = std::min(rows / 4, Resident(GemvSplitK<4, true>));
+          CHECK_CUDA(LaunchPdl(GemvSplitK<4, true>, dim3(grid), dim3(256), 0, s, wp, x, rows, cols, y));
+          break;
+        }
+        case 5: {
+          const uint4* p = reinterpret_cast<const uint4*>(wp);
+          CHECK_CUDA(LaunchPdl(ReadAll, dim3(Resident(ReadAll)), dim3(256), 0, s, p, bytes / 16, sink));
+          break;
+        }
       }
     }
     cudaGraph_t g;

@@ -17,9 +17,9 @@ __device__ __forceinline__ uint64_t GlobalTimerNs() {
   return t;
 }
 
-// One thread per counter polls until it holds `value`, at most kSpinLimitNs; then the block lets the
-// next kernel in the stream start (its blocks were not resident while this one waited, so a waiting
-// gate holds one block slot of one SM and nothing else).
+// One thread per counter polls until it holds `value` (at most kCounterSpinLimitNs); then the block
+// lets the next kernel in the stream start (its blocks were not resident while this one waited, so a
+// waiting gate holds one block slot of one SM and nothing else).
 __global__ void WaitCountersKernel(CounterSet set, uint32_t value) {
   PdlWait();  // ordered after the stream's earlier work, like a stream wait
   if (threadIdx.x < set.count) {
