@@ -109,27 +109,22 @@ constexpr int kAttnThreads = 128;
 constexpr int kAttnChunk = 128;  // keys scored per round
 constexpr int kAttnMaxDims = 2;  // head_dim <= 2 * kAttnThreads
 
-// One block per (head, query token), online softmax over chunks of keys: a warp per key for the dot
-// products (coalesced rows), then each thread accumulates its own dimensions of V.
-__global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a) {
-  PdlWait();
-  PdlTrigger();
-  extern __shared__ float qs[];  // [head_dim]
-  __shared__ float p[kAttnChunk];
-  __shared__ float red[32];
-  const int h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
-  const int g = h / (a.heads / a.kv_heads);
-  const int length = (a.position_dev != nullptr ? *a.position_dev : a.first_position) + t + 1;
-  const float* q = a.q + (static_cast<size_t>(t) * a.heads + h) * hd;
-  for (int d = threadIdx.x; d < hd; d += kAttnThreads) qs[d] = q[d];
-  __syncthreads();
+// Causal attention of one query (qs, in shared memory) over cache positions [0, length) of kv head g,
+// by the whole block: online softmax over chunks of keys, a warp per key for the dot products
+// (coalesced rows), then each thread accumulates its own dimensions of V; out[d] = the result. The key
+// and value at position `fresh` (if any: -1 for none) are read from shared memory instead of the cache
+// (the decode kernel's own new token, not yet visible to other blocks). p / red: shared scratch.
+__device__ void AttendOneQuery(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g,
+                               int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
+                               float* out, float* p, float* red) {
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kAttnThreads / 32;
   float m = -FLT_MAX, l = 0.f, acc[kAttnMaxDims] = {0.f, 0.f};
   for (int c0 = 0; c0 < length; c0 += kAttnChunk) {
     const int n = min(kAttnChunk, length - c0);
     for (int j = warp; j < n; j += warps) {
-      const float* kr = a.k_cache + (static_cast<size_t>(c0 + j) * a.kv_heads + g) * hd;
+      const int key = c0 + j;
+      const float* kr = key == fresh ? fresh_k : k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
       float dot = 0.f;
       for (int d = lane; d < hd; d += 32) dot = fmaf(qs[d], kr[d], dot);
       for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
@@ -149,20 +144,39 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
     for (int i = 0; i < kAttnMaxDims; ++i) {
       const int d = threadIdx.x + i * kAttnThreads;
       if (d >= hd) break;
-      float s = acc[i] * rescale;
-      const float* vr = a.v_cache + (static_cast<size_t>(c0) * a.kv_heads + g) * hd + d;
-      for (int j = 0; j < n; ++j) s = fmaf(p[j], vr[static_cast<size_t>(j) * a.kv_heads * hd], s);
-      acc[i] = s;
+      float acc_d = acc[i] * rescale;
+      for (int j = 0; j < n; ++j) {
+        const int key = c0 + j;
+        const float v = key == fresh ? fresh_v[d] : v_cache[(static_cast<size_t>(key) * kv_heads + g) * hd + d];
+        acc_d = fmaf(p[j], v, acc_d);
+      }
+      acc[i] = acc_d;
     }
     m = new_m;
     __syncthreads();
   }
-  float* out = a.out + (static_cast<size_t>(t) * a.heads + h) * hd;
   const float inv = 1.0f / l;
   for (int i = 0; i < kAttnMaxDims; ++i) {
     const int d = threadIdx.x + i * kAttnThreads;
     if (d < hd) out[d] = acc[i] * inv;
   }
+}
+
+// One block per (head, query token).
+__global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a) {
+  PdlWait();
+  PdlTrigger();
+  extern __shared__ float qs[];  // [head_dim]
+  __shared__ float p[kAttnChunk];
+  __shared__ float red[32];
+  const int h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
+  const int g = h / (a.heads / a.kv_heads);
+  const int length = (a.position_dev != nullptr ? *a.position_dev : a.first_position) + t + 1;
+  const float* q = a.q + (static_cast<size_t>(t) * a.heads + h) * hd;
+  for (int d = threadIdx.x; d < hd; d += kAttnThreads) qs[d] = q[d];
+  __syncthreads();
+  AttendOneQuery(qs, a.k_cache, a.v_cache, a.kv_heads, g, hd, length, /*fresh=*/-1, nullptr, nullptr,
+                 a.out + (static_cast<size_t>(t) * a.heads + h) * hd, p, red);
 }
 
 // Decode (one token): the q/k norm + RoPE + cache append and the attention in one kernel, one block per
@@ -221,50 +235,8 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
       a.v_cache[off + d] = vs[d];
     }
   }
-  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  const int length = position + 1;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kAttnThreads / 32;
-  float m = -FLT_MAX, l = 0.f, acc[kAttnMaxDims] = {0.f, 0.f};
-  for (int c0 = 0; c0 < length; c0 += kAttnChunk) {
-    const int n = min(kAttnChunk, length - c0);
-    for (int j = warp; j < n; j += warps) {
-      const int key = c0 + j;
-      const float* kr = key == position ? ks : a.k_cache + (static_cast<size_t>(key) * a.kv_heads + g) * hd;
-      float dot = 0.f;
-      for (int d = lane; d < hd; d += 32) dot = fmaf(qs[d], kr[d], dot);
-      for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-      if (lane == 0) p[j] = dot * scale;
-    }
-    __syncthreads();
-    const float cm = BlockMax(threadIdx.x < n ? p[threadIdx.x] : -FLT_MAX, red);
-    const float new_m = fmaxf(m, cm);
-    float e = 0.f;
-    if (threadIdx.x < n) {
-      e = expf(p[threadIdx.x] - new_m);
-      p[threadIdx.x] = e;
-    }
-    const float cs = BlockSum(e, red);
-    const float rescale = expf(m - new_m);
-    l = l * rescale + cs;
-    for (int i = 0; i < kAttnMaxDims; ++i) {
-      const int d = threadIdx.x + i * kAttnThreads;
-      if (d >= hd) break;
-      float acc_d = acc[i] * rescale;
-      for (int j = 0; j < n; ++j) {
-        const int key = c0 + j;
-        const float v = key == position ? vs[d] : a.v_cache[(static_cast<size_t>(key) * a.kv_heads + g) * hd + d];
-        acc_d = fmaf(p[j], v, acc_d);
-      }
-      acc[i] = acc_d;
-    }
-    m = new_m;
-    __syncthreads();
-  }
-  const float inv = 1.0f / l;
-  for (int i = 0; i < kAttnMaxDims; ++i) {
-    const int d = threadIdx.x + i * kAttnThreads;
-    if (d < hd) out[static_cast<size_t>(h) * hd + d] = acc[i] * inv;
-  }
+  AttendOneQuery(qs, a.k_cache, a.v_cache, a.kv_heads, g, hd, position + 1, position, ks, vs,
+                 out + static_cast<size_t>(h) * hd, p, red);
 }
 
 __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, int hidden, float* x) {

@@ -130,16 +130,19 @@ GpuExpertStore::~GpuExpertStore() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
-absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k) {
-  const size_t need = static_cast<size_t>(max_tokens) * top_k * config_.moe_intermediate_size;
-  if (need <= act_capacity_) return absl::OkStatus();
+absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k, bool grouped) {
+  const size_t pairs = static_cast<size_t>(max_tokens) * top_k;
+  const size_t need = pairs * config_.moe_intermediate_size;
+  const bool grow_act = need > act_capacity_;
+  const bool grow_grouped = grouped && !fp32_ && max_tokens >= kGroupedMinTokens && pairs > grouped_pairs_;
+  if (!grow_act && !grow_grouped) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // no queued kernel may still use the old scratch
-  for (void* p : grouped_allocations_) cudaFree(p);
-  grouped_allocations_.clear();
-  grouped_ = GroupedFfnScratch();
-  if (!fp32_ && max_tokens >= kGroupedMinTokens) {
-    const size_t pairs = static_cast<size_t>(max_tokens) * top_k;
+  if (grow_grouped) {
+    for (void* p : grouped_allocations_) cudaFree(p);
+    grouped_allocations_.clear();
+    grouped_ = GroupedFfnScratch();
+    grouped_pairs_ = 0;
     const size_t tiles = GroupedMaxTiles(static_cast<int>(pairs), config_.num_experts);
     auto alloc = [&](void** p, size_t bytes) -> absl::Status {
       CUDA_RETURN_IF_ERROR(cudaMalloc(p, bytes));
@@ -153,16 +156,15 @@ absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k) {
     RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.num_tiles), sizeof(int32_t)));
     RETURN_IF_ERROR(alloc(reinterpret_cast<void**>(&grouped_.act),
                           pairs * config_.moe_intermediate_size * sizeof(__nv_bfloat16)));
+    grouped_pairs_ = pairs;
   }
-  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  if (act_ != nullptr) {
-    CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // no queued kernel may still use the old scratch
-    cudaFree(act_);
+  if (grow_act) {
+    if (act_ != nullptr) cudaFree(act_);
+    act_ = nullptr;
+    act_capacity_ = 0;
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&act_, need * sizeof(float)));
+    act_capacity_ = need;
   }
-  act_ = nullptr;
-  act_capacity_ = 0;
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&act_, need * sizeof(float)));
-  act_capacity_ = need;
   return absl::OkStatus();
 }
 
@@ -174,7 +176,9 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
     return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
   }
   if (allow_grouped && !fp32_ && tokens >= kGroupedMinTokens) {
-    if (grouped_.act == nullptr) return absl::InternalError("grouped expert scratch not reserved");
+    if (static_cast<size_t>(tokens) * top_k > grouped_pairs_) {
+      return absl::InternalError(StrCat("grouped expert scratch reserved for fewer than ", tokens, " tokens"));
+    }
     ExpertFfnArgs a;
     a.x = x;
     a.routing = routing;
@@ -222,7 +226,7 @@ absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint
     mine += owned[ids[p]];
   }
   if (mine == 0) return 0u;
-  RETURN_IF_ERROR(Reserve(tokens, top_k));
+  RETURN_IF_ERROR(Reserve(tokens, top_k, /*grouped=*/false));
   RETURN_IF_ERROR(Enqueue(layer, x, tokens, top_k, routing, out, stream_, /*allow_grouped=*/false));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return mine;

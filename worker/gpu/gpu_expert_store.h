@@ -37,8 +37,9 @@ class GpuExpertStore {
                                                                    int device, uint64_t seed);
   ~GpuExpertStore();
 
-  // Sizes the scratch for up to `max_tokens` tokens per call, so that Enqueue never allocates.
-  absl::Status Reserve(uint32_t max_tokens, uint32_t top_k);
+  // Sizes the scratch for up to `max_tokens` tokens per call, so that Enqueue never allocates; `grouped`
+  // false leaves out the grouped kernels' scratch (for Enqueue with allow_grouped false only).
+  absl::Status Reserve(uint32_t max_tokens, uint32_t top_k, bool grouped = true);
   // Enqueues the layer's expert FFNs on `stream` without waiting: pairs whose expert is not here (or whose
   // id is out of range) are skipped. Needs Reserve(tokens) first.
   // `allow_grouped`: false keeps fp32 activations at any batch size (the CPU coordinator's per-layer
@@ -75,6 +76,7 @@ class GpuExpertStore {
   float* act_ = nullptr;
   size_t act_capacity_ = 0;
   GroupedFfnScratch grouped_;  // bf16 stores with room for kGroupedMinTokens or more
+  size_t grouped_pairs_ = 0;    // the pairs grouped_ holds
   std::vector<void*> grouped_allocations_;
   uint64_t checkpoint_bytes_ = 0;
   size_t num_experts_ = 0;
