@@ -27,6 +27,7 @@
 
 #include "coordinator/gpu/linear.h"
 #include "worker/gpu/pdl.cuh"
+#include "worker/gpu/row_dot.cuh"
 
 using namespace pinmoe;
 
@@ -91,14 +92,6 @@ __global__ void IdleKernel(L2Prefetch range, int mode, long long cycles, unsigne
   }
 }
 
-__device__ __forceinline__ float Dot8(const uint4& p, const float* x) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&p);
-  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
-  float2 f0 = __bfloat1622float2(h[0]), f1 = __bfloat1622float2(h[1]), f2 = __bfloat1622float2(h[2]),
-         f3 = __bfloat1622float2(h[3]);
-  return f0.x * a.x + f0.y * a.y + f1.x * a.z + f1.y * a.w + f2.x * b.x + f2.y * b.y + f3.x * b.z + f3.y * b.w;
-}
-
 // Candidate: each block takes R rows; its 256 threads split the columns (16 bytes each per step), so each
 // thread keeps R loads in flight; partial sums meet in shared memory in a fixed order. persistent: the
 // grid is sized to the resident blocks and each block walks row groups, requesting the next group's
@@ -127,7 +120,7 @@ __global__ void __launch_bounds__(256) GemvSplitK(const __nv_bfloat16* __restric
     for (int c = threadIdx.x; c < chunks; c += 256) {
       const float* xc = x + c * 8;
 #pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] += Dot8(v[r], xc);
+      for (int r = 0; r < R; ++r) acc[r] += Dot16(v[r], xc, __nv_bfloat16());
       int nc = c + 256, ng = g;
       if (nc >= chunks) {
         nc = threadIdx.x;
@@ -168,14 +161,6 @@ __global__ void __launch_bounds__(256) ReadAll(const uint4* __restrict__ p, size
   }
   for (; i < n; i += stride) acc ^= __ldg(p + i).x;
   if (acc == 0x9e3779b9u) *sink = acc;
-}
-
-template <typename K>
-int Resident(K kernel) {
-  int per_sm = 0, sms = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, 0);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
-  return per_sm * sms;
 }
 
 }  // namespace
@@ -251,18 +236,22 @@ int main(int argc, char** argv) {
           CHECK_CUDA(LaunchPdl(GemvSplitK<16, false>, dim3(rows / 16), dim3(256), 0, s, wp, x, rows, cols, y));
           break;
         case 3: {
-          const int grid = std::min(rows / 8, Resident(GemvSplitK<8, true>));
+          int grid = 0;
+          CHECK_CUDA(ResidentGrid(GemvSplitK<8, true>, 256, 0, rows / 8, 1.f, &grid));
           CHECK_CUDA(LaunchPdl(GemvSplitK<8, true>, dim3(grid), dim3(256), 0, s, wp, x, rows, cols, y));
           break;
         }
         case 4: {
-          const int grid = std::min(rows / 4, Resident(GemvSplitK<4, true>));
+          int grid = 0;
+          CHECK_CUDA(ResidentGrid(GemvSplitK<4, true>, 256, 0, rows / 4, 1.f, &grid));
           CHECK_CUDA(LaunchPdl(GemvSplitK<4, true>, dim3(grid), dim3(256), 0, s, wp, x, rows, cols, y));
           break;
         }
         case 5: {
           const uint4* p = reinterpret_cast<const uint4*>(wp);
-          CHECK_CUDA(LaunchPdl(ReadAll, dim3(Resident(ReadAll)), dim3(256), 0, s, p, bytes / 16, sink));
+          int grid = 0;
+          CHECK_CUDA(ResidentGrid(ReadAll, 256, 0, static_cast<long>(bytes / 16), 1.f, &grid));
+          CHECK_CUDA(LaunchPdl(ReadAll, dim3(grid), dim3(256), 0, s, p, bytes / 16, sink));
           break;
         }
       }

@@ -5,6 +5,7 @@
 #include "common/str_cat.h"
 #include "coordinator/gpu/flash_attention.h"
 #include "coordinator/layers.h"
+#include "coordinator/model_loading.h"
 
 namespace pinmoe {
 namespace {
@@ -202,6 +203,16 @@ QkNormRopeCacheArgs GpuCausalLm::FusedQkvLayout(const float* qkv, bool gated_que
   qa.k_cache = k_cache;
   qa.v_cache = v_cache;
   return qa;
+}
+
+absl::Status GpuCausalLm::LoadDenseMlp(int layer, DeviceMatrix* gate_up, DeviceMatrix* down) {
+  const int64_t h = config_.hidden_size, inter = config_.intermediate_size;
+  const std::vector<std::string> names = {LayerTensor(layer, "mlp.gate_proj.weight"),
+                                          LayerTensor(layer, "mlp.up_proj.weight")};
+  const std::vector<int64_t> rows = {inter, inter};
+  ASSIGN_OR_RETURN(*gate_up, weights_->Matrix(names, rows, h));
+  ASSIGN_OR_RETURN(*down, weights_->Matrix(LayerTensor(layer, "mlp.down_proj.weight"), h, inter));
+  return absl::OkStatus();
 }
 
 absl::Status GpuCausalLm::EnqueueDenseMlp(const DeviceMatrix& gate_up, const DeviceMatrix& down, const float* post_norm,

@@ -81,6 +81,8 @@ class GpuCausalLm : public CausalLm {
                                      float* q_out, float* k_cache, float* v_cache) const;
   // q/k norm + RoPE + cache append, then attention (tensor cores for bf16 prefill), into attn_out.
   absl::Status EnqueueAttention(const QkNormRopeCacheArgs& layout, int n, bool bf16_model, float* attn_out);
+  // A dense SwiGLU layer's weights (mlp.gate_proj / up_proj fused by rows, mlp.down_proj) of `layer`.
+  absl::Status LoadDenseMlp(int layer, DeviceMatrix* gate_up, DeviceMatrix* down);
   // A dense SwiGLU layer on x_: x += down(silu(gate) * up) of norm(x), gate_up fused by rows
   // [gate; up] ([2 inter, hidden]); scratch gate_up [n, 2 inter], act [n, inter].
   absl::Status EnqueueDenseMlp(const DeviceMatrix& gate_up, const DeviceMatrix& down, const float* post_norm,

@@ -34,12 +34,7 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig
     if (L.moe) {
       ASSIGN_OR_RETURN(L.router, w.Matrix(LayerTensor(l, "mlp.gate.weight"), c.num_experts, h));
     } else {
-      const int64_t inter = c.intermediate_size;
-      const std::vector<std::string> gu = {LayerTensor(l, "mlp.gate_proj.weight"),
-                                           LayerTensor(l, "mlp.up_proj.weight")};
-      const std::vector<int64_t> gu_rows = {inter, inter};
-      ASSIGN_OR_RETURN(L.gate_up, w.Matrix(gu, gu_rows, h));
-      ASSIGN_OR_RETURN(L.down, w.Matrix(LayerTensor(l, "mlp.down_proj.weight"), h, inter));
+      RETURN_IF_ERROR(m->LoadDenseMlp(l, &L.gate_up, &L.down));
     }
     RETURN_IF_ERROR(m->Alloc(cache_floats, &L.k_cache));
     RETURN_IF_ERROR(m->Alloc(cache_floats, &L.v_cache));

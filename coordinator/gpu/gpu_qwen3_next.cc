@@ -72,13 +72,8 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Next>> GpuQwen3Next::Load(const ModelConf
       ASSIGN_OR_RETURN(L.down, w.Matrix(LayerTensor(l, "mlp.shared_expert.down_proj.weight"), h, si));
       widest_mlp = std::max(widest_mlp, si);
     } else {
-      const int64_t inter = c.intermediate_size;
-      const std::vector<std::string> names = {LayerTensor(l, "mlp.gate_proj.weight"),
-                                              LayerTensor(l, "mlp.up_proj.weight")};
-      const std::vector<int64_t> rows = {inter, inter};
-      ASSIGN_OR_RETURN(L.gate_up, w.Matrix(names, rows, h));
-      ASSIGN_OR_RETURN(L.down, w.Matrix(LayerTensor(l, "mlp.down_proj.weight"), h, inter));
-      widest_mlp = std::max(widest_mlp, inter);
+      RETURN_IF_ERROR(m->LoadDenseMlp(l, &L.gate_up, &L.down));
+      widest_mlp = std::max<int64_t>(widest_mlp, c.intermediate_size);
     }
   }
   const size_t t = options.max_step_tokens;

@@ -2,6 +2,7 @@
 
 #include "coordinator/gpu/route_topk.cuh"
 #include "worker/gpu/pdl.cuh"
+#include "worker/gpu/row_dot.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -9,34 +10,7 @@
 namespace pinmoe {
 namespace {
 
-constexpr int kMaxThreads = 256;
-constexpr int kMaxWarps = kMaxThreads / 32;
 constexpr int kGroupRows = 4;  // rows per block and step: the loads each thread keeps in flight
-
-// Dot product of 16 bytes of weights with the matching 8 (bf16) or 4 (fp32) activations.
-__device__ __forceinline__ float Dot16(const uint4& p, const float* x, __nv_bfloat16) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&p);
-  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
-  const float2 f0 = __bfloat1622float2(h[0]), f1 = __bfloat1622float2(h[1]), f2 = __bfloat1622float2(h[2]),
-               f3 = __bfloat1622float2(h[3]);
-  float s = f0.x * a.x;
-  s = fmaf(f0.y, a.y, s);
-  s = fmaf(f1.x, a.z, s);
-  s = fmaf(f1.y, a.w, s);
-  s = fmaf(f2.x, b.x, s);
-  s = fmaf(f2.y, b.y, s);
-  s = fmaf(f3.x, b.z, s);
-  return fmaf(f3.y, b.w, s);
-}
-
-__device__ __forceinline__ float Dot16(const uint4& p, const float* x, float) {
-  const float4 w = *reinterpret_cast<const float4*>(&p);
-  const float4 a = *reinterpret_cast<const float4*>(x);
-  float s = w.x * a.x;
-  s = fmaf(w.y, a.y, s);
-  s = fmaf(w.z, a.z, s);
-  return fmaf(w.w, a.w, s);
-}
 
 static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_topk.cuh disagree");
 
@@ -52,14 +26,14 @@ static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_top
 // before the products start. Block 0 also writes the normalised rows to normed_out when it is set (the
 // experts' input), as weight * (x * 1/rms), the order the CPU path uses.
 template <typename W, int T, bool kNorm, bool kTopK>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kRowThreads)
     GemvKernel(const W* __restrict__ w, const float* __restrict__ x, int rows, int cols, int tokens,
                float* __restrict__ y, bool accumulate, const float* __restrict__ nw, float eps,
                float* __restrict__ normed_out, GemvTopK topk) {
   constexpr int kElems = 16 / sizeof(W);
   constexpr int R = kGroupRows;
   extern __shared__ float xs[];  // kNorm: [tokens, cols] of x * norm weight
-  __shared__ float red[kMaxWarps][R * T];
+  __shared__ float red[kRowWarps][R * T];
   __shared__ float scale[T];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int chunks = cols / kElems, groups = (rows + R - 1) / R;
@@ -190,7 +164,7 @@ cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens,
   const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
   constexpr int kElems = 16 / sizeof(W);
   const int chunks = cols / kElems;
-  const int threads = std::min(kMaxThreads, (chunks + 31) / 32 * 32);
+  const int threads = RowThreads(chunks);
   const size_t smem = kNorm ? static_cast<size_t>(tokens) * cols * sizeof(float) : 0;
   auto kernel = GemvKernel<W, T, kNorm, kTopK>;
   if (smem > 48 * 1024) {
@@ -198,14 +172,9 @@ cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens,
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  // At most one resident wave (see the kernel).
-  int device = 0, sms = 0, per_sm = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+  int grid = 0;  // at most one resident wave (see the kernel)
+  const cudaError_t err = ResidentGrid(kernel, threads, smem, (rows + kGroupRows - 1) / kGroupRows, 1.f, &grid);
   if (err != cudaSuccess) return err;
-  const int groups = (rows + kGroupRows - 1) / kGroupRows;
-  const int grid = std::max(1, std::min(groups, std::max(per_sm, 1) * sms));
   return LaunchPdl(kernel, dim3(grid), dim3(threads), smem, stream, w, x, rows, cols, tokens, y, acc,
                    kNorm ? norm->weight : static_cast<const float*>(nullptr), kNorm ? norm->eps : 0.f,
                    kNorm ? norm->normed_out : static_cast<float*>(nullptr), kTopK ? *topk : GemvTopK{});

@@ -1,40 +1,12 @@
 #include "worker/gpu/expert_ffn.h"
 
 #include "worker/gpu/pdl.cuh"
+#include "worker/gpu/row_dot.cuh"
 
 #include <algorithm>
-#include <cmath>
 
 namespace pinmoe {
 namespace {
-
-constexpr int kMaxThreads = 256;
-constexpr int kMaxWarps = kMaxThreads / 32;
-
-// Dot product of 16 bytes of weights with the matching 8 (bf16) or 4 (fp32) activations.
-__device__ __forceinline__ float Dot16(const uint4& p, const float* __restrict__ x, __nv_bfloat16) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&p);
-  const float4 a = __ldg(reinterpret_cast<const float4*>(x)), b = __ldg(reinterpret_cast<const float4*>(x + 4));
-  const float2 f0 = __bfloat1622float2(h[0]), f1 = __bfloat1622float2(h[1]), f2 = __bfloat1622float2(h[2]),
-               f3 = __bfloat1622float2(h[3]);
-  float s = f0.x * a.x;
-  s = fmaf(f0.y, a.y, s);
-  s = fmaf(f1.x, a.z, s);
-  s = fmaf(f1.y, a.w, s);
-  s = fmaf(f2.x, b.x, s);
-  s = fmaf(f2.y, b.y, s);
-  s = fmaf(f3.x, b.z, s);
-  return fmaf(f3.y, b.w, s);
-}
-
-__device__ __forceinline__ float Dot16(const uint4& p, const float* __restrict__ x, float) {
-  const float4 w = *reinterpret_cast<const float4*>(&p);
-  const float4 a = __ldg(reinterpret_cast<const float4*>(x));
-  float s = w.x * a.x;
-  s = fmaf(w.y, a.y, s);
-  s = fmaf(w.z, a.z, s);
-  return fmaf(w.w, a.w, s);
-}
 
 __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); }
 
@@ -49,16 +21,16 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // arithmetic is the same wherever it runs.
 //  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
 //  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
-constexpr int kTablePairs = kMaxThreads;  // pairs listed per pass
+constexpr int kTablePairs = kRowThreads;  // pairs listed per pass
 
 template <typename W, bool kGateUp, int R>
-__global__ void __launch_bounds__(kMaxThreads) ExpertRowsKernel(ExpertFfnArgs a) {
+__global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a) {
   constexpr int kElems = 16 / sizeof(W);
   constexpr int M = kGateUp ? 2 : 1;  // matrices per row: gate and up, or down
-  __shared__ float red[kMaxWarps][R * M];
+  __shared__ float red[kRowWarps][R * M];
   __shared__ int table_pair[kTablePairs];
   __shared__ const W* table_mat[M][kTablePairs];
-  __shared__ int warp_owned[kMaxWarps];
+  __shared__ int warp_owned[kRowWarps];
   __shared__ int listed;
   PdlWait();
   PdlTrigger();
@@ -173,17 +145,12 @@ template <typename W, bool kGateUp, int R>
 cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   constexpr int kElems = 16 / sizeof(W);
   const int cols = kGateUp ? a.hidden : a.inter, rows = kGateUp ? a.inter : a.hidden;
-  const int threads = std::min(kMaxThreads, (cols / kElems + 31) / 32 * 32);
+  const int threads = RowThreads(cols / kElems);
   auto kernel = ExpertRowsKernel<W, kGateUp, R>;
-  int device = 0, sms = 0, per_sm = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
-  if (err != cudaSuccess) return err;
   const long items = static_cast<long>(std::min(a.tokens * a.top_k, kTablePairs)) * ((rows + R - 1) / R);
-  const long wave = static_cast<long>(std::max(per_sm, 1)) * sms;
-  const float share = a.share > 0.f && a.share < 1.f ? a.share : 1.f;
-  const int grid = static_cast<int>(std::max(1L, static_cast<long>(std::ceil(std::min(items, wave) * share))));
+  int grid = 0;
+  const cudaError_t err = ResidentGrid(kernel, threads, 0, items, a.share, &grid);
+  if (err != cudaSuccess) return err;
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }
 

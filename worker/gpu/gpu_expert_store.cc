@@ -175,22 +175,6 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
   if (static_cast<size_t>(tokens) * top_k * config_.moe_intermediate_size > act_capacity_) {
     return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
   }
-  if (allow_grouped && !fp32_ && tokens >= kGroupedMinTokens) {
-    if (static_cast<size_t>(tokens) * top_k > grouped_pairs_) {
-      return absl::InternalError(StrCat("grouped expert scratch reserved for fewer than ", tokens, " tokens"));
-    }
-    ExpertFfnArgs a;
-    a.x = x;
-    a.routing = routing;
-    a.experts = table->second;
-    a.num_experts = config_.num_experts;
-    a.tokens = static_cast<int>(tokens);
-    a.top_k = static_cast<int>(top_k);
-    a.hidden = config_.hidden_size;
-    a.inter = config_.moe_intermediate_size;
-    a.out = out;
-    return CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch");
-  }
   ExpertFfnArgs a;
   a.x = x;
   a.routing = routing;
@@ -200,8 +184,14 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
   a.top_k = static_cast<int>(top_k);
   a.hidden = config_.hidden_size;
   a.inter = config_.moe_intermediate_size;
-  a.act = act_;
   a.out = out;
+  if (allow_grouped && !fp32_ && tokens >= kGroupedMinTokens) {
+    if (static_cast<size_t>(tokens) * top_k > grouped_pairs_) {
+      return absl::InternalError(StrCat("grouped expert scratch reserved for fewer than ", tokens, " tokens"));
+    }
+    return CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch");
+  }
+  a.act = act_;
   a.fp32_weights = fp32_;
   const std::vector<bool>& owned = owned_[layer];
   a.share = static_cast<float>(std::count(owned.begin(), owned.end(), true)) / static_cast<float>(owned.size());
