@@ -140,3 +140,95 @@ void LastTokenLogits(const ModelConfig& config, const float* x_last, const float
 }
 
 }  // namespace pinmoe
+
+namespace pinmoe {
+namespace {
+
+float SigmoidF(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+float SiluF(float x) { return x / (1.0f + std::exp(-x)); }
+// torch.nn.functional.softplus (beta 1, threshold 20).
+float SoftplusF(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+
+// x * rsqrt(sum(x^2) + eps), as the FLA-compatible l2norm in transformers.
+void L2Normalize(float* x, int n) {
+  const float ss = Dot(x, x, n);
+  const float inv = 1.0f / std::sqrt(ss + 1e-6f);
+  for (int i = 0; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace
+
+void GatedDeltaRule(const DeltaNetStep& d, const float* qkvz, size_t qkvz_stride, const float* ba,
+                    size_t ba_stride, int tokens, float* core) {
+  const int nk = d.key_heads, nv = d.value_heads, dk = d.key_head_dim, dv = d.value_head_dim;
+  const int ratio = nv / nk, kernel = d.conv_kernel;
+  const int key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
+  const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
+  std::vector<float> mixed(conv_dim), conv_out(conv_dim), z(value_dim), b(nv), a(nv);
+  std::vector<float> kv_mem(dv), delta(dv);
+  for (int t = 0; t < tokens; ++t) {
+    // Un-group the projection: per key head g it holds q_g, k_g, v_g (ratio heads), z_g (ratio heads).
+    const float* row = qkvz + static_cast<size_t>(t) * qkvz_stride;
+    const int group = 2 * dk + 2 * ratio * dv;
+    for (int g = 0; g < nk; ++g) {
+      const float* src = row + g * group;
+      std::copy_n(src, dk, mixed.data() + g * dk);                                          // q
+      std::copy_n(src + dk, dk, mixed.data() + key_dim + g * dk);                           // k
+      std::copy_n(src + 2 * dk, ratio * dv, mixed.data() + 2 * key_dim + g * ratio * dv);  // v
+      std::copy_n(src + 2 * dk + ratio * dv, ratio * dv, z.data() + g * ratio * dv);        // z
+      const float* bar = ba + static_cast<size_t>(t) * ba_stride + g * 2 * ratio;
+      std::copy_n(bar, ratio, b.data() + g * ratio);
+      std::copy_n(bar + ratio, ratio, a.data() + g * ratio);
+    }
+    // Causal depthwise conv over the last `kernel` inputs, then SiLU; roll the state.
+    for (int ch = 0; ch < conv_dim; ++ch) {
+      const float* w = d.conv + static_cast<size_t>(ch) * kernel;
+      float acc = 0;
+      for (int j = 0; j < kernel - 1; ++j) acc += w[j] * d.conv_state[static_cast<size_t>(j) * conv_dim + ch];
+      acc += w[kernel - 1] * mixed[ch];
+      conv_out[ch] = SiluF(acc);
+    }
+    if (kernel > 1) {
+      const size_t state_floats = static_cast<size_t>(kernel - 1) * conv_dim;
+      std::copy(d.conv_state + conv_dim, d.conv_state + state_floats, d.conv_state);
+      std::copy(mixed.begin(), mixed.end(), d.conv_state + state_floats - conv_dim);
+    }
+    float* q = conv_out.data();
+    float* k = conv_out.data() + key_dim;
+    const float* v = conv_out.data() + 2 * key_dim;
+    for (int g = 0; g < nk; ++g) {
+      L2Normalize(q + g * dk, dk);
+      L2Normalize(k + g * dk, dk);
+      for (int i = 0; i < dk; ++i) q[g * dk + i] *= q_scale;
+    }
+    // The delta rule, one value head at a time: S <- S * exp(g); S += k (beta (v - S^T k))^T; o = S^T q.
+    for (int hv = 0; hv < nv; ++hv) {
+      const int hk = hv / ratio;
+      const float* kh = k + hk * dk;
+      const float* qh = q + hk * dk;
+      const float* vh = v + hv * dv;
+      const float beta = SigmoidF(b[hv]);
+      const float decay = std::exp(-std::exp(d.a_log[hv]) * SoftplusF(a[hv] + d.dt_bias[hv]));
+      float* S = d.state + static_cast<size_t>(hv) * dk * dv;
+      for (int i = 0; i < dk * dv; ++i) S[i] *= decay;
+      std::fill(kv_mem.begin(), kv_mem.end(), 0.0f);
+      for (int i = 0; i < dk; ++i) {
+        for (int j = 0; j < dv; ++j) kv_mem[j] += S[i * dv + j] * kh[i];
+      }
+      for (int j = 0; j < dv; ++j) delta[j] = (vh[j] - kv_mem[j]) * beta;
+      for (int i = 0; i < dk; ++i) {
+        for (int j = 0; j < dv; ++j) S[i * dv + j] += kh[i] * delta[j];
+      }
+      float* o = core + static_cast<size_t>(t) * value_dim + hv * dv;
+      std::fill(o, o + dv, 0.0f);
+      for (int i = 0; i < dk; ++i) {
+        for (int j = 0; j < dv; ++j) o[j] += S[i * dv + j] * qh[i];
+      }
+      // Gated RMSNorm: norm(o) * weight * silu(z).
+      RmsNorm(o, d.norm, o, 1, dv, d.eps);
+      for (int j = 0; j < dv; ++j) o[j] *= SiluF(z[hv * dv + j]);
+    }
+  }
+}
+
+}  // namespace pinmoe

@@ -45,6 +45,29 @@ void QkNormRopeAttend(const Rope& rope, const float* q_norm, const float* k_norm
                       int tokens, int heads, float* q, std::vector<float>& k, const std::vector<float>& v,
                       KvCache* cache, float* attn);
 
+// Qwen3-Next's Gated DeltaNet after its two input projections: the weights and the recurrent state of
+// one layer (the state is updated in place).
+struct DeltaNetStep {
+  int key_heads = 0, value_heads = 0, key_head_dim = 0, value_head_dim = 0, conv_kernel = 0;
+  float eps = 1e-6f;               // of the gated RMSNorm
+  const float* conv = nullptr;     // [conv_dim, conv_kernel], conv_dim = 2 * key_dim + value_dim
+  const float* a_log = nullptr;    // [value_heads]
+  const float* dt_bias = nullptr;  // [value_heads]
+  const float* norm = nullptr;     // [value_head_dim], used as is
+  float* conv_state = nullptr;     // [conv_kernel - 1, conv_dim]: the last inputs, oldest first
+  float* state = nullptr;          // [value_heads, key_head_dim, value_head_dim]
+};
+
+// `tokens` tokens in order, token by token (the reference for the GPU's recurrent and chunked forms):
+// un-groups q, k, v, z from qkvz (per key head: q, k, v of its value heads, z of its value heads; rows
+// qkvz_stride apart) and b, a from ba (per key head: b then a of its value heads; rows ba_stride apart),
+// runs the causal depthwise conv + SiLU, l2-normalises q (then scales it by key_head_dim^-1/2) and k,
+// applies the delta rule S <- exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q per value head with
+// beta = sigmoid(b), g = -exp(A_log) softplus(a + dt_bias), and the gated RMSNorm norm(o) * w * silu(z).
+// core: [tokens, value_heads * value_head_dim].
+void GatedDeltaRule(const DeltaNetStep& d, const float* qkvz, size_t qkvz_stride, const float* ba,
+                    size_t ba_stride, int tokens, float* core);
+
 // Softmax over `num_experts` router logits, then the top_k largest probabilities (ties to the lower
 // index), renormalised when norm_topk_prob. ids/weights: [top_k].
 void RouteTopK(const float* logits, int num_experts, int top_k, bool norm_topk_prob, int32_t* ids,

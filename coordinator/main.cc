@@ -49,7 +49,7 @@ ABSL_FLAG(std::string, synthetic, "",
 ABSL_FLAG(int, layers, 0, "bench --synthetic: keep the first N layers (0: all)");
 ABSL_FLAG(int, prompt_tokens, 2048, "bench: prompt length for the prefill measurement");
 ABSL_FLAG(int, decode_tokens, 128, "bench: greedy steps for the decode measurement");
-ABSL_FLAG(int, batch, 1, "bench: sequences per step (1 so far)");
+ABSL_FLAG(int, batch, 1, "bench: sequences decoded together, one token each per step (greedy)");
 ABSL_FLAG(int, repetitions, 3, "bench: runs of each measurement (the best is reported)");
 ABSL_FLAG(int, sample_top_k, 0, "bench: decode by sampling from the top k (device-selected) instead of greedily");
 ABSL_FLAG(bool, cuda_graphs, true, "bench: replay decode steps as CUDA graphs");

@@ -14,16 +14,6 @@ namespace pinmoe {
 namespace {
 
 float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-float SiluF(float x) { return x / (1.0f + std::exp(-x)); }
-// torch.nn.functional.softplus (beta 1, threshold 20).
-float Softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
-
-// x * rsqrt(sum(x^2) + eps), as the FLA-compatible l2norm in transformers.
-void L2Normalize(float* x, int n) {
-  float ss = Dot(x, x, n);
-  float inv = 1.0f / std::sqrt(ss + 1e-6f);
-  for (int i = 0; i < n; ++i) x[i] *= inv;
-}
 
 void AddOne(std::vector<float>* w) {
   for (float& v : *w) v += 1.0f;
@@ -196,81 +186,30 @@ void Qwen3NextModel::Attention(FullAttention& a, const float* h, int tokens, flo
 void Qwen3NextModel::GatedDeltaNet(DeltaNet& d, const float* h, int tokens, float* out) {
   const int nk = config_.linear_num_key_heads, nv = config_.linear_num_value_heads;
   const int dk = config_.linear_key_head_dim, dv = config_.linear_value_head_dim;
-  const int ratio = nv / nk, kernel = config_.linear_conv_kernel_dim;
-  const int key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
+  const int kernel = config_.linear_conv_kernel_dim;
+  const int key_dim = nk * dk, value_dim = nv * dv;
   const size_t hidden = config_.hidden_size;
   const int qkvz_dim = 2 * key_dim + 2 * value_dim;
   std::vector<float> qkvz(static_cast<size_t>(tokens) * qkvz_dim), ba(static_cast<size_t>(tokens) * 2 * nv);
   MatMulTransposed(h, d.in_proj_qkvz.data(), qkvz.data(), tokens, hidden, qkvz_dim);
   MatMulTransposed(h, d.in_proj_ba.data(), ba.data(), tokens, hidden, 2 * nv);
 
-  const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
-  std::vector<float> mixed(conv_dim), conv_out(conv_dim), z(value_dim), b(nv), a(nv);
-  std::vector<float> core(value_dim), kv_mem(dv), delta(dv);
-  for (int t = 0; t < tokens; ++t) {
-    // Un-group the projection: per key head g it holds q_g, k_g, v_g (ratio heads), z_g (ratio heads).
-    const float* row = qkvz.data() + static_cast<size_t>(t) * qkvz_dim;
-    const int group = 2 * dk + 2 * ratio * dv;
-    for (int g = 0; g < nk; ++g) {
-      const float* src = row + g * group;
-      std::copy_n(src, dk, mixed.data() + g * dk);                                  // q
-      std::copy_n(src + dk, dk, mixed.data() + key_dim + g * dk);                   // k
-      std::copy_n(src + 2 * dk, ratio * dv, mixed.data() + 2 * key_dim + g * ratio * dv);  // v
-      std::copy_n(src + 2 * dk + ratio * dv, ratio * dv, z.data() + g * ratio * dv);        // z
-      const float* bar = ba.data() + static_cast<size_t>(t) * 2 * nv + g * 2 * ratio;
-      std::copy_n(bar, ratio, b.data() + g * ratio);
-      std::copy_n(bar + ratio, ratio, a.data() + g * ratio);
-    }
-    // Causal depthwise conv over the last `kernel` inputs, then SiLU; roll the state.
-    for (int ch = 0; ch < conv_dim; ++ch) {
-      const float* w = d.conv.data() + static_cast<size_t>(ch) * kernel;
-      float acc = 0;
-      for (int j = 0; j < kernel - 1; ++j) acc += w[j] * d.conv_state[static_cast<size_t>(j) * conv_dim + ch];
-      acc += w[kernel - 1] * mixed[ch];
-      conv_out[ch] = SiluF(acc);
-    }
-    if (kernel > 1) {
-      std::copy(d.conv_state.begin() + conv_dim, d.conv_state.end(), d.conv_state.begin());
-      std::copy(mixed.begin(), mixed.end(), d.conv_state.end() - conv_dim);
-    }
-    float* q = conv_out.data();
-    float* k = conv_out.data() + key_dim;
-    const float* v = conv_out.data() + 2 * key_dim;
-    for (int g = 0; g < nk; ++g) {
-      L2Normalize(q + g * dk, dk);
-      L2Normalize(k + g * dk, dk);
-      for (int i = 0; i < dk; ++i) q[g * dk + i] *= q_scale;
-    }
-    // The delta rule, one value head at a time: S <- S * exp(g); S += k (beta (v - S^T k))^T; o = S^T q.
-    for (int hv = 0; hv < nv; ++hv) {
-      const int hk = hv / ratio;
-      const float* kh = k + hk * dk;
-      const float* qh = q + hk * dk;
-      const float* vh = v + hv * dv;
-      const float beta = Sigmoid(b[hv]);
-      const float decay = std::exp(-std::exp(d.a_log[hv]) * Softplus(a[hv] + d.dt_bias[hv]));
-      float* S = d.state.data() + static_cast<size_t>(hv) * dk * dv;
-      for (int i = 0; i < dk * dv; ++i) S[i] *= decay;
-      std::fill(kv_mem.begin(), kv_mem.end(), 0.0f);
-      for (int i = 0; i < dk; ++i) {
-        for (int j = 0; j < dv; ++j) kv_mem[j] += S[i * dv + j] * kh[i];
-      }
-      for (int j = 0; j < dv; ++j) delta[j] = (vh[j] - kv_mem[j]) * beta;
-      for (int i = 0; i < dk; ++i) {
-        for (int j = 0; j < dv; ++j) S[i * dv + j] += kh[i] * delta[j];
-      }
-      float* o = core.data() + hv * dv;
-      std::fill(o, o + dv, 0.0f);
-      for (int i = 0; i < dk; ++i) {
-        for (int j = 0; j < dv; ++j) o[j] += S[i * dv + j] * qh[i];
-      }
-      // Gated RMSNorm: norm(o) * weight * silu(z).
-      RmsNorm(o, d.norm.data(), o, 1, dv, config_.rms_norm_eps);
-      for (int j = 0; j < dv; ++j) o[j] *= SiluF(z[hv * dv + j]);
-    }
-    MatMulTransposed(core.data(), d.out_proj.data(), out + static_cast<size_t>(t) * hidden, 1, value_dim,
-                     hidden);
-  }
+  DeltaNetStep step;
+  step.key_heads = nk;
+  step.value_heads = nv;
+  step.key_head_dim = dk;
+  step.value_head_dim = dv;
+  step.conv_kernel = kernel;
+  step.eps = static_cast<float>(config_.rms_norm_eps);
+  step.conv = d.conv.data();
+  step.a_log = d.a_log.data();
+  step.dt_bias = d.dt_bias.data();
+  step.norm = d.norm.data();
+  step.conv_state = d.conv_state.data();
+  step.state = d.state.data();
+  std::vector<float> core(static_cast<size_t>(tokens) * value_dim);
+  GatedDeltaRule(step, qkvz.data(), qkvz_dim, ba.data(), 2 * nv, tokens, core.data());
+  MatMulTransposed(core.data(), d.out_proj.data(), out, tokens, value_dim, hidden);
 }
 
 absl::Status Qwen3NextModel::Mlp(int index, Layer& L, const float* h, int tokens, float* out) {

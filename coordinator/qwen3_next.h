@@ -3,8 +3,9 @@
 // shared expert scaled by sigmoid(shared_expert_gate) (in the coordinator). Norms are zero-centred
 // (weight applied as 1 + w), except the gated RMSNorm inside DeltaNet.
 //
-// The recurrence runs token by token, also in prefill; the conv and recurrent states carry across calls,
-// so decoding after a prefill equals feeding the prompt one token at a time.
+// The recurrence (GatedDeltaRule, coordinator/layers.h) runs token by token, also in prefill; the conv
+// and recurrent states carry across calls, so decoding after a prefill equals feeding the prompt one
+// token at a time.
 #pragma once
 
 #include <memory>

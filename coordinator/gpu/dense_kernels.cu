@@ -179,8 +179,8 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
                  a.out + (static_cast<size_t>(t) * a.heads + h) * hd, p, red);
 }
 
-// Decode (one token): the q/k norm + RoPE + cache append and the attention in one kernel, one block per
-// query head. Each block normalises and rotates its own query and its kv head's new key (the few
+// Decode (one token per sequence): the q/k norm + RoPE + cache append and the attention in one kernel,
+// one block per (query head, sequence). Each block normalises and rotates its own query and its kv head's new key (the few
 // redundant dot products cost less than a dependent launch); the group's first head writes the new key
 // and value to the cache; every block reads earlier positions from the cache and the new one from
 // shared memory, so no block waits for another.
@@ -190,8 +190,12 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
   __shared__ float red[32];
   PdlWait();
   PdlTrigger();
-  const int h = blockIdx.x, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
-  const int position = a.position_dev != nullptr ? *a.position_dev : a.first_position;
+  const int h = blockIdx.x, b = blockIdx.y, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
+  const int position = a.position_dev != nullptr ? a.position_dev[b] : a.first_position;
+  a.qkv += static_cast<size_t>(b) * a.row_stride;
+  a.k_cache += b * a.cache_seq_stride;
+  a.v_cache += b * a.cache_seq_stride;
+  out += static_cast<size_t>(b) * a.heads * hd;
   float* qs = sm;
   float* ks = sm + hd;
   float* vs = sm + 2 * hd;
@@ -421,11 +425,12 @@ cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t str
 
 cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads ||
-      a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim) {
+      a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim || a.batch < 1 ||
+      (a.batch > 1 && (a.position_dev == nullptr || a.cache_seq_stride == 0))) {
     return cudaErrorInvalidValue;
   }
-  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads), dim3(kAttnThreads), 3 * a.head_dim * sizeof(float),
-                   stream, a, out);
+  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads, a.batch), dim3(kAttnThreads),
+                   3 * a.head_dim * sizeof(float), stream, a, out);
 }
 
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,

@@ -34,6 +34,11 @@ struct QkNormRopeCacheArgs {
   float* q_out = nullptr;    // [tokens, heads, head_dim]
   float* k_cache = nullptr;  // [max_positions, kv_heads, head_dim]
   float* v_cache = nullptr;
+  // Batched decode (LaunchDecodeAttentionFused only): `batch` sequences of one token each, row b of qkv
+  // and out for sequence b, whose caches start cache_seq_stride floats after sequence b - 1's and whose
+  // position is position_dev[b].
+  int batch = 1;
+  size_t cache_seq_stride = 0;
 };
 cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& args, int tokens, cudaStream_t stream);
 
@@ -50,8 +55,8 @@ struct AttentionArgs {
 };
 cudaError_t LaunchAttention(const AttentionArgs& args, int tokens, cudaStream_t stream);
 
-// Decode (one token): LaunchQkNormRopeCache then LaunchAttention in one kernel (args.q_out unused); out
-// [heads, head_dim].
+// Decode (one token per sequence): LaunchQkNormRopeCache then LaunchAttention in one kernel (args.q_out
+// unused); out [batch, heads, head_dim].
 cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& args, float* out, cudaStream_t stream);
 
 // x[t, :] = table[ids[t], :] widened to fp32; table [vocab, hidden] in bf16 or fp32.

@@ -36,6 +36,12 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   max_context_ = options.max_context <= 0 || options.max_context > c.max_position_embeddings
                      ? c.max_position_embeddings
                      : options.max_context;
+  if (options.max_batch < 1 || static_cast<uint32_t>(options.max_batch) > options.max_step_tokens) {
+    return absl::InvalidArgumentError(StrCat("a batch of ", options.max_batch, " sequences needs 1 to ",
+                                             options.max_step_tokens, " (the tokens per step)"));
+  }
+  positions_.assign(options.max_batch, 0);
+  cache_floats_ = static_cast<size_t>(max_context_) * c.num_kv_heads * c.head_dim;
   if (options.synthetic_seed == 0) {
     if (ckpt == nullptr) return absl::InvalidArgumentError("a GPU model needs a checkpoint or a synthetic seed");
     weights_ = DeviceWeights::FromCheckpoint(ckpt, options.device);
@@ -56,26 +62,29 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   } else {
     ASSIGN_OR_RETURN(lm_head_, w.Matrix("lm_head.weight", c.vocab_size, h));
   }
-  const size_t t = options.max_step_tokens;
+  const size_t t = options.max_step_tokens, batch = options.max_batch;
   RETURN_IF_ERROR(Alloc(t, &ids_dev_));
   RETURN_IF_ERROR(Alloc(t * h, &x_));
   RETURN_IF_ERROR(Alloc(t * std::max(c.num_experts, 1), &router_logits_));
   RETURN_IF_ERROR(Alloc(t * std::max(c.top_k, 1), &route_weights_));
-  RETURN_IF_ERROR(Alloc(1, &position_dev_));
+  RETURN_IF_ERROR(Alloc(batch, &position_dev_));
   RETURN_IF_ERROR(Alloc(1, &router_blocks_done_));
-  RETURN_IF_ERROR(Alloc(h, &last_h_));
-  RETURN_IF_ERROR(Alloc(c.vocab_size, &logits_));
-  RETURN_IF_ERROR(Alloc(1, &argmax_));
+  RETURN_IF_ERROR(Alloc(batch * h, &last_h_));
+  RETURN_IF_ERROR(Alloc(batch * c.vocab_size, &logits_));
+  RETURN_IF_ERROR(Alloc(batch, &argmax_));
   uint64_t* am = nullptr;
-  RETURN_IF_ERROR(Alloc(2, &am));
-  argmax_scratch_.key = reinterpret_cast<unsigned long long*>(am);
-  argmax_scratch_.blocks_done = reinterpret_cast<unsigned int*>(am + 1);
+  RETURN_IF_ERROR(Alloc(2 * batch, &am));
+  argmax_scratch_.resize(batch);
+  for (size_t b = 0; b < batch; ++b) {
+    argmax_scratch_[b].key = reinterpret_cast<unsigned long long*>(am + 2 * b);
+    argmax_scratch_[b].blocks_done = reinterpret_cast<unsigned int*>(am + 2 * b + 1);
+  }
   RETURN_IF_ERROR(Alloc(TopKPartialKeys(c.vocab_size), &topk_partial_));
   RETURN_IF_ERROR(Alloc(kDeviceTopKMax, &topk_keys_));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&ids_host_, t * sizeof(int32_t)));
-  CUDA_RETURN_IF_ERROR(cudaMallocHost(&position_host_, sizeof(int32_t)));
-  CUDA_RETURN_IF_ERROR(cudaMallocHost(&logits_host_, c.vocab_size * sizeof(float)));
-  CUDA_RETURN_IF_ERROR(cudaMallocHost(&argmax_host_, sizeof(int32_t)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&position_host_, batch * sizeof(int32_t)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&logits_host_, batch * c.vocab_size * sizeof(float)));
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&argmax_host_, batch * sizeof(int32_t)));
   CUDA_RETURN_IF_ERROR(cudaMallocHost(&topk_host_, kDeviceTopKMax * sizeof(unsigned long long)));
   // RoPE frequencies exactly as the CPU path computes them.
   Rope rope(c.head_dim, c.RotaryDim(), c.rope_theta);
@@ -93,25 +102,30 @@ GpuCausalLm::~GpuCausalLm() {
   if (argmax_host_ != nullptr) cudaFreeHost(argmax_host_);
   if (topk_host_ != nullptr) cudaFreeHost(topk_host_);
   if (position_host_ != nullptr) cudaFreeHost(position_host_);
-  for (auto& by_variant : graphs_) {
-    for (cudaGraphExec_t g : by_variant) {
-      if (g != nullptr) cudaGraphExecDestroy(g);
-    }
-  }
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
   if (step_done_ != nullptr) cudaEventDestroy(step_done_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
 void GpuCausalLm::Reset() {
-  position_ = 0;
+  std::fill(positions_.begin(), positions_.end(), 0);
+  seq_ = 0;
   absl::Status st = ResetState();
   PINMOE_CHECK(st.ok());
 }
 
+absl::Status GpuCausalLm::SelectSequence(int s) {
+  if (s < 0 || s >= options_.max_batch) {
+    return absl::OutOfRangeError(StrCat("sequence ", s, " of a model holding ", options_.max_batch));
+  }
+  seq_ = s;
+  return absl::OkStatus();
+}
+
 absl::Status GpuCausalLm::CheckIds(std::span<const int32_t> ids) const {
   if (ids.empty()) return absl::InvalidArgumentError("no tokens to run");
-  if (position_ + static_cast<int64_t>(ids.size()) > max_context_) {
-    return absl::OutOfRangeError(StrCat(position_, " + ", ids.size(), " tokens exceed the context of ",
+  if (positions_[seq_] + static_cast<int64_t>(ids.size()) > max_context_) {
+    return absl::OutOfRangeError(StrCat(positions_[seq_], " + ", ids.size(), " tokens exceed the context of ",
                                         max_context_));
   }
   for (int32_t id : ids) {
@@ -126,56 +140,126 @@ absl::Status GpuCausalLm::Step(const int32_t* ids, int n, Output output, bool wa
   PINMOE_CHECK(experts_ != nullptr);
   cudaStream_t s = stream_;
   std::copy(ids, ids + n, ids_host_);
-  *position_host_ = position_;
+  *position_host_ = positions_[seq_];
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(position_dev_, position_host_, sizeof(int32_t), cudaMemcpyHostToDevice, s));
   ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(n)));
-  if (n == 1 && want_output && options_.graphs && variant < experts_->graph_variants() && variant < 2) {
-    cudaGraphExec_t& exec = graphs_[variant][static_cast<int>(output)];
-    if (output == Output::kTopK && exec != nullptr && graph_top_k_[variant] != top_k_) {
-      CUDA_RETURN_IF_ERROR(cudaGraphExecDestroy(exec));  // captured for another k
-      exec = nullptr;
-    }
-    if (exec == nullptr) {
-      // Capture once per (variant, output); every later decode step replays it.
-      if (output == Output::kTopK) graph_top_k_[variant] = top_k_;
-      CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      absl::Status st = EnqueueStep(n, output, want_output, variant);
-      cudaGraph_t graph = nullptr;
-      const cudaError_t end = cudaStreamEndCapture(s, &graph);
-      RETURN_IF_ERROR(st);
-      CUDA_RETURN_IF_ERROR(end);
-      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      CUDA_RETURN_IF_ERROR(inst);
-    }
-    CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, s));
-  } else {
-    RETURN_IF_ERROR(EnqueueStep(n, output, want_output, variant));
-  }
+  batch_ = 1;
+  RETURN_IF_ERROR(Launch(n, output, want_output, variant));
   CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
   RETURN_IF_ERROR(experts_->FinishStep(step_done_));
-  position_ += n;
+  positions_[seq_] += n;
+  return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::DecodeBatch(std::span<const int32_t> ids, std::vector<int32_t>* argmax,
+                                      std::vector<float>* logits) {
+  PINMOE_CHECK(experts_ != nullptr);
+  const int batch = static_cast<int>(ids.size());
+  if (batch < 1 || batch > options_.max_batch) {
+    return absl::InvalidArgumentError(StrCat("a batch of ", ids.size(), " sequences; this model holds 1 to ",
+                                             options_.max_batch));
+  }
+  if (static_cast<uint32_t>(batch) > experts_->max_tokens()) {
+    return absl::InvalidArgumentError(StrCat("a batch of ", batch, " exceeds the experts' ", experts_->max_tokens(),
+                                             " tokens per step"));
+  }
+  for (int b = 0; b < batch; ++b) {
+    if (positions_[b] + 1 > max_context_) {
+      return absl::OutOfRangeError(StrCat("sequence ", b, " is full (", max_context_, " tokens)"));
+    }
+    if (ids[b] < 0 || ids[b] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(StrCat("token id ", ids[b], " is outside the vocabulary of ",
+                                               config_.vocab_size));
+    }
+  }
+  cudaStream_t s = stream_;
+  std::copy(ids.begin(), ids.end(), ids_host_);
+  std::copy(positions_.begin(), positions_.begin() + batch, position_host_);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, batch * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(position_dev_, position_host_, batch * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(batch)));
+  batch_ = batch;
+  const absl::Status st = Launch(batch, logits != nullptr ? Output::kLogits : Output::kArgMax,
+                                 /*want_output=*/true, variant);
+  batch_ = 1;
+  RETURN_IF_ERROR(st);
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
+  RETURN_IF_ERROR(experts_->FinishStep(step_done_));
+  for (int b = 0; b < batch; ++b) ++positions_[b];
+  argmax->assign(argmax_host_, argmax_host_ + batch);
+  if (logits != nullptr) {
+    logits->assign(logits_host_, logits_host_ + static_cast<size_t>(batch) * config_.vocab_size);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::Launch(int n, Output output, bool want_output, int variant) {
+  cudaStream_t s = stream_;
+  const bool decode = n == 1 || batch_ > 1;
+  if (!decode || !want_output || !options_.graphs || variant >= experts_->graph_variants()) {
+    return EnqueueStep(n, output, want_output, variant);
+  }
+  // The graph bakes in the sequence's cache and state addresses (and the top-k's k): one per each.
+  const GraphKey key{variant, static_cast<int>(output), batch_ > 1 ? -1 : seq_, batch_,
+                     output == Output::kTopK ? top_k_ : 0};
+  cudaGraphExec_t& exec = graphs_[key];
+  if (exec == nullptr) {
+    CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    absl::Status st = EnqueueStep(n, output, want_output, variant);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(s, &graph);
+    if (!st.ok() || end != cudaSuccess) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      graphs_.erase(key);
+      RETURN_IF_ERROR(st);
+      CUDA_RETURN_IF_ERROR(end);
+    }
+    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (inst != cudaSuccess) {
+      graphs_.erase(key);
+      CUDA_RETURN_IF_ERROR(inst);
+    }
+  }
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(graphs_[key], s));
   return absl::OkStatus();
 }
 
 absl::Status GpuCausalLm::EnqueueStep(int n, Output output, bool want_output, int variant) {
-  const int h = config_.hidden_size;
+  const int h = config_.hidden_size, vocab = config_.vocab_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   CUDA_RETURN_IF_ERROR(LaunchEmbed(embed_.data, embed_.bf16, ids_dev_, n, h, x_, stream_));
   RETURN_IF_ERROR(EnqueueLayers(n, variant));
   if (!want_output) return absl::OkStatus();
-  CUDA_RETURN_IF_ERROR(LaunchRmsNorm(x_ + static_cast<size_t>(n - 1) * h, final_norm_, last_h_, 1, h, eps, stream_));
-  RETURN_IF_ERROR(linear_->Run(lm_head_, last_h_, 1, logits_, /*accumulate=*/false));
+  // One row of logits per sequence: the last token's, or every token's in a batched step.
+  const int rows = batch_;
+  CUDA_RETURN_IF_ERROR(
+      LaunchRmsNorm(x_ + static_cast<size_t>(n - rows) * h, final_norm_, last_h_, rows, h, eps, stream_));
+  RETURN_IF_ERROR(linear_->Run(lm_head_, last_h_, rows, logits_, /*accumulate=*/false));
   if (output == Output::kArgMax) {
-    CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_, config_.vocab_size, argmax_scratch_, argmax_, stream_));
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(argmax_host_, argmax_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    for (int r = 0; r < rows; ++r) {
+      CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_ + static_cast<size_t>(r) * vocab, vocab, argmax_scratch_[r],
+                                        argmax_ + r, stream_));
+    }
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(argmax_host_, argmax_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   } else if (output == Output::kTopK) {
+    PINMOE_CHECK(rows == 1);
     CUDA_RETURN_IF_ERROR(LaunchTopK(logits_, config_.vocab_size, top_k_, topk_partial_, topk_keys_, stream_));
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(topk_host_, topk_keys_, top_k_ * sizeof(unsigned long long),
                                          cudaMemcpyDeviceToHost, stream_));
   } else {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits_host_, logits_, config_.vocab_size * sizeof(float),
+    if (rows > 1) {  // the greedy ids come along with the logits
+      for (int r = 0; r < rows; ++r) {
+        CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_ + static_cast<size_t>(r) * vocab, vocab, argmax_scratch_[r],
+                                          argmax_ + r, stream_));
+      }
+      CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(argmax_host_, argmax_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    }
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits_host_, logits_, static_cast<size_t>(rows) * vocab * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));
   }
   return absl::OkStatus();
@@ -200,8 +284,10 @@ QkNormRopeCacheArgs GpuCausalLm::FusedQkvLayout(const float* qkv, bool gated_que
   qa.q_norm = q_norm;
   qa.k_norm = k_norm;
   qa.q_out = q_out;
-  qa.k_cache = k_cache;
-  qa.v_cache = v_cache;
+  qa.k_cache = k_cache + SeqOffset(cache_floats_);
+  qa.v_cache = v_cache + SeqOffset(cache_floats_);
+  qa.batch = batch_;
+  qa.cache_seq_stride = cache_floats_;
   return qa;
 }
 
@@ -230,7 +316,9 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   qa.inv_freq = inv_freq_;
   qa.eps = static_cast<float>(config_.rms_norm_eps);
   qa.position_dev = position_dev_;
-  if (n == 1) return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");
+  if (n == 1 || batch_ > 1) {
+    return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");
+  }
   CUDA_RETURN_IF_ERROR(LaunchQkNormRopeCache(qa, n, stream_));
   if (n >= kFlashMinTokens && bf16_model && FlashAttentionSupports(qa.head_dim)) {
     FlashAttentionArgs fa;
@@ -241,7 +329,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
     fa.heads = qa.heads;
     fa.kv_heads = qa.kv_heads;
     fa.head_dim = qa.head_dim;
-    fa.first_position = position_;  // prefill steps are never captured in a graph
+    fa.first_position = positions_[seq_];  // prefill steps are never captured in a graph
     fa.out = attn_out;
     return CudaStatus(LaunchFlashAttention(fa, stream_), "flash attention launch");
   }

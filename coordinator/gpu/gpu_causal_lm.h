@@ -1,17 +1,24 @@
 // What every GPU model shares: weights in device memory (checkpoint dtype, or seeded synthetic ones),
 // one stream, the embedding, the final norm and lm_head with the arg-max or the sampler's top-k
 // candidates taken on the device, the activations of a step, and the step itself: a prompt runs in
-// chunks of at most max_tokens() of the
-// expert backend, and decode steps (one token) replay a CUDA graph captured on first use (one per
-// backend variant and output kind), so the host enqueues one launch per token. Each architecture
+// chunks of at most max_tokens() of the expert backend, and decode steps (one token) replay a CUDA
+// graph captured on first use (one per backend variant, output kind, sequence and batch), so the host
+// enqueues one launch per token.
+//
+// A model holds max_batch sequences, each with its own position, KV caches and recurrent state:
+// Forward and friends extend the selected one (SelectSequence; 0 unless changed), and DecodeBatch
+// advances sequences 0..B-1 by one token each in one forward pass (the linear layers, router and
+// experts see B tokens; attention and DeltaNet keep each to its own sequence). Each architecture
 // supplies its layers (EnqueueLayers) and its recurrent state, if any (ResetState).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <span>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,6 +39,7 @@ struct GpuModelOptions {
   int max_context = 0;              // 0: the config's max_position_embeddings
   uint64_t synthetic_seed = 0;      // non-zero: seeded synthetic weights, no checkpoint
   uint32_t max_step_tokens = 2048;  // activations are sized for this many tokens per step
+  int max_batch = 1;                // sequences with their own caches (DecodeBatch); <= max_step_tokens
   // Decode steps replay a captured CUDA graph (one launch instead of ~500); off: launch each kernel.
   bool graphs = true;
 };
@@ -51,8 +59,17 @@ class GpuCausalLm : public CausalLm {
   absl::StatusOr<int32_t> ForwardArgMax(std::span<const int32_t> ids) override { return ForwardGreedy(ids); }
   // The top k (<= kDeviceTopKMax) selected on the device: k keys come back instead of the logits.
   absl::Status ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top) override;
+  // Forgets every sequence (caches back to empty) and selects sequence 0.
   void Reset() override;
-  int position() const override { return position_; }
+  int position() const override { return positions_[seq_]; }
+  // Which sequence Forward, ForwardGreedy and ForwardTopK extend: 0 <= s < max_batch().
+  absl::Status SelectSequence(int s);
+  int max_batch() const { return options_.max_batch; }
+  int sequence_position(int s) const { return positions_[s]; }
+  // One decode step of sequences 0..B-1 (B = ids.size() <= max_batch()), ids[b] appended to sequence b
+  // at its own position; argmax[b] is the greedy next token of sequence b, and `logits`, when not null,
+  // receives [B, vocab]. Replays a CUDA graph per B after the first step.
+  absl::Status DecodeBatch(std::span<const int32_t> ids, std::vector<int32_t>* argmax, std::vector<float>* logits);
   int max_context() const override { return max_context_; }
   const ModelConfig& config() const override { return config_; }
   uint64_t weight_bytes() const { return weights_->bytes(); }
@@ -62,10 +79,11 @@ class GpuCausalLm : public CausalLm {
   // Weights source, stream, embedding / final norm (plus norm_add) / lm_head, the shared activations.
   absl::Status InitCommon(const ModelConfig& config, Checkpoint* checkpoint, const GpuModelOptions& options,
                           float final_norm_add);
-  // Everything between the embedding (x_ holds it) and the final norm, for `n` tokens at position_
-  // (also in position_dev_ for graph replays).
+  // Everything between the embedding (x_ holds it) and the final norm: `n` tokens of sequence seq_ at
+  // its position (also in position_dev_[0] for graph replays) when batch_ is 1, else n == batch_ tokens,
+  // token b of sequence b at position_dev_[b]. Per-sequence state goes through SeqOffset.
   virtual absl::Status EnqueueLayers(int n, int variant) = 0;
-  // Zeroes recurrent state beyond the KV caches (position_ is reset by Reset).
+  // Zeroes every sequence's recurrent state beyond the KV caches (positions are reset by Reset).
   virtual absl::Status ResetState() { return absl::OkStatus(); }
 
   // Device scratch of `count` elements of T (zeroed), owned by the weights.
@@ -75,8 +93,12 @@ class GpuCausalLm : public CausalLm {
     *dst = static_cast<T*>(p);
     return absl::OkStatus();
   }
+  // Where the step's state of one layer starts, for per-sequence blocks of `per_sequence` elements:
+  // seq_'s block, or sequence 0's in a batched step (the kernels step per sequence from there).
+  size_t SeqOffset(size_t per_sequence) const { return batch_ > 1 ? 0 : static_cast<size_t>(seq_) * per_sequence; }
   // The layout of a fused q/k/v projection's rows [q heads | k heads | v heads] in `qkv`, for the
-  // attention core; with gated_query each query head is followed by its gate (Qwen3-Next).
+  // attention core; with gated_query each query head is followed by its gate (Qwen3-Next). The caches
+  // are the layer's (sequence 0 first, cache_floats_ per sequence).
   QkNormRopeCacheArgs FusedQkvLayout(const float* qkv, bool gated_query, const float* q_norm, const float* k_norm,
                                      float* q_out, float* k_cache, float* v_cache) const;
   // q/k norm + RoPE + cache append, then attention (tensor cores for bf16 prefill), into attn_out.
@@ -97,7 +119,10 @@ class GpuCausalLm : public CausalLm {
   ModelConfig config_;
   GpuModelOptions options_;
   int max_context_ = 0;
-  int position_ = 0;
+  std::vector<int> positions_;  // [max_batch]
+  int seq_ = 0;                 // the sequence of single-sequence steps
+  int batch_ = 1;               // sequences in the step being enqueued (> 1: DecodeBatch)
+  size_t cache_floats_ = 0;     // one sequence's K (or V) cache of one attention layer
   GpuExperts* experts_ = nullptr;
   std::unique_ptr<DeviceWeights> weights_;
   std::unique_ptr<LinearRunner> linear_;
@@ -110,7 +135,7 @@ class GpuCausalLm : public CausalLm {
   float* x_ = nullptr;              // [t, hidden]: the residual stream
   float* router_logits_ = nullptr;  // [t, experts]
   float* route_weights_ = nullptr;  // [t, top_k]
-  int32_t* position_dev_ = nullptr;
+  int32_t* position_dev_ = nullptr;  // [max_batch]
   unsigned int* router_blocks_done_ = nullptr;  // the fused router top-k's block counter
 
  private:
@@ -120,24 +145,31 @@ class GpuCausalLm : public CausalLm {
   // Runs ids in steps of at most max_tokens(); the last step produces `output`.
   absl::Status Run(std::span<const int32_t> ids, Output output);
   absl::Status Step(const int32_t* ids, int n, Output output, bool want_output);
+  // Enqueues the step (ids and positions already on the device), as a graph replay where it can be one.
+  absl::Status Launch(int n, Output output, bool want_output, int variant);
   absl::Status EnqueueStep(int n, Output output, bool want_output, int variant);
 
   cudaEvent_t step_done_ = nullptr;
-  float* last_h_ = nullptr;
-  float* logits_ = nullptr;
-  int32_t* argmax_ = nullptr;
-  ArgMaxScratch argmax_scratch_;
+  float* last_h_ = nullptr;   // [max_batch, hidden]
+  float* logits_ = nullptr;   // [max_batch, vocab]
+  int32_t* argmax_ = nullptr;  // [max_batch]
+  std::vector<ArgMaxScratch> argmax_scratch_;  // one per row
   unsigned long long* topk_partial_ = nullptr;  // [TopKPartialKeys(vocab)]
   unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]
   int top_k_ = 0;                               // the k of Output::kTopK
-  // Decode graphs by [experts' variant][output]; null until first used (kTopK's for graph_top_k_).
-  cudaGraphExec_t graphs_[2][3] = {};
-  int graph_top_k_[2] = {0, 0};
+  // Decode graphs, captured on first use.
+  struct GraphKey {
+    int variant, output, seq, batch, top_k;
+    bool operator<(const GraphKey& o) const {
+      return std::tie(variant, output, seq, batch, top_k) < std::tie(o.variant, o.output, o.seq, o.batch, o.top_k);
+    }
+  };
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
   // Pinned host staging.
   int32_t* ids_host_ = nullptr;
-  int32_t* position_host_ = nullptr;
-  float* logits_host_ = nullptr;
-  int32_t* argmax_host_ = nullptr;
+  int32_t* position_host_ = nullptr;  // [max_batch]
+  float* logits_host_ = nullptr;      // [max_batch, vocab]
+  int32_t* argmax_host_ = nullptr;    // [max_batch]
   unsigned long long* topk_host_ = nullptr;
 };
 

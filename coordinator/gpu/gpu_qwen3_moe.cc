@@ -16,7 +16,7 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig
   RETURN_IF_ERROR(m->InitCommon(c, ckpt, options, /*final_norm_add=*/0.f));
   DeviceWeights& w = *m->weights_;
   const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const size_t cache_floats = static_cast<size_t>(m->max_context_) * nkv * hd;
+  const size_t cache_floats = m->cache_floats_ * options.max_batch;  // every sequence's
   m->layers_.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     Layer& L = m->layers_[l];

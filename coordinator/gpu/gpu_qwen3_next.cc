@@ -26,7 +26,7 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Next>> GpuQwen3Next::Load(const ModelConf
   const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
   const int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
   const int64_t qkvz_dim = 2 * key_dim + 2 * value_dim, kernel = c.linear_conv_kernel_dim;
-  const size_t cache_floats = static_cast<size_t>(m->max_context_) * nkv * hd;
+  const size_t cache_floats = m->cache_floats_ * options.max_batch;  // every sequence's
   m->conv_state_floats_ = static_cast<size_t>(std::max<int64_t>(kernel - 1, 1)) * conv_dim;
   m->state_floats_ = static_cast<size_t>(nv) * dk * dv;
   int64_t widest_mlp = 1;
@@ -57,8 +57,8 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Next>> GpuQwen3Next::Load(const ModelConf
       ASSIGN_OR_RETURN(L.a_log, w.Small(LayerTensor(l, "linear_attn.A_log"), {nv}, 1.f));
       ASSIGN_OR_RETURN(L.dt_bias, w.Small(LayerTensor(l, "linear_attn.dt_bias"), {nv}, 1.f));
       ASSIGN_OR_RETURN(L.delta_norm, w.Vector(LayerTensor(l, "linear_attn.norm.weight"), dv));
-      RETURN_IF_ERROR(m->Alloc(m->conv_state_floats_, &L.conv_state));
-      RETURN_IF_ERROR(m->Alloc(m->state_floats_, &L.state));
+      RETURN_IF_ERROR(m->Alloc(m->conv_state_floats_ * options.max_batch, &L.conv_state));
+      RETURN_IF_ERROR(m->Alloc(m->state_floats_ * options.max_batch, &L.state));
     }
     L.moe = c.IsMoeLayer(l);
     if (L.moe) {
@@ -94,8 +94,9 @@ absl::Status GpuQwen3Next::ResetState() {
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   for (Layer& L : layers_) {
     if (L.kind != LayerKind::kLinearAttention) continue;
-    CUDA_RETURN_IF_ERROR(cudaMemset(L.conv_state, 0, conv_state_floats_ * sizeof(float)));
-    CUDA_RETURN_IF_ERROR(cudaMemset(L.state, 0, state_floats_ * sizeof(float)));
+    const size_t batch = options_.max_batch;
+    CUDA_RETURN_IF_ERROR(cudaMemset(L.conv_state, 0, batch * conv_state_floats_ * sizeof(float)));
+    CUDA_RETURN_IF_ERROR(cudaMemset(L.state, 0, batch * state_floats_ * sizeof(float)));
   }
   return absl::OkStatus();
 }
@@ -130,16 +131,18 @@ absl::Status GpuQwen3Next::EnqueueLayers(int n, int variant) {
       d.proj = proj_;
       d.proj_stride = qkvz_dim + 2 * nv;
       d.conv_w = L.conv_w;
-      d.conv_state = L.conv_state;
+      d.conv_state = L.conv_state + SeqOffset(conv_state_floats_);
       d.conv_out = conv_out_;
       d.a_log = L.a_log;
       d.dt_bias = L.dt_bias;
       d.norm_w = L.delta_norm;
       d.eps = eps;
-      d.state = L.state;
+      d.state = L.state + SeqOffset(state_floats_);
       d.core = core_;
-      CUDA_RETURN_IF_ERROR(LaunchDeltaConv(d, n, stream_));
-      CUDA_RETURN_IF_ERROR(LaunchDeltaRule(d, n, stream_));
+      d.batch = batch_;  // a batched step: one token of each sequence
+      const int tokens = batch_ > 1 ? 1 : n;
+      CUDA_RETURN_IF_ERROR(LaunchDeltaConv(d, tokens, stream_));
+      CUDA_RETURN_IF_ERROR(LaunchDeltaRule(d, tokens, stream_));
       RETURN_IF_ERROR(linear_->Run(L.out_proj, core_, n, x_, /*accumulate=*/true));
     }
     if (L.moe) {
