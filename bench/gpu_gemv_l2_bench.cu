@@ -237,20 +237,20 @@ int main(int argc, char** argv) {
           break;
         case 3: {
           int grid = 0;
-          CHECK_CUDA(ResidentGrid(GemvSplitK<8, true>, 256, 0, rows / 8, 1.f, &grid));
+          CHECK_CUDA(ResidentGrid(GemvSplitK<8, true>, 256, 0, rows / 8, &grid));
           CHECK_CUDA(LaunchPdl(GemvSplitK<8, true>, dim3(grid), dim3(256), 0, s, wp, x, rows, cols, y));
           break;
         }
         case 4: {
           int grid = 0;
-          CHECK_CUDA(ResidentGrid(GemvSplitK<4, true>, 256, 0, rows / 4, 1.f, &grid));
+          CHECK_CUDA(ResidentGrid(GemvSplitK<4, true>, 256, 0, rows / 4, &grid));
           CHECK_CUDA(LaunchPdl(GemvSplitK<4, true>, dim3(grid), dim3(256), 0, s, wp, x, rows, cols, y));
           break;
         }
         case 5: {
           const uint4* p = reinterpret_cast<const uint4*>(wp);
           int grid = 0;
-          CHECK_CUDA(ResidentGrid(ReadAll, 256, 0, static_cast<long>(bytes / 16), 1.f, &grid));
+          CHECK_CUDA(ResidentGrid(ReadAll, 256, 0, static_cast<long>(bytes / 16), &grid));
           CHECK_CUDA(LaunchPdl(ReadAll, dim3(grid), dim3(256), 0, s, p, bytes / 16, sink));
           break;
         }

@@ -53,6 +53,8 @@ ABSL_FLAG(int, batch, 1, "bench: sequences decoded together, one token each per 
 ABSL_FLAG(int, repetitions, 3, "bench: runs of each measurement (the best is reported)");
 ABSL_FLAG(int, sample_top_k, 0, "bench: decode by sampling from the top k (device-selected) instead of greedily");
 ABSL_FLAG(bool, cuda_graphs, true, "bench: replay decode steps as CUDA graphs");
+ABSL_FLAG(std::string, delta_form, "auto",
+          "bench: Qwen3-Next's DeltaNet form: auto (chunked for prompts), recurrent or chunked");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
 
@@ -118,7 +120,9 @@ bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --promp
   bandwidth. --synthetic qwen3-30b-a3b or qwen3-next-80b-a3b draws seeded bf16 weights of that published
   shape on the device (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint;
   --cuda-graphs=false launches every kernel of a decode step instead of replaying a captured graph;
-  --sample-top-k K decodes by drawing from the top K logits (selected on the device) instead. --device, --workers
+  --sample-top-k K decodes by drawing from the top K logits (selected on the device) instead; --batch B
+  decodes B sequences together (aggregate tokens/s); --delta-form recurrent runs Qwen3-Next's prompt
+  through the token-by-token DeltaNet instead of the chunked form (for comparison). --device, --workers
   and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS
   (nvidia-cuda-mps-control -d) when workers share the coordinator's GPU: without it the GPU time-slices
   between the processes and every layer's hand-over costs ~0.3 ms.
@@ -228,6 +232,7 @@ int main(int argc, char** argv) {
     b.repetitions = absl::GetFlag(FLAGS_repetitions);
     b.sample_top_k = absl::GetFlag(FLAGS_sample_top_k);
     b.graphs = absl::GetFlag(FLAGS_cuda_graphs);
+    b.delta_form = absl::GetFlag(FLAGS_delta_form);
     absl::Status st = pinmoe::RunBench(b, std::cout, std::cerr);
     return st.ok() ? 0 : Fail(st);
 #else

@@ -3,20 +3,45 @@
 #include "common/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/device_name.h"
 #include "common/status.h"
 
 namespace pinmoe {
 
-Placement MakePlacement(const ModelConfig& config, int num_workers) {
+PlacementSplit SplitForDevices(const std::vector<std::string>& worker_devices) {
+  if (worker_devices.size() < 2) return PlacementSplit::kExperts;
+  for (const std::string& d : worker_devices) {
+    const absl::StatusOr<int> gpu = ParseDeviceName(d);
+    if (!gpu.ok() || *gpu < 0 || d != worker_devices[0]) return PlacementSplit::kExperts;
+  }
+  return PlacementSplit::kLayers;
+}
+
+Placement MakePlacement(const ModelConfig& config, int num_workers, PlacementSplit split) {
   PINMOE_CHECK(num_workers > 0);
   Placement p;
   p.per_worker.resize(num_workers);
   p.bytes_per_worker.assign(num_workers, 0);
   p.owner.assign(config.num_layers, std::vector<int>());
   const int e_total = config.num_experts;
+  int moe_layers = 0;
+  for (int l = 0; l < config.num_layers; ++l) moe_layers += config.IsMoeLayer(l) ? 1 : 0;
+  if (split == PlacementSplit::kLayers && num_workers > moe_layers) split = PlacementSplit::kExperts;
+  int moe_index = 0;
   for (int l = 0; l < config.num_layers; ++l) {
     if (!config.IsMoeLayer(l)) {
       p.owner[l].assign(e_total, -1);
+      continue;
+    }
+    if (split == PlacementSplit::kLayers) {
+      // MoE layer m goes to worker m * n / M: runs of floor or ceil(M / n) layers.
+      const int w = static_cast<int>(static_cast<int64_t>(moe_index++) * num_workers / moe_layers);
+      LayerExpertSet set;
+      set.layer = l;
+      for (int e = 0; e < e_total; ++e) set.experts.push_back(e);
+      p.owner[l].assign(e_total, w);
+      p.bytes_per_worker[w] += static_cast<uint64_t>(e_total) * config.ExpertBytes();
+      p.per_worker[w].push_back(std::move(set));
       continue;
     }
     p.owner[l].resize(e_total);

@@ -47,9 +47,12 @@ absl::StatusOr<WorkerPoolOptions> PoolOptions(const ModelConfig& config, const S
     for (const auto& d : options.devices) po.worker_devices.push_back(d.name);
     po.placement = plan.placement;
   } else if (log != nullptr) {
+    // The split WorkerPool makes for these devices.
+    std::vector<std::string> devices = po.worker_devices;
+    if (devices.empty()) devices.assign(po.num_workers, po.worker_device);
     *log << absl::StrFormat("pinmoe: placement plan, %d worker(s) on %s, %d layers x %d experts\n",
                             po.num_workers, options.worker_device, config.num_layers, config.num_experts)
-         << FormatPlacement(config, MakePlacement(config, po.num_workers));
+         << FormatPlacement(config, MakePlacement(config, po.num_workers, SplitForDevices(devices)));
   }
   return po;
 }

@@ -90,13 +90,20 @@ absl::Status WorkerPool::Launch() {
       return absl::InvalidArgumentError("the placement plan and the worker count disagree");
     }
     placement_ = *options_.placement;
-  } else {
-    placement_ = MakePlacement(config_, options_.num_workers);
   }
   std::vector<std::string> devices = options_.worker_devices;
   if (devices.empty()) devices.assign(options_.num_workers, options_.worker_device);
   if (static_cast<int>(devices.size()) != options_.num_workers) {
     return absl::InvalidArgumentError("one device per worker is needed");
+  }
+  if (!options_.placement.has_value()) {
+    // PINMOE_PLACEMENT_SPLIT=experts splits every layer even for workers sharing a GPU (for A/B
+    // measurements of the split; bench/NOTES.md).
+    const char* forced = std::getenv("PINMOE_PLACEMENT_SPLIT");
+    const PlacementSplit split = forced != nullptr && std::string_view(forced) == "experts"
+                                     ? PlacementSplit::kExperts
+                                     : SplitForDevices(devices);
+    placement_ = MakePlacement(config_, options_.num_workers, split);
   }
   ASSIGN_OR_RETURN(runtime_dir_, MakeRuntimeDir());
   ASSIGN_OR_RETURN(router_, RouterSocket::Bind(StrCat("ipc://", runtime_dir_, "/control")));

@@ -54,5 +54,46 @@ TEST(Placement, SkipsDenseLayers) {
   EXPECT_EQ(p.owner[1][0], -1);
 }
 
+// Workers sharing one GPU hold whole layers: each MoE layer has one owner holding all its experts, the
+// layers come in contiguous runs that differ by at most one layer, and dense layers stay unowned.
+TEST(Placement, LayerSplitGivesEachLayerOneOwner) {
+  for (int workers : {1, 2, 3, 5}) {
+    ModelConfig c = Config(11, 8);
+    c.mlp_only_layers = {4};
+    Placement p = MakePlacement(c, workers, PlacementSplit::kLayers);
+    std::vector<int> layers_of(workers, 0);
+    int last_owner = 0;
+    for (int l = 0; l < c.num_layers; ++l) {
+      if (l == 4) {
+        EXPECT_EQ(p.owner[l][0], -1);
+        continue;
+      }
+      const int w = p.owner[l][0];
+      for (int e = 0; e < 8; ++e) EXPECT_EQ(p.owner[l][e], w) << "layer " << l;
+      EXPECT_GE(w, last_owner) << "runs are contiguous";
+      last_owner = w;
+      ++layers_of[w];
+    }
+    auto [lo, hi] = std::minmax_element(layers_of.begin(), layers_of.end());
+    EXPECT_LE(*hi - *lo, 1) << workers << " workers";
+    EXPECT_GE(*lo, 1);
+    uint64_t total = 0;
+    for (auto b : p.bytes_per_worker) total += b;
+    EXPECT_EQ(total, c.ExpertBytes() * 10 * 8);
+  }
+  // More workers than MoE layers: every layer's experts split instead, so every worker holds some.
+  Placement many = MakePlacement(Config(2, 8), 4, PlacementSplit::kLayers);
+  for (const auto& w : many.per_worker) EXPECT_FALSE(w.empty());
+}
+
+TEST(Placement, LayersSplitOnlyForWorkersSharingOneGpu) {
+  EXPECT_EQ(SplitForDevices({"cuda:0", "cuda:0"}), PlacementSplit::kLayers);
+  EXPECT_EQ(SplitForDevices({"cuda:1", "cuda:1", "cuda:1"}), PlacementSplit::kLayers);
+  EXPECT_EQ(SplitForDevices({"cuda:0"}), PlacementSplit::kExperts);
+  EXPECT_EQ(SplitForDevices({"cuda:0", "cuda:1"}), PlacementSplit::kExperts);
+  EXPECT_EQ(SplitForDevices({"cpu", "cpu"}), PlacementSplit::kExperts);
+  EXPECT_EQ(SplitForDevices({"cuda:0", "cpu"}), PlacementSplit::kExperts);
+}
+
 }  // namespace
 }  // namespace pinmoe

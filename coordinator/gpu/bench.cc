@@ -143,6 +143,13 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   mo.graphs = o.graphs;
   mo.max_step_tokens = static_cast<uint32_t>(std::max(std::min(o.prompt_tokens, 2048), o.batch));
   mo.max_batch = o.batch;
+  if (o.delta_form == "recurrent") {
+    mo.delta_form = DeltaForm::kRecurrent;
+  } else if (o.delta_form == "chunked") {
+    mo.delta_form = DeltaForm::kChunked;
+  } else if (o.delta_form != "auto") {
+    return absl::InvalidArgumentError(StrCat("--delta-form ", o.delta_form, ": auto, recurrent or chunked"));
+  }
   auto start = std::chrono::steady_clock::now();
   std::unique_ptr<GpuCausalLm> model;
   if (config.architecture == Architecture::kQwen3Next) {
@@ -212,8 +219,9 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   const uint64_t bytes = DecodeWeightBytes(config, bytes_per_weight, o.batch);
   const double roofline = o.batch * peak / static_cast<double>(bytes);
   out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
-  out << absl::StrFormat("model: %s, %d layers, decode %s%s, experts %s\n",
+  out << absl::StrFormat("model: %s, %d layers%s, decode %s%s, experts %s\n",
                          o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
+                         o.delta_form == "auto" ? std::string() : StrCat(", DeltaNet ", o.delta_form),
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
                          o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),
                          o.workers == 0 ? std::string("in-process")

@@ -29,6 +29,7 @@ struct BenchOptions {
   int repetitions = 3;        // the best of these is reported
   bool graphs = true;         // decode steps as CUDA graph replays
   int sample_top_k = 0;       // > 0: decode draws from the top k (temperature 0.7) instead of greedily
+  std::string delta_form = "auto";  // Qwen3-Next's DeltaNet: auto, recurrent or chunked
 };
 
 absl::Status RunBench(const BenchOptions& options, std::ostream& out, std::ostream& log);

@@ -25,6 +25,7 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "coordinator/causal_lm.h"
+#include "coordinator/gpu/delta_net.h"
 #include "coordinator/gpu/dense_kernels.h"
 #include "coordinator/gpu/device_weights.h"
 #include "coordinator/gpu/gpu_experts.h"
@@ -42,6 +43,8 @@ struct GpuModelOptions {
   int max_batch = 1;                // sequences with their own caches (DecodeBatch); <= max_step_tokens
   // Decode steps replay a captured CUDA graph (one launch instead of ~500); off: launch each kernel.
   bool graphs = true;
+  // Qwen3-Next's DeltaNet form (auto: chunked for prompt-sized steps; the others for comparisons).
+  DeltaForm delta_form = DeltaForm::kAuto;
 };
 
 // An error naming the flag and the remedy when `device` is not a usable CUDA device here.

@@ -140,6 +140,7 @@ absl::Status GpuQwen3Next::EnqueueLayers(int n, int variant) {
       d.state = L.state + SeqOffset(state_floats_);
       d.core = core_;
       d.batch = batch_;  // a batched step: one token of each sequence
+      d.form = batch_ > 1 ? DeltaForm::kAuto : options_.delta_form;
       const int tokens = batch_ > 1 ? 1 : n;
       CUDA_RETURN_IF_ERROR(LaunchDeltaConv(d, tokens, stream_));
       CUDA_RETURN_IF_ERROR(LaunchDeltaRule(d, tokens, stream_));

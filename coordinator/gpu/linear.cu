@@ -173,7 +173,7 @@ cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens,
     if (err != cudaSuccess) return err;
   }
   int grid = 0;  // at most one resident wave (see the kernel)
-  const cudaError_t err = ResidentGrid(kernel, threads, smem, (rows + kGroupRows - 1) / kGroupRows, 1.f, &grid);
+  const cudaError_t err = ResidentGrid(kernel, threads, smem, (rows + kGroupRows - 1) / kGroupRows, &grid);
   if (err != cudaSuccess) return err;
   return LaunchPdl(kernel, dim3(grid), dim3(threads), smem, stream, w, x, rows, cols, tokens, y, acc,
                    kNorm ? norm->weight : static_cast<const float*>(nullptr), kNorm ? norm->eps : 0.f,

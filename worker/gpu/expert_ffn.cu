@@ -19,12 +19,6 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // buffer) with their matrices in shared memory, then takes one contiguous run of the (pair, row group)
 // items, so no work waits on a routing lookup and nothing is spent on other workers' pairs. Each row's
 // arithmetic is the same wherever it runs.
-//
-// With a.balance, only the first ceil(grid * owned / pairs) blocks take items: a store that owns 5 of a
-// layer's 8 routed pairs works with 5/8 of its (full-wave) grid and leaves the rest of the GPU to the
-// other processes sharing it, whose grids shrink the same way, so workers on one GPU finish together
-// however the routes fall (whole-expert ownership splits the pairs unevenly: 5/3 or worse for 8 pairs
-// over 2 workers most of the time). The idle blocks leave right after the listing.
 //  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
 //  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
 constexpr int kTablePairs = kRowThreads;  // pairs listed per pass
@@ -79,12 +73,8 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
     }
     const int owned_pairs = listed;
     const int items = owned_pairs * per_pair;
-    const int pass_pairs = min(kTablePairs, pairs - base);
-    const int active =
-        a.balance ? max(1, (static_cast<int>(gridDim.x) * owned_pairs + pass_pairs - 1) / pass_pairs) : gridDim.x;
-    if (static_cast<int>(blockIdx.x) >= active) continue;  // every thread of the block alike
-    const int begin = static_cast<int>(static_cast<long>(items) * blockIdx.x / active);
-    const int end = static_cast<int>(static_cast<long>(items) * (blockIdx.x + 1) / active);
+    const int begin = static_cast<int>(static_cast<long>(items) * blockIdx.x / gridDim.x);
+    const int end = static_cast<int>(static_cast<long>(items) * (blockIdx.x + 1) / gridDim.x);
     uint4 v[M][R];
     auto load = [&](int item, int c) {
       const int slot = item / per_pair, row0 = (item % per_pair) * R;
@@ -159,7 +149,7 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   auto kernel = ExpertRowsKernel<W, kGateUp, R>;
   const long items = static_cast<long>(std::min(a.tokens * a.top_k, kTablePairs)) * ((rows + R - 1) / R);
   int grid = 0;
-  const cudaError_t err = ResidentGrid(kernel, threads, 0, items, a.share, &grid);
+  const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
   if (err != cudaSuccess) return err;
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }

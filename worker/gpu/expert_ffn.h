@@ -35,12 +35,6 @@ struct ExpertFfnArgs {
   float* act = nullptr;               // scratch [tokens, top_k, inter]
   float* out = nullptr;               // [tokens, top_k, hidden]; pairs not owned are left untouched
   bool fp32_weights = false;          // weights are fp32 (checked against references) instead of bf16
-  // How the decode kernels share one GPU between stores in several processes: with `balance` each
-  // launches a full wave and works with the fraction of it that its share of the layer's routed pairs
-  // asks for (read on the device); without, the grid is `share` (the store's fraction of the experts)
-  // of a wave. In-process (one store owning everything) both are the whole wave.
-  bool balance = true;
-  float share = 1.f;
 };
 
 // Enqueues both kernels on `stream`. Returns the launch error, if any.

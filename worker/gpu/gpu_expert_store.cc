@@ -2,9 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
-#include <string_view>
 
 #include "common/status.h"
 #include "common/str_cat.h"
@@ -195,17 +193,6 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
   }
   a.act = act_;
   a.fp32_weights = fp32_;
-  // PINMOE_EXPERT_GRID=static: grids sized to the store's fraction of the experts (the form before
-  // balancing by routed pairs), for A/B measurements.
-  static const bool static_grid = [] {
-    const char* v = std::getenv("PINMOE_EXPERT_GRID");
-    return v != nullptr && std::string_view(v) == "static";
-  }();
-  a.balance = !static_grid;
-  if (static_grid) {
-    const std::vector<bool>& owned = owned_[layer];
-    a.share = static_cast<float>(std::count(owned.begin(), owned.end(), true)) / static_cast<float>(owned.size());
-  }
   return CudaStatus(LaunchExpertFfnDecode(a, stream), "expert FFN launch");
 }
 

@@ -44,18 +44,18 @@ __device__ __forceinline__ float Dot16(const uint4& p, const float* x, float) {
   return fmaf(w.w, a.w, s);
 }
 
-// The grid for `items` units of work: at most what the device holds of `kernel` at once (scaled by
-// `share` <= 1 when several processes split the work on one GPU), at least one block.
+// The grid for `items` units of work: at most what the device holds of `kernel` at once, at least one
+// block. (Worker processes sharing a GPU hold whole layers, coordinator/placement.h, so each kernel has
+// the GPU to itself.)
 template <typename Kernel>
-cudaError_t ResidentGrid(Kernel kernel, int threads, size_t smem, long items, float share, int* grid) {
+cudaError_t ResidentGrid(Kernel kernel, int threads, size_t smem, long items, int* grid) {
   int device = 0, sms = 0, per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
   if (err != cudaSuccess) return err;
   const long wave = static_cast<long>(std::max(per_sm, 1)) * sms;
-  const float scaled = static_cast<float>(std::min(items, wave)) * (share > 0.f && share < 1.f ? share : 1.f);
-  *grid = static_cast<int>(std::max(1L, static_cast<long>(std::ceil(scaled))));
+  *grid = static_cast<int>(std::max(1L, std::min(items, wave)));
   return cudaSuccess;
 }
 
