@@ -543,8 +543,7 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   uint8_t* base = device_buffer_->data();
   std::vector<const uint32_t*> done;
   for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
-  // What follows is the combine of the experts' slots: a few blocks.
-  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, AfterGate::kSmall);
+  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick);
 }
 
 absl::Status WorkerPool::FinishGpuStep(void* event) {

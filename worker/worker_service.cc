@@ -272,8 +272,7 @@ class Worker {
       auto enqueue = [&]() -> absl::Status {
         for (int i = 0; i < step.layers_size(); ++i) {
           const uint32_t* ready_counter = reinterpret_cast<const uint32_t*>(ready);
-          RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1), step.ticks(i),
-                                              AfterGate::kWide));
+          RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1), step.ticks(i)));
           RETURN_IF_ERROR(gpu_store_->Enqueue(static_cast<int>(step.layers(i)), reinterpret_cast<const float*>(in),
                                               static_cast<uint32_t>(t), static_cast<uint32_t>(k),
                                               reinterpret_cast<const int32_t*>(routing),

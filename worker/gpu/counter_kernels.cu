@@ -17,14 +17,11 @@ __device__ __forceinline__ uint64_t GlobalTimerNs() {
   return t;
 }
 
-// One thread per counter polls until it holds `value` (at most kCounterSpinLimitNs). The next kernel
-// in the stream may start when the gate opens (AfterGate::kWide: none of its blocks is resident while
-// this one waits, so a waiting gate holds one block slot of one SM and nothing else) or at once
-// (kSmall: its launch latency is hidden behind the wait; it still starts computing only after the gate
-// exits, at its own PdlWait).
-__global__ void WaitCountersKernel(CounterSet set, uint32_t value, AfterGate after) {
+// One thread per counter polls until it holds `value` (at most kCounterSpinLimitNs); then the block
+// lets the next kernel in the stream start (its blocks were not resident while this one waited, so a
+// waiting gate holds one block slot of one SM and nothing else).
+__global__ void WaitCountersKernel(CounterSet set, uint32_t value) {
   PdlWait();  // ordered after the stream's earlier work, like a stream wait
-  if (after == AfterGate::kSmall) PdlTrigger();
   if (threadIdx.x < set.count) {
     const uint32_t* c = set.counters[threadIdx.x];
     const uint64_t start = GlobalTimerNs();
@@ -33,7 +30,7 @@ __global__ void WaitCountersKernel(CounterSet set, uint32_t value, AfterGate aft
     }
   }
   __syncthreads();
-  if (after == AfterGate::kWide) PdlTrigger();
+  PdlTrigger();
 }
 
 __global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
@@ -45,9 +42,9 @@ __global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
 
 }  // namespace
 
-cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, AfterGate after, cudaStream_t stream) {
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream) {
   if (set.count <= 0 || set.count > kMaxCounters) return cudaErrorInvalidValue;
-  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value, after);
+  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value);
 }
 
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream) {

@@ -20,15 +20,8 @@ struct CounterSet {
   int count = 0;
 };
 
-// What follows a gate in its stream, which decides when the gate lets it be scheduled:
-//  - kSmall (a few blocks, e.g. the coordinator's expert combine): at once, so that its launch overlaps
-//    the wait and its blocks sit resident until the gate exits;
-//  - kWide (a full wave, e.g. a worker's expert kernels): only when the gate opens, since its blocks
-//    waiting resident would keep the kernels that produce the counter off the GPU.
-enum class AfterGate { kWide = 0, kSmall = 1 };
-
 // Enqueues a wait until every counter of `set` equals `value`.
-cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, AfterGate after, cudaStream_t stream);
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream);
 // Enqueues "*counter = value" after all earlier work on the stream (system-scope release).
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream);
 

@@ -87,16 +87,6 @@ bool KernelWaits() {
   return kernel;
 }
 
-// PINMOE_GATE_TRIGGER=late: every gate lets its successor be scheduled only when it opens (the form
-// before AfterGate::kSmall), for A/B measurements.
-AfterGate GateAfter(AfterGate after) {
-  static const bool late = [] {
-    const char* v = std::getenv("PINMOE_GATE_TRIGGER");
-    return v != nullptr && std::string_view(v) == "late";
-  }();
-  return late ? AfterGate::kWide : after;
-}
-
 bool KernelWrites() {
   static const bool kernel = KernelForm("PINMOE_COUNTER_WRITE", false);
   return kernel;
@@ -104,8 +94,7 @@ bool KernelWrites() {
 
 }  // namespace
 
-absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
-                                 AfterGate after) {
+absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value) {
   if (!KernelWaits()) {
     for (const uint32_t* c : counters) RETURN_IF_ERROR(StreamWaitCounter(stream, c, value));
     return absl::OkStatus();
@@ -113,7 +102,7 @@ absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* 
   for (size_t i = 0; i < counters.size(); i += kMaxCounters) {
     CounterSet set;
     for (size_t j = i; j < counters.size() && set.count < kMaxCounters; ++j) set.counters[set.count++] = counters[j];
-    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, GateAfter(after), stream));
+    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream));
   }
   return absl::OkStatus();
 }

@@ -17,7 +17,6 @@
 #include <string_view>
 
 #include "absl/status/status.h"
-#include "worker/gpu/counter_kernels.h"
 
 namespace pinmoe {
 
@@ -32,10 +31,7 @@ absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uin
 // a write is a stream memory operation. That is the measured fastest choice on the H100 (bench/NOTES.md);
 // PINMOE_COUNTER_WAIT / PINMOE_COUNTER_WRITE = kernel | stream override either. `counters` holds at
 // most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of them to equal value.
-// `after` says what the stream runs next (counter_kernels.h), which decides when a gate kernel lets it
-// be scheduled.
-absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
-                                 AfterGate after);
+absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value);
 absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
 
 // Waits for `event` with a deadline, calling `poll` about every millisecond (it may fail the wait, e.g.
