@@ -53,6 +53,24 @@ __device__ __forceinline__ int ConvSource(const DeltaNetArgs& a, int ch) {
 
 __device__ __forceinline__ int ConvDim(const DeltaNetArgs& a) { return 2 * a.nk * a.dk + a.nv * a.dv; }
 
+// Batch 1: the input of channel ch (projection column src) at position p of the step; positions before
+// the step are in the conv state.
+__device__ __forceinline__ float ConvInput(const DeltaNetArgs& a, int conv_dim, int ch, int src, int p) {
+  return p < 0 ? a.conv_state[static_cast<size_t>(p + a.kernel - 1) * conv_dim + ch]
+               : a.proj[static_cast<size_t>(p) * a.proj_stride + src];
+}
+
+// One output of the causal conv, SiLU applied, from the window of the k1 = kernel - 1 previous inputs
+// (oldest first) and `in`; slides `in` into the window.
+__device__ __forceinline__ float ConvStep(const float* w, float* win, float in, int k1) {
+  float acc = 0.f;
+  for (int j = 0; j < k1; ++j) acc += w[j] * win[j];
+  acc += w[k1] * in;
+  for (int j = 0; j + 1 < k1; ++j) win[j] = win[j + 1];
+  if (k1 > 0) win[k1 - 1] = in;
+  return SiluF(acc);
+}
+
 // Short steps. grid: (ceil(conv_dim / 128), batch) blocks of 128 threads, one channel each.
 __global__ void DeltaConvKernel(DeltaNetArgs a, int tokens) {
   PdlWait();
@@ -68,12 +86,7 @@ __global__ void DeltaConvKernel(DeltaNetArgs a, int tokens) {
   for (int j = 0; j + 1 < a.kernel; ++j) win[j] = conv_state[static_cast<size_t>(j) * conv_dim + ch];
   for (int t = 0; t < tokens; ++t) {
     const float in = a.proj[(row0 + t) * a.proj_stride + src];
-    float acc = 0.f;
-    for (int j = 0; j + 1 < a.kernel; ++j) acc += w[j] * win[j];
-    acc += w[a.kernel - 1] * in;
-    a.conv_out[(row0 + t) * conv_dim + ch] = SiluF(acc);
-    for (int j = 0; j + 2 < a.kernel; ++j) win[j] = win[j + 1];
-    if (a.kernel > 1) win[a.kernel - 2] = in;
+    a.conv_out[(row0 + t) * conv_dim + ch] = ConvStep(w, win, in, a.kernel - 1);
   }
   for (int j = 0; j + 1 < a.kernel; ++j) conv_state[static_cast<size_t>(j) * conv_dim + ch] = win[j];
 }
@@ -91,20 +104,10 @@ __global__ void DeltaConvParallelKernel(DeltaNetArgs a, int tokens) {
   const int t0 = blockIdx.y * kConvRun, t1 = min(tokens, t0 + kConvRun);
   float w[kMaxKernel], win[kMaxKernel];
   for (int j = 0; j < a.kernel; ++j) w[j] = a.conv_w[static_cast<size_t>(ch) * a.kernel + j];
-  // win[j] holds position t0 - k1 + j.
-  for (int j = 0; j < k1; ++j) {
-    const int p = t0 - k1 + j;
-    win[j] = p < 0 ? a.conv_state[static_cast<size_t>(p + k1) * conv_dim + ch]
-                   : a.proj[static_cast<size_t>(p) * a.proj_stride + src];
-  }
+  for (int j = 0; j < k1; ++j) win[j] = ConvInput(a, conv_dim, ch, src, t0 - k1 + j);  // oldest first
   for (int t = t0; t < t1; ++t) {
     const float in = a.proj[static_cast<size_t>(t) * a.proj_stride + src];
-    float acc = 0.f;
-    for (int j = 0; j < k1; ++j) acc += w[j] * win[j];
-    acc += w[k1] * in;
-    a.conv_out[static_cast<size_t>(t) * conv_dim + ch] = SiluF(acc);
-    for (int j = 0; j + 1 < k1; ++j) win[j] = win[j + 1];
-    if (k1 > 0) win[k1 - 1] = in;
+    a.conv_out[static_cast<size_t>(t) * conv_dim + ch] = ConvStep(w, win, in, k1);
   }
 }
 
@@ -117,11 +120,7 @@ __global__ void DeltaConvStateKernel(DeltaNetArgs a, int tokens) {
   if (ch >= conv_dim) return;
   const int src = ConvSource(a, ch), k1 = a.kernel - 1;
   float next[kMaxKernel];
-  for (int j = 0; j < k1; ++j) {
-    const int p = tokens - k1 + j;  // position held by slot j afterwards
-    next[j] = p < 0 ? a.conv_state[static_cast<size_t>(p + k1) * conv_dim + ch]
-                    : a.proj[static_cast<size_t>(p) * a.proj_stride + src];
-  }
+  for (int j = 0; j < k1; ++j) next[j] = ConvInput(a, conv_dim, ch, src, tokens - k1 + j);  // slot j afterwards
   for (int j = 0; j < k1; ++j) a.conv_state[static_cast<size_t>(j) * conv_dim + ch] = next[j];
 }
 
@@ -200,6 +199,18 @@ __global__ void __launch_bounds__(kRuleThreads) DeltaRuleKernel(DeltaNetArgs a, 
 // grid: (nv, ceil(dv / kSlice)) blocks of kChunkThreads; dynamic shared memory: ChunkSmemFloats(dk).
 __host__ __device__ constexpr int ChunkSmemFloats(int dk) {
   return 3 * kChunk * (dk + 1) + kChunk * (kChunk + 1) + kChunk * kSlice + dk * kSlice + 2 * kChunk;
+}
+
+// acc[m] += sum over i < n of X[(warp + 8 m) * ldx + i] * Y[i * ldy + lane]: this thread's rows of a
+// [kChunk, n] x [n, kSlice] product (chunk rows over the warps, the slice's columns over the lanes; the
+// row operand is a warp-wide broadcast, the column operand one bank per lane).
+__device__ __forceinline__ void ChunkRowsTimes(const float* X, int ldx, const float* Y, int ldy, int n, int warp,
+                                               int lane, float (&acc)[kChunkRowsPerWarp]) {
+  for (int i = 0; i < n; ++i) {
+    const float y = Y[i * ldy + lane];
+#pragma unroll
+    for (int m = 0; m < kChunkRowsPerWarp; ++m) acc[m] += X[(warp + kChunkWarps * m) * ldx + i] * y;
+  }
 }
 
 __global__ void __launch_bounds__(kChunkThreads, 1) DeltaChunkKernel(DeltaNetArgs a, int tokens) {
@@ -322,11 +333,7 @@ __global__ void __launch_bounds__(kChunkThreads, 1) DeltaChunkKernel(DeltaNetArg
     // D = U - W S0: rows warp + 8 m, column lane.
     {
       float acc[kChunkRowsPerWarp] = {};
-      for (int i = 0; i < dk; ++i) {
-        const float s = S[i * kSlice + lane];
-#pragma unroll
-        for (int m = 0; m < kChunkRowsPerWarp; ++m) acc[m] += W[(warp + kChunkWarps * m) * ldk + i] * s;
-      }
+      ChunkRowsTimes(W, ldk, S, kSlice, dk, warp, lane, acc);
 #pragma unroll
       for (int m = 0; m < kChunkRowsPerWarp; ++m) U[(warp + kChunkWarps * m) * kSlice + lane] -= acc[m];
     }
@@ -346,18 +353,10 @@ __global__ void __launch_bounds__(kChunkThreads, 1) DeltaChunkKernel(DeltaNetArg
     // O = exp(G) Q S0 + M D, raw, into core.
     {
       float acc[kChunkRowsPerWarp] = {};
-      for (int i = 0; i < dk; ++i) {
-        const float s = S[i * kSlice + lane];
-#pragma unroll
-        for (int m = 0; m < kChunkRowsPerWarp; ++m) acc[m] += Q[(warp + kChunkWarps * m) * ldk + i] * s;
-      }
+      ChunkRowsTimes(Q, ldk, S, kSlice, dk, warp, lane, acc);
 #pragma unroll
       for (int m = 0; m < kChunkRowsPerWarp; ++m) acc[m] *= expf(G[warp + kChunkWarps * m]);
-      for (int s = 0; s < kChunk; ++s) {
-        const float d = U[s * kSlice + lane];
-#pragma unroll
-        for (int m = 0; m < kChunkRowsPerWarp; ++m) acc[m] += A[(warp + kChunkWarps * m) * lda + s] * d;
-      }
+      ChunkRowsTimes(A, lda, U, kSlice, kChunk, warp, lane, acc);
 #pragma unroll
       for (int m = 0; m < kChunkRowsPerWarp; ++m) {
         const int r = warp + kChunkWarps * m;

@@ -5,44 +5,18 @@
 
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <vector>
 
 #include "coordinator/gpu/delta_net.h"
 #include "coordinator/layers.h"
 #include "gtest/gtest.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace pinmoe {
 namespace {
 
-#define ASSERT_CUDA(call) ASSERT_EQ((call), cudaSuccess) << #call
-
-std::vector<float> Random(size_t n, uint64_t seed, float scale = 1.f, float mean = 0.f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(mean, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-struct Dev {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit Dev(size_t n) : bytes(n) { EXPECT_EQ(cudaMalloc(&p, n), cudaSuccess); }
-  template <typename T>
-  explicit Dev(const std::vector<T>& v) : Dev(v.size() * sizeof(T)) {
-    EXPECT_EQ(cudaMemcpy(p, v.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~Dev() { cudaFree(p); }
-  template <typename T>
-  T* as() { return static_cast<T*>(p); }
-  template <typename T>
-  std::vector<T> get() {
-    std::vector<T> v(bytes / sizeof(T));
-    EXPECT_EQ(cudaMemcpy(v.data(), p, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-    return v;
-  }
-};
+using testing::Dev;
+using testing::Random;
 
 struct Shape {
   int nk, nv, dk, dv, kernel;
