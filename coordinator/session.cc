@@ -46,15 +46,19 @@ absl::StatusOr<WorkerPoolOptions> PoolOptions(const ModelConfig& config, const S
     po.num_workers = static_cast<int>(options.devices.size());
     for (const auto& d : options.devices) po.worker_devices.push_back(d.name);
     po.placement = plan.placement;
-  } else if (log != nullptr) {
-    // The split WorkerPool makes for these devices.
-    std::vector<std::string> devices = po.worker_devices;
-    if (devices.empty()) devices.assign(po.num_workers, po.worker_device);
-    *log << absl::StrFormat("pinmoe: placement plan, %d worker(s) on %s, %d layers x %d experts\n",
-                            po.num_workers, options.worker_device, config.num_layers, config.num_experts)
-         << FormatPlacement(config, MakePlacement(config, po.num_workers, SplitForDevices(devices)));
   }
   return po;
+}
+
+// The placement the pool made (its split depends on the workers' devices), unless a memory plan was
+// printed instead.
+void LogPlacement(const ModelConfig& config, const SessionOptions& options, const WorkerPool& pool,
+                  std::ostream* log) {
+  if (log == nullptr || !options.devices.empty()) return;
+  *log << absl::StrFormat("pinmoe: placement plan, %d worker(s) on %s, %d layers x %d experts\n",
+                          pool.placement().per_worker.size(), options.worker_device, config.num_layers,
+                          config.num_experts)
+       << FormatPlacement(config, pool.placement());
 }
 
 }  // namespace
@@ -93,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::OpenOnGpu(std::unique_ptr<Sess
     for (const auto& d : devices) all_gpu = all_gpu && d != "cpu";
     po.max_tokens_per_step = all_gpu ? mo.max_step_tokens : 512;
     ASSIGN_OR_RETURN(s->pool_, WorkerPool::Start(s->config_, po));
+    LogPlacement(s->config_, options, *s->pool_, log);
     if (all_gpu) {
       ASSIGN_OR_RETURN(s->gpu_experts_, PooledGpuExperts::Create(s->pool_.get()));
     } else {
@@ -152,6 +157,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
   } else {
     ASSIGN_OR_RETURN(WorkerPoolOptions po, PoolOptions(s->config_, options, log));
     ASSIGN_OR_RETURN(s->pool_, WorkerPool::Start(s->config_, po));
+    LogPlacement(s->config_, options, *s->pool_, log);
     set_experts(s->pool_.get());
   }
   s->model_ = std::move(model);

@@ -51,7 +51,17 @@ __device__ __forceinline__ int ConvSource(const DeltaNetArgs& a, int ch) {
   return (c / (ratio * a.dv)) * group + 2 * a.dk + c % (ratio * a.dv);
 }
 
-__device__ __forceinline__ int ConvDim(const DeltaNetArgs& a) { return 2 * a.nk * a.dk + a.nv * a.dv; }
+__host__ __device__ __forceinline__ int ConvDim(const DeltaNetArgs& a) { return 2 * a.nk * a.dk + a.nv * a.dv; }
+
+// The gated RMSNorm of value head hv's raw output o at column j, given ss, the sum of squares over the
+// head's dv outputs: norm_w * (o / rms) * silu(z), z from the token's projection row prow.
+__device__ __forceinline__ float GatedNorm(const DeltaNetArgs& a, const float* prow, int hv, int j, float o,
+                                           float ss) {
+  const int ratio = a.nv / a.nk, group = 2 * a.dk + 2 * ratio * a.dv;
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(a.dv) + a.eps);
+  const float z = prow[(hv / ratio) * group + 2 * a.dk + ratio * a.dv + (hv % ratio) * a.dv + j];
+  return a.norm_w[j] * (o * inv) * SiluF(z);
+}
 
 // Batch 1: the input of channel ch (projection column src) at position p of the step; positions before
 // the step are in the conv state.
@@ -131,7 +141,6 @@ __global__ void __launch_bounds__(kRuleThreads) DeltaRuleKernel(DeltaNetArgs a, 
   const int hv = blockIdx.x, dk = a.dk, dv = a.dv, j = threadIdx.x;
   const int ratio = a.nv / a.nk, hk = hv / ratio, key_dim = a.nk * dk;
   const int conv_dim = 2 * key_dim + a.nv * dv, qkvz_dim = 2 * key_dim + 2 * a.nv * dv;
-  const int group = 2 * dk + 2 * ratio * dv;
   const size_t row0 = static_cast<size_t>(blockIdx.y) * tokens;
   float* S = sm;  // [dk][dv]
   float* q = sm + dk * dv;
@@ -178,11 +187,7 @@ __global__ void __launch_bounds__(kRuleThreads) DeltaRuleKernel(DeltaNetArgs a, 
     }
     // Gated RMSNorm over the head's dv outputs.
     const float ss = BlockSum(j < dv ? o * o : 0.f, red, kRuleThreads);
-    if (j < dv) {
-      const float inv = 1.0f / sqrtf(ss / static_cast<float>(dv) + a.eps);
-      const float z = prow[hk * group + 2 * dk + ratio * dv + (hv % ratio) * dv + j];
-      a.core[(row0 + t) * a.nv * dv + hv * dv + j] = a.norm_w[j] * (o * inv) * SiluF(z);
-    }
+    if (j < dv) a.core[(row0 + t) * a.nv * dv + hv * dv + j] = GatedNorm(a, prow, hv, j, o, ss);
     __syncthreads();  // q and k are rewritten for the next token
   }
   for (int i = threadIdx.x; i < dk * dv; i += kRuleThreads) state[i] = S[i];
@@ -395,19 +400,13 @@ __global__ void __launch_bounds__(kChunkThreads, 1) DeltaChunkKernel(DeltaNetArg
 // The gated RMSNorm after DeltaChunkKernel, in place: grid (tokens, nv), blocks of dv rounded up to 32.
 __global__ void DeltaGatedNormKernel(DeltaNetArgs a) {
   __shared__ float red[kMaxHeadDim / 32];
-  const int t = blockIdx.x, hv = blockIdx.y, j = threadIdx.x, dk = a.dk, dv = a.dv;
-  const int ratio = a.nv / a.nk, hk = hv / ratio, group = 2 * dk + 2 * ratio * dv;
+  const int t = blockIdx.x, hv = blockIdx.y, j = threadIdx.x, dv = a.dv;
   PdlWait();
   PdlTrigger();
   float* o = a.core + static_cast<size_t>(t) * a.nv * dv + hv * dv;
   const float v = j < dv ? o[j] : 0.f;
   const float ss = BlockSum(v * v, red, blockDim.x);
-  if (j < dv) {
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(dv) + a.eps);
-    const float z = a.proj[static_cast<size_t>(t) * a.proj_stride + hk * group + 2 * dk + ratio * dv +
-                           (hv % ratio) * dv + j];
-    o[j] = a.norm_w[j] * (v * inv) * SiluF(z);
-  }
+  if (j < dv) o[j] = GatedNorm(a, a.proj + static_cast<size_t>(t) * a.proj_stride, hv, j, v, ss);
 }
 
 bool ValidShape(const DeltaNetArgs& a, int tokens) {
@@ -436,8 +435,7 @@ cudaError_t AllowSmem(const void* kernel, size_t smem) {
 
 cudaError_t LaunchDeltaConv(const DeltaNetArgs& a, int tokens, cudaStream_t stream) {
   if (!ValidShape(a, tokens) || a.kernel < 1 || a.kernel > kMaxKernel) return cudaErrorInvalidValue;
-  const int conv_dim = 2 * a.nk * a.dk + a.nv * a.dv;
-  const dim3 channels((conv_dim + 127) / 128);
+  const dim3 channels((ConvDim(a) + 127) / 128);
   if (!Chunked(a, tokens)) {
     return LaunchPdl(DeltaConvKernel, dim3(channels.x, a.batch), dim3(128), 0, stream, a, tokens);
   }

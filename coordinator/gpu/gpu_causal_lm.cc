@@ -128,6 +128,10 @@ absl::Status GpuCausalLm::CheckIds(std::span<const int32_t> ids) const {
     return absl::OutOfRangeError(StrCat(positions_[seq_], " + ", ids.size(), " tokens exceed the context of ",
                                         max_context_));
   }
+  return CheckVocabulary(ids);
+}
+
+absl::Status GpuCausalLm::CheckVocabulary(std::span<const int32_t> ids) const {
   for (int32_t id : ids) {
     if (id < 0 || id >= config_.vocab_size) {
       return absl::InvalidArgumentError(StrCat("token id ", id, " is outside the vocabulary of ", config_.vocab_size));
@@ -137,19 +141,31 @@ absl::Status GpuCausalLm::CheckIds(std::span<const int32_t> ids) const {
 }
 
 absl::Status GpuCausalLm::Step(const int32_t* ids, int n, Output output, bool want_output) {
-  PINMOE_CHECK(experts_ != nullptr);
-  cudaStream_t s = stream_;
-  std::copy(ids, ids + n, ids_host_);
-  *position_host_ = positions_[seq_];
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(position_dev_, position_host_, sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(n)));
-  batch_ = 1;
-  RETURN_IF_ERROR(Launch(n, output, want_output, variant));
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
-  RETURN_IF_ERROR(experts_->FinishStep(step_done_));
+  RETURN_IF_ERROR(Submit(std::span<const int32_t>(ids, n), /*batch=*/1, output, want_output));
   positions_[seq_] += n;
   return absl::OkStatus();
+}
+
+absl::Status GpuCausalLm::Submit(std::span<const int32_t> ids, int batch, Output output, bool want_output) {
+  PINMOE_CHECK(experts_ != nullptr);
+  cudaStream_t s = stream_;
+  const int n = static_cast<int>(ids.size());
+  std::copy(ids.begin(), ids.end(), ids_host_);
+  if (batch > 1) {
+    std::copy(positions_.begin(), positions_.begin() + batch, position_host_);
+  } else {
+    *position_host_ = positions_[seq_];
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(position_dev_, position_host_, batch * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(n)));
+  batch_ = batch;
+  const absl::Status st = Launch(n, output, want_output, variant);
+  batch_ = 1;
+  RETURN_IF_ERROR(st);
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
+  return experts_->FinishStep(step_done_);
 }
 
 absl::Status GpuCausalLm::DecodeBatch(std::span<const int32_t> ids, std::vector<int32_t>* argmax,
@@ -168,25 +184,9 @@ absl::Status GpuCausalLm::DecodeBatch(std::span<const int32_t> ids, std::vector<
     if (positions_[b] + 1 > max_context_) {
       return absl::OutOfRangeError(StrCat("sequence ", b, " is full (", max_context_, " tokens)"));
     }
-    if (ids[b] < 0 || ids[b] >= config_.vocab_size) {
-      return absl::InvalidArgumentError(StrCat("token id ", ids[b], " is outside the vocabulary of ",
-                                               config_.vocab_size));
-    }
   }
-  cudaStream_t s = stream_;
-  std::copy(ids.begin(), ids.end(), ids_host_);
-  std::copy(positions_.begin(), positions_.begin() + batch, position_host_);
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(ids_dev_, ids_host_, batch * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(position_dev_, position_host_, batch * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  ASSIGN_OR_RETURN(const int variant, experts_->BeginStep(static_cast<uint32_t>(batch)));
-  batch_ = batch;
-  const absl::Status st = Launch(batch, logits != nullptr ? Output::kLogits : Output::kArgMax,
-                                 /*want_output=*/true, variant);
-  batch_ = 1;
-  RETURN_IF_ERROR(st);
-  CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
-  RETURN_IF_ERROR(experts_->FinishStep(step_done_));
+  RETURN_IF_ERROR(CheckVocabulary(ids));
+  RETURN_IF_ERROR(Submit(ids, batch, logits != nullptr ? Output::kLogits : Output::kArgMax, /*want_output=*/true));
   for (int b = 0; b < batch; ++b) ++positions_[b];
   argmax->assign(argmax_host_, argmax_host_ + batch);
   if (logits != nullptr) {
@@ -223,7 +223,7 @@ absl::Status GpuCausalLm::Launch(int n, Output output, bool want_output, int var
       CUDA_RETURN_IF_ERROR(inst);
     }
   }
-  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(graphs_[key], s));
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, s));
   return absl::OkStatus();
 }
 
@@ -238,27 +238,23 @@ absl::Status GpuCausalLm::EnqueueStep(int n, Output output, bool want_output, in
   CUDA_RETURN_IF_ERROR(
       LaunchRmsNorm(x_ + static_cast<size_t>(n - rows) * h, final_norm_, last_h_, rows, h, eps, stream_));
   RETURN_IF_ERROR(linear_->Run(lm_head_, last_h_, rows, logits_, /*accumulate=*/false));
-  if (output == Output::kArgMax) {
+  auto argmax_rows = [&]() -> absl::Status {
     for (int r = 0; r < rows; ++r) {
       CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_ + static_cast<size_t>(r) * vocab, vocab, argmax_scratch_[r],
                                         argmax_ + r, stream_));
     }
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(argmax_host_, argmax_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    return CudaStatus(cudaMemcpyAsync(argmax_host_, argmax_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+                      "arg-max copy");
+  };
+  if (output == Output::kArgMax) {
+    RETURN_IF_ERROR(argmax_rows());
   } else if (output == Output::kTopK) {
     PINMOE_CHECK(rows == 1);
     CUDA_RETURN_IF_ERROR(LaunchTopK(logits_, config_.vocab_size, top_k_, topk_partial_, topk_keys_, stream_));
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(topk_host_, topk_keys_, top_k_ * sizeof(unsigned long long),
                                          cudaMemcpyDeviceToHost, stream_));
   } else {
-    if (rows > 1) {  // the greedy ids come along with the logits
-      for (int r = 0; r < rows; ++r) {
-        CUDA_RETURN_IF_ERROR(LaunchArgMax(logits_ + static_cast<size_t>(r) * vocab, vocab, argmax_scratch_[r],
-                                          argmax_ + r, stream_));
-      }
-      CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(argmax_host_, argmax_, rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-    }
+    if (rows > 1) RETURN_IF_ERROR(argmax_rows());  // the greedy ids come along with the logits
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits_host_, logits_, static_cast<size_t>(rows) * vocab * sizeof(float),
                                          cudaMemcpyDeviceToHost, stream_));
   }

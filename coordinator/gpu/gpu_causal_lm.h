@@ -147,7 +147,11 @@ class GpuCausalLm : public CausalLm {
   absl::Status CheckIds(std::span<const int32_t> ids) const;
   // Runs ids in steps of at most max_tokens(); the last step produces `output`.
   absl::Status Run(std::span<const int32_t> ids, Output output);
+  absl::Status CheckVocabulary(std::span<const int32_t> ids) const;
   absl::Status Step(const int32_t* ids, int n, Output output, bool want_output);
+  // Stages the ids and the positions (the selected sequence's, or sequences 0..batch-1 for a batched
+  // step of one token each), runs the step and waits for it; positions are the caller's to advance.
+  absl::Status Submit(std::span<const int32_t> ids, int batch, Output output, bool want_output);
   // Enqueues the step (ids and positions already on the device), as a graph replay where it can be one.
   absl::Status Launch(int n, Output output, bool want_output, int variant);
   absl::Status EnqueueStep(int n, Output output, bool want_output, int variant);
