@@ -522,17 +522,24 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
 }
 
 absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream, int parity) {
-  RETURN_IF_ERROR(PublishGpuLayer(layer, stream, parity));
+  ASSIGN_OR_RETURN(GpuTick tick, GpuLayerTick(layer, parity));
+  RETURN_IF_ERROR(EnqueueWriteCounter(static_cast<cudaStream_t>(stream), tick.counter, tick.value));
   return AwaitGpuLayer(layer, stream, parity);
 }
 
-absl::Status WorkerPool::PublishGpuLayer(int layer, void* stream, int parity) {
+absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int layer, int parity) {
   if (layer < 0 || layer >= config_.num_layers || moe_index_[layer] < 0) {
     return absl::InvalidArgumentError(StrCat("layer ", layer, " is not an MoE layer"));
   }
-  const uint32_t tick = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
-  return EnqueueWriteCounter(static_cast<cudaStream_t>(stream), reinterpret_cast<uint32_t*>(device_buffer_->data()),
-                             tick);
+  if (device_buffer_ == nullptr) return absl::FailedPreconditionError("the pool has no device buffer");
+  GpuTick tick;
+  tick.counter = reinterpret_cast<uint32_t*>(device_buffer_->data());
+  tick.value = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
+  for (int w : layer_owners_[layer]) {
+    const absl::StatusOr<int> device = ParseDeviceName(workers_[w].device);
+    if (!device.ok() || *device != device_buffer_->device()) tick.system_scope = true;
+  }
+  return tick;
 }
 
 absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
@@ -622,7 +629,9 @@ absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
 }
 absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::Status WorkerPool::EnqueueGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
-absl::Status WorkerPool::PublishGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int, int) {
+  return absl::UnimplementedError("this build has no CUDA");
+}
 absl::Status WorkerPool::AwaitGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::Status WorkerPool::FinishGpuStep(void*) { return absl::UnimplementedError("this build has no CUDA"); }
 

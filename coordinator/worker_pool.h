@@ -82,8 +82,16 @@ class WorkerPool : public ExpertBackend {
   // On `stream`, after the layer's input and routing are written: publish the layer's tick, then wait
   // until every worker owning experts of the layer has written it back.
   absl::Status EnqueueGpuLayer(int layer, void* stream, int parity);
-  // Its two halves: publish the tick; wait for the workers' (work may be enqueued in between).
-  absl::Status PublishGpuLayer(int layer, void* stream, int parity);
+  // Its two halves. The tick: the counter the coordinator stores once the layer's input and routing are
+  // written (its router's last block, or a write on its stream) and the value to store;
+  // `system_scope` when a worker of the layer runs on another GPU than the buffer.
+  struct GpuTick {
+    uint32_t* counter = nullptr;
+    uint32_t value = 0;
+    bool system_scope = false;
+  };
+  absl::StatusOr<GpuTick> GpuLayerTick(int layer, int parity);
+  // Then wait for the workers' (work may be enqueued in between).
   absl::Status AwaitGpuLayer(int layer, void* stream, int parity);
   // Waits (bounded) for `event`, recorded after the step's last use of the slots, and for every worker's
   // Done. If a worker dies or hangs, the coordinator's stream is released and the error names it.

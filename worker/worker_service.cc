@@ -152,6 +152,7 @@ class Worker {
         if (device_ < 0) return absl::InvalidArgumentError("a CPU worker was given a CUDA buffer");
         ASSIGN_OR_RETURN(auto dev, DeviceBuffer::Open(device_, b.cuda_ipc_handle(), b.size_bytes()));
         device_buffers_[b.id()] = std::move(dev);
+        buffer_devices_[b.id()] = b.cuda_device();
         continue;
 #else
         return absl::UnimplementedError("a CUDA buffer was assigned to a worker built without CUDA");
@@ -262,6 +263,10 @@ class Worker {
     }
     ASSIGN_OR_RETURN(uint8_t* done_ptr, Resolve(step.done(), sizeof(uint32_t), "done counter"));
     uint32_t* done = reinterpret_cast<uint32_t*>(done_ptr);
+    // Our done counter lives in the coordinator's memory; a coordinator on another GPU needs our
+    // stores fenced at system scope.
+    const auto owner = buffer_devices_.find(step.done().buffer_id());
+    const bool system_scope = owner == buffer_devices_.end() || owner->second != device_;
     cudaStream_t stream = gpu_store_->stream();
     auto run = [&]() -> absl::Status {
       ASSIGN_OR_RETURN(uint8_t* ready, Resolve(step.ready(), sizeof(uint32_t), "ready counter"));
@@ -276,8 +281,8 @@ class Worker {
           RETURN_IF_ERROR(gpu_store_->Enqueue(static_cast<int>(step.layers(i)), reinterpret_cast<const float*>(in),
                                               static_cast<uint32_t>(t), static_cast<uint32_t>(k),
                                               reinterpret_cast<const int32_t*>(routing),
-                                              reinterpret_cast<float*>(out), stream));
-          RETURN_IF_ERROR(EnqueueWriteCounter(stream, done, step.ticks(i)));
+                                              reinterpret_cast<float*>(out), stream, /*allow_grouped=*/true,
+                                              CounterStore{done, step.ticks(i), system_scope}));
         }
         return absl::OkStatus();
       };
@@ -338,6 +343,7 @@ class Worker {
   int device_ = -1;  // -1: CPU
 #if PINMOE_WITH_CUDA
   std::map<uint32_t, std::unique_ptr<DeviceBuffer>> device_buffers_;
+  std::map<uint32_t, int> buffer_devices_;  // the GPU each imported device buffer lives on
   std::unique_ptr<GpuExpertStore> gpu_store_;  // declared after the buffers: freed first
 #endif
 };

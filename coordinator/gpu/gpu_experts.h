@@ -18,9 +18,11 @@
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "common/status.h"
 #include "common/safetensors.h"
 #include "coordinator/expert_backend.h"
 #include "coordinator/worker_pool.h"
+#include "worker/gpu/counter_kernels.h"
 #include "worker/gpu/gpu_expert_store.h"
 
 namespace pinmoe {
@@ -41,8 +43,11 @@ class GpuExperts {
   // Before the step's first layer; `tokens` <= max_tokens(). Returns the step's variant.
   virtual absl::StatusOr<int> BeginStep(uint32_t tokens) = 0;
   virtual absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) = 0;
-  // The same in two halves, so that independent work (Qwen3-Next's shared expert) can be enqueued in
-  // between and overlap experts that run elsewhere: after FinishLayer the slots are ready.
+  // The same in parts, so that the hand-over starts inside the router and independent work (Qwen3-Next's
+  // shared expert) can be enqueued between StartLayer and FinishLayer to overlap experts that run
+  // elsewhere. InputsReady: a counter that the kernel writing the layer's routing stores once the input
+  // and routing are written (none: nothing to store); after FinishLayer the slots are ready.
+  virtual absl::StatusOr<CounterStore> InputsReady(int layer, int variant) { return CounterStore(); }
   virtual absl::Status StartLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) {
     return EnqueueLayer(layer, tokens, stream, variant);
   }
@@ -84,9 +89,12 @@ class PooledGpuExperts : public GpuExperts {
   absl::Status EnqueueLayer(int layer, uint32_t, cudaStream_t stream, int variant) override {
     return pool_->EnqueueGpuLayer(layer, stream, variant);
   }
-  absl::Status StartLayer(int layer, uint32_t, cudaStream_t stream, int variant) override {
-    return pool_->PublishGpuLayer(layer, stream, variant);
+  // The router stores the tick (InputsReady); the workers start on it.
+  absl::StatusOr<CounterStore> InputsReady(int layer, int variant) override {
+    ASSIGN_OR_RETURN(WorkerPool::GpuTick tick, pool_->GpuLayerTick(layer, variant));
+    return CounterStore{tick.counter, tick.value, tick.system_scope};
   }
+  absl::Status StartLayer(int, uint32_t, cudaStream_t, int) override { return absl::OkStatus(); }
   absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) override {
     return pool_->AwaitGpuLayer(layer, stream, variant);
   }

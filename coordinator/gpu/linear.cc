@@ -4,6 +4,7 @@
 #include "common/str_cat.h"
 #include "coordinator/gpu/dense_kernels.h"
 #include "worker/gpu/cuda_check.h"
+#include "worker/gpu/stream_sync.h"
 
 namespace pinmoe {
 namespace {
@@ -61,12 +62,19 @@ absl::Status LinearRunner::RunNormed(const DeviceMatrix& w, const float* x, cons
 absl::Status LinearRunner::RunRouter(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens,
                                      float* y, const GemvTopK& topk) {
   if (tokens <= kGemvMaxTokens && w.rows <= kGemvRouterMaxExperts) {
-    return CudaStatus(LaunchGemv(w, x, tokens, y, /*accumulate=*/false, &norm, stream_, &topk), "router launch");
+    GemvTopK fused = topk;
+    if (!KernelsStoreCounters()) fused.ready = CounterStore();
+    RETURN_IF_ERROR(CudaStatus(LaunchGemv(w, x, tokens, y, /*accumulate=*/false, &norm, stream_, &fused),
+                               "router launch"));
+    if (fused.ready.counter != nullptr) return absl::OkStatus();
+  } else {
+    RETURN_IF_ERROR(RunNormed(w, x, norm, tokens, y, /*accumulate=*/false));
+    RETURN_IF_ERROR(CudaStatus(LaunchRouteTopK(y, tokens, static_cast<int>(w.rows), topk.top_k, topk.norm,
+                                               topk.ids, topk.weights, stream_),
+                               "route top-k launch"));
   }
-  RETURN_IF_ERROR(RunNormed(w, x, norm, tokens, y, /*accumulate=*/false));
-  return CudaStatus(LaunchRouteTopK(y, tokens, static_cast<int>(w.rows), topk.top_k, topk.norm, topk.ids,
-                                    topk.weights, stream_),
-                    "route top-k launch");
+  if (topk.ready.counter == nullptr) return absl::OkStatus();
+  return EnqueueWriteCounter(stream_, topk.ready.counter, topk.ready.value);
 }
 
 LinearRunner::~LinearRunner() {

@@ -1,6 +1,7 @@
 #include "coordinator/gpu/linear.h"
 
 #include "coordinator/gpu/route_topk.cuh"
+#include "worker/gpu/counter_store.cuh"
 #include "worker/gpu/pdl.cuh"
 #include "worker/gpu/row_dot.cuh"
 
@@ -140,8 +141,9 @@ __global__ void __launch_bounds__(kRowThreads)
   if constexpr (kTopK) {
     // The router's epilogue: the last block to finish routes every token (one warp each) from the
     // logits all blocks wrote, sparing a kernel and a dependent launch per MoE layer.
+    // With a ready counter to store, block 0's normalised rows must be visible at its scope.
     __shared__ bool last;
-    __threadfence();
+    FenceForStore(topk.ready);
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(topk.blocks_done, 1u) == gridDim.x - 1;
     __syncthreads();
@@ -153,6 +155,11 @@ __global__ void __launch_bounds__(kRowThreads)
                       topk.weights + static_cast<size_t>(t) * topk.top_k);
       }
       if (threadIdx.x == 0) *topk.blocks_done = 0u;
+      if (topk.ready.counter != nullptr) {
+        FenceForStore(topk.ready);
+        __syncthreads();
+        if (threadIdx.x == 0) StoreCounterRelease(topk.ready);
+      }
     }
   }
 }

@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "absl/status/statusor.h"
+#include "worker/gpu/counter_kernels.h"
 
 namespace pinmoe {
 
@@ -39,13 +40,16 @@ struct GemvNorm {
 };
 
 // A router's softmax top-k fused behind its GEMV (y are the logits, rows the experts <= 512): the last
-// block to finish routes each token. blocks_done is a zeroed counter the kernel leaves zeroed.
+// block to finish routes each token. blocks_done is a zeroed counter the kernel leaves zeroed. When
+// `ready` names a counter, the last block stores it once the routing and the normalised rows are
+// written (the hand-over to expert workers; counter_kernels.h).
 struct GemvTopK {
   int top_k = 0;
   bool norm = false;  // renormalise the picked probabilities
   int32_t* ids = nullptr;     // [tokens, top_k]
   float* weights = nullptr;   // [tokens, top_k]
   unsigned int* blocks_done = nullptr;
+  CounterStore ready;
 };
 
 // The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8; `norm` may be null; `topk`
@@ -69,7 +73,8 @@ class LinearRunner {
   absl::Status RunNormed(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens, float* y,
                          bool accumulate);
   // A router: the normed product into logits y, then softmax top-k into topk.ids / topk.weights (fused
-  // into the GEMV for decode batches, a separate kernel otherwise).
+  // into the GEMV for decode batches, a separate kernel otherwise), then topk.ready stored (by the
+  // GEMV's last block where KernelsStoreCounters(), else by a write enqueued behind the kernels).
   absl::Status RunRouter(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens, float* y,
                          const GemvTopK& topk);
   // Sizes the bf16 activation scratch for `elements` (tokens x cols), so that Run never allocates.

@@ -229,7 +229,8 @@ TEST(DenseKernelsGpu, LinearGemvAndCublas) {
 }
 
 // The router GEMV with the norm and the softmax top-k fused (decode batches), twice in a row (its block
-// counter must reset itself), against RmsNorm, the plain product and RouteTopK on the CPU.
+// counter must reset itself), against RmsNorm, the plain product and RouteTopK on the CPU; each call
+// also stores a ready counter (GPU scope, then system scope) once the routing is written.
 TEST(DenseKernelsGpu, FusedRouterTopK) {
   for (auto [experts, k, tokens, norm] : {std::tuple{128, 8, 1, true}, std::tuple{512, 10, 3, true},
                                           std::tuple{6, 2, 8, false}}) {
@@ -244,14 +245,18 @@ TEST(DenseKernelsGpu, FusedRouterTopK) {
     for (int t = 0; t < tokens; ++t) {
       RouteTopK(logits.data() + t * experts, experts, k, norm, ref_ids.data() + t * k, ref_w.data() + t * k);
     }
-    Dev dw(w), dx(x), dnw(nw), dy(logits.size() * 4), di(tokens * k * 4), dwt(tokens * k * 4), counter(4);
+    Dev dw(w), dx(x), dnw(nw), dy(logits.size() * 4), di(tokens * k * 4), dwt(tokens * k * 4), counter(4),
+        ready(4);
     ASSERT_CUDA(cudaMemset(counter.p, 0, 4));
+    ASSERT_CUDA(cudaMemset(ready.p, 0, 4));
     DeviceMatrix m{dw.p, false, experts, cols};
     GemvNorm gn{dnw.as<float>(), 1e-6f, nullptr};
-    GemvTopK topk{k, norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>()};
+    GemvTopK topk{k, norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>(), {}};
     for (int call = 0; call < 2; ++call) {
+      topk.ready = CounterStore{ready.as<uint32_t>(), 77u + call, call == 1};
       ASSERT_CUDA(LaunchGemv(m, dx.as<float>(), tokens, dy.as<float>(), false, &gn, nullptr, &topk));
       ASSERT_CUDA(cudaDeviceSynchronize());
+      EXPECT_EQ(ready.get<uint32_t>()[0], 77u + call);
       EXPECT_EQ(di.get<int32_t>(), ref_ids) << experts << " experts, call " << call;
       auto got = dwt.get<float>();
       for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], ref_w[i], 2e-5f) << i;

@@ -1,7 +1,8 @@
 // The GPU expert FFNs against a CPU reference (double accumulation over the same bf16 weights), over
 // several shapes, token counts and top-k, with some experts owned elsewhere (their outputs must be left
 // untouched): the decode kernels (fp32 activations) and the grouped tensor-core prefill kernels (bf16
-// activations, so the reference rounds x and the SwiGLU output to bf16 as they do). Runs on a machine with a GPU: scripts/device-test.
+// activations, so the reference rounds x and the SwiGLU output to bf16 as they do); the decode kernels'
+// in-kernel counter store too. Runs on a machine with a GPU: scripts/device-test.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -106,9 +107,25 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
     }
     ASSERT_CUDA(LaunchExpertFfnGrouped(a, g, nullptr));
   } else {
+    // The decode kernels also hand over: the down kernel's last block stores a counter (system scope
+    // on every other shape), leaving its arrival counter zeroed.
+    for (auto [ptr, bytes] : {std::pair<void*, size_t>{&a.done.counter, 4ul}, {&a.arrivals, 4ul}}) {
+      ASSERT_CUDA(cudaMalloc(static_cast<void**>(ptr), bytes));
+      ASSERT_CUDA(cudaMemset(*static_cast<void**>(ptr), 0, bytes));
+      scratch.push_back(*static_cast<void**>(ptr));
+    }
+    a.done.value = 1000u + s.tokens;
+    a.done.system = s.tokens % 2 == 1;
     ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
   }
   ASSERT_CUDA(cudaDeviceSynchronize());
+  if (!s.grouped) {
+    uint32_t stored = 0, arrivals = 1;
+    ASSERT_CUDA(cudaMemcpy(&stored, a.done.counter, 4, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA(cudaMemcpy(&arrivals, a.arrivals, 4, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(stored, a.done.value);
+    EXPECT_EQ(arrivals, 0u);
+  }
   std::vector<float> out(pairs * s.hidden);
   ASSERT_CUDA(cudaMemcpy(out.data(), d_out, out.size() * 4, cudaMemcpyDeviceToHost));
 

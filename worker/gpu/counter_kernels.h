@@ -15,6 +15,16 @@ namespace pinmoe {
 constexpr int kMaxCounters = 32;
 constexpr uint64_t kCounterSpinLimitNs = 60ull * 1000 * 1000 * 1000;
 
+// A counter that a kernel stores as its last act, once every block's writes are done: the in-kernel
+// form of EnqueueWriteCounter (stream_sync.h), which spares the stream operation behind the kernel.
+// `system` when a reader runs on another GPU (its writes are then fenced at system scope, else at GPU
+// scope: processes sharing one GPU, MPS or not, see each other's stores through its L2).
+struct CounterStore {
+  uint32_t* counter = nullptr;  // null: nothing to store
+  uint32_t value = 0;
+  bool system = false;
+};
+
 struct CounterSet {
   const uint32_t* counters[kMaxCounters] = {};
   int count = 0;

@@ -1,5 +1,6 @@
 #include "worker/gpu/expert_ffn.h"
 
+#include "worker/gpu/counter_store.cuh"
 #include "worker/gpu/pdl.cuh"
 #include "worker/gpu/row_dot.cuh"
 
@@ -139,6 +140,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       __syncthreads();  // red[] is reused by the next item
     }
   }
+  if constexpr (!kGateUp) LastBlockStoresCounter(a.done, a.arrivals);
 }
 
 template <typename W, bool kGateUp, int R>
@@ -166,6 +168,7 @@ cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
 
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
+  if (a.done.counter != nullptr && a.arrivals == nullptr) return cudaErrorInvalidValue;
   return a.fp32_weights ? Launch<float>(a, stream) : Launch<__nv_bfloat16>(a, stream);
 }
 

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "worker/gpu/counter_kernels.h"
+
 namespace pinmoe {
 
 // One routed expert's weights in device memory: gate, up [inter, hidden], down [hidden, inter],
@@ -35,6 +37,10 @@ struct ExpertFfnArgs {
   float* act = nullptr;               // scratch [tokens, top_k, inter]
   float* out = nullptr;               // [tokens, top_k, hidden]; pairs not owned are left untouched
   bool fp32_weights = false;          // weights are fp32 (checked against references) instead of bf16
+  // Optional: the down kernel's last block stores this once every output is written (a hand-over to
+  // another process); `arrivals` is a zeroed counter for it (left zeroed).
+  CounterStore done;
+  unsigned int* arrivals = nullptr;
 };
 
 // Enqueues both kernels on `stream`. Returns the launch error, if any.

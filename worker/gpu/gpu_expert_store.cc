@@ -7,6 +7,7 @@
 #include "common/status.h"
 #include "common/str_cat.h"
 #include "worker/gpu/cuda_check.h"
+#include "worker/gpu/stream_sync.h"
 #include "worker/gpu/synthetic.h"
 
 namespace pinmoe {
@@ -135,8 +136,15 @@ absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k, bool g
   const size_t need = pairs * config_.moe_intermediate_size;
   const bool grow_act = need > act_capacity_;
   const bool grow_grouped = grouped && !fp32_ && max_tokens >= kGroupedMinTokens && pairs > grouped_pairs_;
-  if (!grow_act && !grow_grouped) return absl::OkStatus();
+  if (!grow_act && !grow_grouped && arrivals_ != nullptr) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (arrivals_ == nullptr) {
+    void* p = nullptr;
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, sizeof(unsigned int)));
+    allocations_.push_back(p);
+    CUDA_RETURN_IF_ERROR(cudaMemset(p, 0, sizeof(unsigned int)));
+    arrivals_ = static_cast<unsigned int*>(p);
+  }
   CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());  // no queued kernel may still use the old scratch
   if (grow_grouped) {
     for (void* p : grouped_allocations_) cudaFree(p);
@@ -169,9 +177,15 @@ absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k, bool g
 }
 
 absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k,
-                                     const int32_t* routing, float* out, cudaStream_t stream, bool allow_grouped) {
+                                     const int32_t* routing, float* out, cudaStream_t stream, bool allow_grouped,
+                                     const CounterStore& after) {
+  // `after` in the form this process uses: by the decode down kernel's last block, else a write enqueued
+  // behind the kernels.
+  auto write_after = [&]() -> absl::Status {
+    return after.counter == nullptr ? absl::OkStatus() : EnqueueWriteCounter(stream, after.counter, after.value);
+  };
   auto table = tables_.find(layer);
-  if (table == tables_.end()) return absl::OkStatus();  // no experts of this layer here
+  if (table == tables_.end()) return write_after();  // no experts of this layer here
   if (static_cast<size_t>(tokens) * top_k * config_.moe_intermediate_size > act_capacity_) {
     return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
   }
@@ -189,11 +203,18 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
     if (static_cast<size_t>(tokens) * top_k > grouped_pairs_) {
       return absl::InternalError(StrCat("grouped expert scratch reserved for fewer than ", tokens, " tokens"));
     }
-    return CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch");
+    RETURN_IF_ERROR(CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch"));
+    return write_after();
   }
   a.act = act_;
   a.fp32_weights = fp32_;
-  return CudaStatus(LaunchExpertFfnDecode(a, stream), "expert FFN launch");
+  const bool fused = after.counter != nullptr && KernelsStoreCounters();
+  if (fused) {
+    a.done = after;
+    a.arrivals = arrivals_;
+  }
+  RETURN_IF_ERROR(CudaStatus(LaunchExpertFfnDecode(a, stream), "expert FFN launch"));
+  return fused ? absl::OkStatus() : write_after();
 }
 
 absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint32_t tokens, uint32_t top_k,

@@ -43,9 +43,11 @@ class GpuExpertStore {
   // Enqueues the layer's expert FFNs on `stream` without waiting: pairs whose expert is not here (or whose
   // id is out of range) are skipped. Needs Reserve(tokens) first.
   // `allow_grouped`: false keeps fp32 activations at any batch size (the CPU coordinator's per-layer
-  // Work, which is held to the fp32 references).
+  // Work, which is held to the fp32 references). `after`, when it names a counter, is stored once the
+  // layer's outputs are written (also when nothing of the layer is here): a hand-over to another process.
   absl::Status Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k, const int32_t* routing,
-                       float* out, cudaStream_t stream, bool allow_grouped = true);
+                       float* out, cudaStream_t stream, bool allow_grouped = true,
+                       const CounterStore& after = CounterStore());
   cudaStream_t stream() const { return stream_; }
   bool HasLayer(int layer) const { return tables_.count(layer) != 0; }
 
@@ -73,6 +75,7 @@ class GpuExpertStore {
   std::vector<void*> allocations_;
   std::map<int, GpuExpert*> tables_;   // layer -> device array [num_experts]
   std::map<int, std::vector<bool>> owned_;
+  unsigned int* arrivals_ = nullptr;  // the down kernel's, for a CounterStore (zeroed)
   float* act_ = nullptr;
   size_t act_capacity_ = 0;
   GroupedFfnScratch grouped_;  // bf16 stores with room for kGroupedMinTokens or more

@@ -87,9 +87,17 @@ bool KernelWaits() {
   return kernel;
 }
 
-bool KernelWrites() {
-  static const bool kernel = KernelForm("PINMOE_COUNTER_WRITE", false);
-  return kernel;
+enum class WriteForm { kFused, kStream, kKernel };
+
+WriteForm Writes() {
+  static const WriteForm form = [] {
+    const char* v = std::getenv("PINMOE_COUNTER_WRITE");
+    const std::string_view s = v == nullptr ? "" : v;
+    if (s == "stream") return WriteForm::kStream;
+    if (s == "kernel") return WriteForm::kKernel;
+    return WriteForm::kFused;
+  }();
+  return form;
 }
 
 }  // namespace
@@ -108,9 +116,11 @@ absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* 
 }
 
 absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value) {
-  if (!KernelWrites()) return StreamWriteCounter(stream, counter, value);
+  if (Writes() != WriteForm::kKernel) return StreamWriteCounter(stream, counter, value);
   return CudaStatus(LaunchWriteCounter(counter, value, stream), "counter write kernel");
 }
+
+bool KernelsStoreCounters() { return Writes() == WriteForm::kFused; }
 
 absl::Status WaitForEvent(cudaEvent_t event, std::chrono::milliseconds timeout, std::string_view what,
                           const std::function<absl::Status()>& poll) {

@@ -28,11 +28,17 @@ absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uin
 
 // The same hand-overs in the form chosen for this process: under MPS a wait is a gate kernel
 // (counter_kernels.h), otherwise a stream wait (a spinning gate would hold its process's time slice);
-// a write is a stream memory operation. That is the measured fastest choice on the H100 (bench/NOTES.md);
-// PINMOE_COUNTER_WAIT / PINMOE_COUNTER_WRITE = kernel | stream override either. `counters` holds at
-// most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of them to equal value.
+// a write is a stream memory operation. PINMOE_COUNTER_WAIT = kernel | stream overrides the wait's
+// form, PINMOE_COUNTER_WRITE = fused | stream | kernel (a one-thread kernel) the write's (bench/NOTES.md).
+// `counters` holds at most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of
+// them to equal value.
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value);
 absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
+
+// Whether the kernel that finishes a hand-over's work stores its counter itself from its last block
+// (CounterStore, counter_kernels.h: the "fused" write, the default) instead of a write enqueued behind
+// it. Where no kernel can (the prefill paths), callers enqueue EnqueueWriteCounter.
+bool KernelsStoreCounters();
 
 // Waits for `event` with a deadline, calling `poll` about every millisecond (it may fail the wait, e.g.
 // when a peer died). Spins between polls: the step's latency matters more than a host core.

@@ -1,0 +1,43 @@
+// Device side of CounterStore (counter_kernels.h): the last block of a grid publishes a counter after
+// every block's writes, so that a peer process's gate (a kernel polling with acquire loads, or a
+// stream wait) may start on them before this kernel has even retired.
+#pragma once
+
+#include "worker/gpu/counter_kernels.h"
+
+namespace pinmoe {
+
+// Every thread of the block: its earlier writes become visible at the store's scope.
+__device__ __forceinline__ void FenceForStore(const CounterStore& s) {
+  if (s.system) {
+    __threadfence_system();
+  } else {
+    __threadfence();
+  }
+}
+
+// One thread, after FenceForStore by every writer and whatever synchronisation made their writes its
+// own (a __syncthreads, the arrival counter): *counter = value with release semantics.
+__device__ __forceinline__ void StoreCounterRelease(const CounterStore& s) {
+  if (s.system) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
+  } else {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
+  }
+}
+
+// Every thread of every block, as the kernel's last act: the last block to arrive stores the counter.
+// `arrivals` is a zeroed counter of this kernel's own, left zeroed (the next kernel that uses it must
+// be ordered after this one, e.g. by programmatic dependent launch's wait).
+__device__ __forceinline__ void LastBlockStoresCounter(const CounterStore& s, unsigned int* arrivals) {
+  if (s.counter == nullptr) return;
+  FenceForStore(s);
+  __syncthreads();
+  if (threadIdx.x == 0 && atomicAdd(arrivals, 1u) == gridDim.x - 1) {
+    *arrivals = 0u;
+    FenceForStore(s);  // acquires the other blocks' arrivals (and so their writes) before the release
+    StoreCounterRelease(s);
+  }
+}
+
+}  // namespace pinmoe
