@@ -6,7 +6,12 @@
 // 48 steps make one token. Prints per-layer time, GB/s of weights read, the fraction of a device-to-device
 // copy's measured bandwidth and of the card's datasheet bandwidth.
 //
+// With more than one token, tokens may share experts: the bytes counted are each layer's distinct
+// experts (what a kernel must read at least). --kernel grouped runs the tensor-core prefill kernels
+// instead of the decode ones.
+//
 //   build-device/bin/gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]
+//                                         [--kernel decode|grouped]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -18,6 +23,8 @@
 #include <vector>
 
 #include "worker/gpu/expert_ffn.h"
+
+#include <set>
 
 namespace {
 
@@ -51,16 +58,20 @@ double DatasheetGBs(const cudaDeviceProp& prop) {
 
 int main(int argc, char** argv) {
   int hidden = 2048, inter = 768, experts = 256, top_k = 8, tokens = 1, layers = 48, reps = 20;
+  bool grouped = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
-    if (a == "--hidden") hidden = v;
+    if (a == "--kernel") grouped = std::string(argv[i + 1]) == "grouped";
+    else if (a == "--hidden") hidden = v;
     else if (a == "--inter") inter = v;
     else if (a == "--experts") experts = v;
     else if (a == "--top-k") top_k = v;
     else if (a == "--tokens") tokens = v;
     else {
-      std::fprintf(stderr, "usage: gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]\n");
+      std::fprintf(stderr,
+                   "usage: gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]"
+                   " [--kernel decode|grouped]\n");
       return 2;
     }
   }
@@ -123,6 +134,16 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreate(&stream));
   cudaGraph_t graph;
   cudaGraphExec_t exec;
+  pinmoe::GroupedFfnScratch scratch;
+  if (grouped) {
+    const size_t tiles = pinmoe::GroupedMaxTiles(pairs, experts);
+    CHECK_CUDA(cudaMalloc(&scratch.sorted_pair, pairs * sizeof(int32_t)));
+    CHECK_CUDA(cudaMalloc(&scratch.tile_expert, tiles * sizeof(int32_t)));
+    CHECK_CUDA(cudaMalloc(&scratch.tile_row0, tiles * sizeof(int32_t)));
+    CHECK_CUDA(cudaMalloc(&scratch.tile_rows, tiles * sizeof(int32_t)));
+    CHECK_CUDA(cudaMalloc(&scratch.num_tiles, sizeof(int32_t)));
+    CHECK_CUDA(cudaMalloc(&scratch.act, static_cast<size_t>(pairs) * inter * sizeof(__nv_bfloat16)));
+  }
   CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
   for (int l = 0; l < layers; ++l) {
     pinmoe::ExpertFfnArgs a;
@@ -136,7 +157,7 @@ int main(int argc, char** argv) {
     a.inter = inter;
     a.act = act;
     a.out = out;
-    CHECK_CUDA(pinmoe::LaunchExpertFfnDecode(a, stream));
+    CHECK_CUDA(grouped ? pinmoe::LaunchExpertFfnGrouped(a, scratch, stream) : pinmoe::LaunchExpertFfnDecode(a, stream));
   }
   CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
   CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
@@ -154,15 +175,22 @@ int main(int argc, char** argv) {
   }
   std::sort(times.begin(), times.end());
   const double ms = times[times.size() / 2];
-  // Distinct experts per layer (tokens > 1 may share experts; each is still read once per pair).
-  const double bytes = static_cast<double>(layers) * pairs * mat * 3 * 2;
+  // Distinct experts per layer: what has to be read.
+  double distinct = 0;
+  for (int l = 0; l < layers; ++l) {
+    distinct += std::set<int32_t>(hr.begin() + static_cast<size_t>(l) * pairs,
+                                  hr.begin() + static_cast<size_t>(l + 1) * pairs).size();
+  }
+  const double bytes = distinct * mat * 3 * 2;
   const double gbs = bytes / (ms * 1e-3) / 1e9;
   const double peak = DatasheetGBs(prop);
   std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  std::printf("shape: hidden %d, intermediate %d, bf16; top-%d of %d experts; %d token(s); %d layers\n",
-              hidden, inter, top_k, experts, tokens, layers);
+  std::printf("shape: hidden %d, intermediate %d, bf16; top-%d of %d experts; %d token(s) (%.1f distinct experts a "
+              "layer); %d layers; %s kernels\n",
+              hidden, inter, top_k, experts, tokens, distinct / layers, layers,
+              grouped ? "grouped tensor-core" : "decode");
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
-  std::printf("expert FFN decode: %.1f us per layer, %.0f GB/s of weights read = %.0f%% of the copy",
+  std::printf("expert FFN: %.1f us per layer, %.0f GB/s of distinct weights = %.0f%% of the copy",
               ms * 1e3 / layers, gbs, 100 * gbs / copy_gbs);
   if (peak > 0) std::printf(", %.0f%% of the %.0f GB/s datasheet bandwidth", 100 * gbs / peak, peak);
   std::printf("\n");

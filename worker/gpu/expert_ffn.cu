@@ -17,9 +17,15 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // memory in a fixed order, and the next rows' weights are requested before the current ones are
 // computed. The grid is at most one resident wave. Each block first lists the pairs whose expert has
 // weights here (another worker owns the rest: several workers share one routing table and one output
-// buffer) with their matrices in shared memory, then takes one contiguous run of the (pair, row group)
-// items, so no work waits on a routing lookup and nothing is spent on other workers' pairs. Each row's
-// arithmetic is the same wherever it runs.
+// buffer) in shared memory, then takes one contiguous run of the (pair, row group) items, so no work
+// waits on a routing lookup and nothing is spent on other workers' pairs.
+//
+// With more than one token, several pairs may share an expert: the list is sorted by expert, and the
+// items run expert by expert, row group by row group, pair by pair, so each row group's weights come
+// from device memory once and from the L1/L2 caches for the expert's other pairs (holding a row's
+// weights in registers for several pairs instead costs registers, hence loads in flight: measured
+// slower, bench/NOTES.md). Each pair's row is computed by the same instruction sequence wherever it
+// runs, so results depend neither on the batch nor on the split between workers.
 //  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
 //  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
 constexpr int kTablePairs = kRowThreads;  // pairs listed per pass
@@ -29,10 +35,15 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   constexpr int kElems = 16 / sizeof(W);
   constexpr int M = kGateUp ? 2 : 1;  // matrices per row: gate and up, or down
   __shared__ float red[kRowWarps][R * M];
-  __shared__ int table_pair[kTablePairs];
-  __shared__ const W* table_mat[M][kTablePairs];
+  __shared__ int table_pair[kTablePairs];    // the pass's owned pairs, in pair order
+  __shared__ int table_expert[kTablePairs];
+  __shared__ int sorted[kTablePairs];        // the same, expert by expert
+  __shared__ int run_start[kTablePairs + 1];  // each expert's first place in sorted[] (a "run")
+  __shared__ const W* run_mat[M][kTablePairs];
+  __shared__ int rank[kTablePairs];          // a pair's place among its expert's
+  __shared__ int expert_first[kMaxDecodeExperts];
   __shared__ int warp_owned[kRowWarps];
-  __shared__ int listed;
+  __shared__ int listed, runs;
   PdlWait();
   PdlTrigger();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -41,21 +52,20 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   const int pairs = a.tokens * a.top_k;
   for (int base = 0; base < pairs; base += kTablePairs) {
     // List this pass's owned pairs in pair order (ballot + per-warp offsets): every block builds the
-    // same table, so the blocks' runs of items tile it exactly.
-    __syncthreads();  // the previous pass is done with the table
+    // same tables, so the blocks' runs of items tile them exactly.
+    __syncthreads();  // the previous pass is done with the tables
     if (threadIdx.x == 0) listed = 0;
+    if (a.tokens > 1) {
+      for (int e = threadIdx.x; e < a.num_experts; e += blockDim.x) expert_first[e] = 0;
+    }
     for (int p0 = 0; p0 < kTablePairs && base + p0 < pairs; p0 += blockDim.x) {
       const int p = p0 + threadIdx.x, pair = base + p;
-      const W* m[M] = {};
+      int e = -1;
       if (p < kTablePairs && pair < pairs) {
-        const int e = a.routing[pair];
-        if (e >= 0 && e < a.num_experts) {
-          const GpuExpert ex = a.experts[e];
-          m[0] = static_cast<const W*>(kGateUp ? ex.gate : ex.down);
-          if (kGateUp) m[M - 1] = static_cast<const W*>(ex.up);
-        }
+        const int id = a.routing[pair];
+        if (id >= 0 && id < a.num_experts && (kGateUp ? a.experts[id].gate : a.experts[id].down) != nullptr) e = id;
       }
-      const bool owned = m[0] != nullptr;
+      const bool owned = e >= 0;
       const unsigned ballot = __ballot_sync(0xffffffffu, owned);
       if (lane == 0) warp_owned[warp] = __popc(ballot);
       __syncthreads();
@@ -63,8 +73,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       for (int w = 0; w < warp; ++w) at += warp_owned[w];
       if (owned) {
         table_pair[at] = pair;
-#pragma unroll
-        for (int k = 0; k < M; ++k) table_mat[k][at] = m[k];
+        table_expert[at] = e;
       }
       __syncthreads();
       if (threadIdx.x == 0) {
@@ -73,15 +82,105 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       __syncthreads();
     }
     const int owned_pairs = listed;
+    auto set_run = [&](int r, int e) {
+      const GpuExpert ex = a.experts[e];
+      run_mat[0][r] = static_cast<const W*>(kGateUp ? ex.gate : ex.down);
+      if (kGateUp) run_mat[M - 1][r] = static_cast<const W*>(ex.up);
+    };
+    if (a.tokens == 1) {  // one token's top-k experts are distinct: a run per pair, in pair order
+      for (int i = threadIdx.x; i < owned_pairs; i += blockDim.x) {
+        sorted[i] = table_pair[i];
+        run_start[i] = i;
+        set_run(i, table_expert[i]);
+      }
+      if (threadIdx.x == 0) {
+        run_start[owned_pairs] = owned_pairs;
+        runs = owned_pairs;
+      }
+    } else {
+      // Sort by expert, deterministically: warp 0 ranks each pair among the earlier pairs of its expert
+      // (32 at a time, the lanes of one expert found by __match_any_sync) and scans the counts over
+      // the experts; then every thread places its pairs.
+      if (warp == 0) {
+        for (int i0 = 0; i0 < owned_pairs; i0 += 32) {
+          const int i = i0 + lane;
+          const int e = i < owned_pairs ? table_expert[i] : kMaxDecodeExperts + lane;  // a key of its own
+          const unsigned same = __match_any_sync(0xffffffffu, e);
+          const int before = __popc(same & ((1u << lane) - 1u));
+          if (i < owned_pairs) rank[i] = expert_first[e] + before;
+          __syncwarp();
+          if (i < owned_pairs && before == __popc(same) - 1) expert_first[e] += __popc(same);
+          __syncwarp();
+        }
+        int carry_pairs = 0, carry_runs = 0;
+        for (int e0 = 0; e0 < a.num_experts; e0 += 32) {
+          const int e = e0 + lane;
+          const int count = e < a.num_experts ? expert_first[e] : 0, present = count > 0 ? 1 : 0;
+          int pairs_incl = count, runs_incl = present;
+          for (int o = 1; o < 32; o <<= 1) {
+            const int vp = __shfl_up_sync(0xffffffffu, pairs_incl, o);
+            const int vr = __shfl_up_sync(0xffffffffu, runs_incl, o);
+            if (lane >= o) {
+              pairs_incl += vp;
+              runs_incl += vr;
+            }
+          }
+          const int first = carry_pairs + pairs_incl - count;
+          if (e < a.num_experts) expert_first[e] = first;
+          if (present) {
+            run_start[carry_runs + runs_incl - 1] = first;
+            set_run(carry_runs + runs_incl - 1, e);
+          }
+          carry_pairs += __shfl_sync(0xffffffffu, pairs_incl, 31);
+          carry_runs += __shfl_sync(0xffffffffu, runs_incl, 31);
+        }
+        if (lane == 0) {
+          run_start[carry_runs] = owned_pairs;
+          runs = carry_runs;
+        }
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < owned_pairs; i += blockDim.x) {
+        sorted[expert_first[table_expert[i]] + rank[i]] = table_pair[i];
+      }
+    }
+    __syncthreads();
     const int items = owned_pairs * per_pair;
     const int begin = static_cast<int>(static_cast<long>(items) * blockIdx.x / gridDim.x);
     const int end = static_cast<int>(static_cast<long>(items) * (blockIdx.x + 1) / gridDim.x);
+    // An item's place: run, row group, pair within the run (the run's items are row group-major).
+    struct Place {
+      int run, group, j;
+    };
+    auto locate = [&](int item) {
+      int lo = 0, hi = runs - 1;  // the last run whose first item is <= item
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (run_start[mid] * per_pair <= item) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      const int size = run_start[lo + 1] - run_start[lo], local = item - run_start[lo] * per_pair;
+      return Place{lo, local / size, local % size};
+    };
+    auto advance = [&](Place q) {
+      if (++q.j == run_start[q.run + 1] - run_start[q.run]) {
+        q.j = 0;
+        if (++q.group == per_pair) {
+          q.group = 0;
+          ++q.run;
+        }
+      }
+      return q;
+    };
     uint4 v[M][R];
-    auto load = [&](int item, int c) {
-      const int slot = item / per_pair, row0 = (item % per_pair) * R;
+    auto load = [&](const Place& q, int c) {
+      const int row0 = q.group * R;
 #pragma unroll
       for (int k = 0; k < M; ++k) {
-        const W* mat = table_mat[k][slot];
+        const W* mat = run_mat[k][q.run];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           const int row = min(row0 + r, rows - 1);
@@ -89,9 +188,11 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
         }
       }
     };
-    if (begin < end && threadIdx.x < chunks) load(begin, threadIdx.x);
+    Place at = begin < end ? locate(begin) : Place{0, 0, 0};
+    if (begin < end && threadIdx.x < chunks) load(at, threadIdx.x);
     for (int item = begin; item < end; ++item) {
-      const int pair = table_pair[item / per_pair], row0 = (item % per_pair) * R;
+      const Place next = item + 1 < end ? advance(at) : at;
+      const int pair = sorted[run_start[at.run] + at.j], row0 = at.group * R;
       const float* x = kGateUp ? a.x + static_cast<size_t>(pair / a.top_k) * a.hidden
                                : a.act + static_cast<size_t>(pair) * a.inter;
       float acc[M][R];
@@ -108,9 +209,9 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
           for (int r = 0; r < R; ++r) acc[k][r] += Dot16(v[k][r], xc, W());
         }
         if (c + static_cast<int>(blockDim.x) < chunks) {
-          load(item, c + blockDim.x);
+          load(at, c + blockDim.x);
         } else if (item + 1 < end) {
-          load(item + 1, threadIdx.x);
+          load(next, threadIdx.x);
         }
       }
 #pragma unroll
@@ -138,6 +239,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
         }
       }
       __syncthreads();  // red[] is reused by the next item
+      at = next;
     }
   }
   if constexpr (!kGateUp) LastBlockStoresCounter(a.done, a.arrivals);
@@ -169,6 +271,7 @@ cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
   if (a.done.counter != nullptr && a.arrivals == nullptr) return cudaErrorInvalidValue;
+  if (a.tokens > 1 && a.num_experts > kMaxDecodeExperts) return cudaErrorInvalidValue;
   return a.fp32_weights ? Launch<float>(a, stream) : Launch<__nv_bfloat16>(a, stream);
 }
 

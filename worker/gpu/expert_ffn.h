@@ -1,5 +1,6 @@
 // GPU expert FFN for decode: bf16 (or fp32) weights, fp32 activations and accumulation. Reads only the weights of
-// experts that some token was routed to, each row once per (token, slot), with 16-byte loads.
+// experts that some token was routed to, with 16-byte loads; a row shared by several (token, slot) pairs
+// comes from device memory once and from the caches for the others.
 //
 // Two kernels per MoE layer: gate/up (+ SiLU(gate) * up, into an fp32 scratch) and down; any number of
 // pairs. A pair whose
@@ -42,6 +43,9 @@ struct ExpertFfnArgs {
   CounterStore done;
   unsigned int* arrivals = nullptr;
 };
+
+// Experts at most for more than one token (the kernels sort the pairs by expert in shared memory).
+constexpr int kMaxDecodeExperts = 512;
 
 // Enqueues both kernels on `stream`. Returns the launch error, if any.
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& args, cudaStream_t stream);

@@ -22,7 +22,7 @@ namespace pinmoe {
 // From this many tokens per call on, bf16 experts run grouped on tensor cores (each expert's weights read
 // once per tile of pairs); below it, the decode kernels (each pair reads its expert's rows, fp32
 // activations) read fewer bytes.
-constexpr uint32_t kGroupedMinTokens = 16;
+constexpr uint32_t kGroupedMinTokens = 64;
 
 class GpuExpertStore {
  public:
