@@ -20,8 +20,10 @@
 namespace pinmoe {
 
 // From this many tokens per call on, bf16 experts run grouped on tensor cores (each expert's weights read
-// once per tile of pairs); below it, the decode kernels (each pair reads its expert's rows, fp32
-// activations) read fewer bytes.
+// once per tile of pairs); below it, the decode kernels (fp32 activations; a batch's pairs sorted by
+// expert, so that shared rows come from the caches). Measured on the H200 for the Qwen3-30B-A3B expert
+// shape (gpu_expert_ffn_bench --experts 128): 32 tokens 577 us a layer against 934 grouped, 64 tokens
+// 1,142 against 999.
 constexpr uint32_t kGroupedMinTokens = 64;
 
 class GpuExpertStore {
