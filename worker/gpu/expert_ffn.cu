@@ -20,28 +20,31 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // buffer) in shared memory, then takes one contiguous run of the (pair, row group) items, so no work
 // waits on a routing lookup and nothing is spent on other workers' pairs.
 //
-// With more than one token, several pairs may share an expert: the list is sorted by expert, and the
+// kSorted (more than one token, whose pairs may share experts): the list is sorted by expert, and the
 // items run expert by expert, row group by row group, pair by pair, so each row group's weights come
 // from device memory once and from the L1/L2 caches for the expert's other pairs (holding a row's
 // weights in registers for several pairs instead costs registers, hence loads in flight: measured
-// slower, bench/NOTES.md). Each pair's row is computed by the same instruction sequence wherever it
-// runs, so results depend neither on the batch nor on the split between workers.
+// slower, bench/NOTES.md). One token's top-k experts are distinct: it keeps the plain list and its
+// smaller shared memory (the sorted form cost the one-token step through worker processes ~5%,
+// measured). Each pair's row is computed by the same instruction sequence wherever it runs, so results
+// depend neither on the batch nor on the split between workers.
 //  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
 //  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
 constexpr int kTablePairs = kRowThreads;  // pairs listed per pass
 
-template <typename W, bool kGateUp, int R>
+template <typename W, bool kGateUp, int R, bool kSorted>
 __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a) {
   constexpr int kElems = 16 / sizeof(W);
   constexpr int M = kGateUp ? 2 : 1;  // matrices per row: gate and up, or down
+  constexpr int kSortSlots = kSorted ? kTablePairs : 1;
   __shared__ float red[kRowWarps][R * M];
-  __shared__ int table_pair[kTablePairs];    // the pass's owned pairs, in pair order
-  __shared__ int table_expert[kTablePairs];
-  __shared__ int sorted[kTablePairs];        // the same, expert by expert
-  __shared__ int run_start[kTablePairs + 1];  // each expert's first place in sorted[] (a "run")
-  __shared__ const W* run_mat[M][kTablePairs];
-  __shared__ int rank[kTablePairs];          // a pair's place among its expert's
-  __shared__ int expert_first[kMaxDecodeExperts];
+  __shared__ int table_pair[kTablePairs];       // the pass's owned pairs, in pair order
+  __shared__ const W* run_mat[M][kTablePairs];  // each pair's matrices (kSorted: each run's)
+  __shared__ int table_expert[kSortSlots];
+  __shared__ int sorted[kSortSlots];            // the pairs expert by expert
+  __shared__ int run_start[kSortSlots + 1];     // each expert's first place in sorted[] (a "run")
+  __shared__ int rank[kSortSlots];              // a pair's place among its expert's
+  __shared__ int expert_first[kSorted ? kMaxDecodeExperts : 1];
   __shared__ int warp_owned[kRowWarps];
   __shared__ int listed, runs;
   PdlWait();
@@ -55,7 +58,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
     // same tables, so the blocks' runs of items tile them exactly.
     __syncthreads();  // the previous pass is done with the tables
     if (threadIdx.x == 0) listed = 0;
-    if (a.tokens > 1) {
+    if constexpr (kSorted) {
       for (int e = threadIdx.x; e < a.num_experts; e += blockDim.x) expert_first[e] = 0;
     }
     for (int p0 = 0; p0 < kTablePairs && base + p0 < pairs; p0 += blockDim.x) {
@@ -73,7 +76,13 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       for (int w = 0; w < warp; ++w) at += warp_owned[w];
       if (owned) {
         table_pair[at] = pair;
-        table_expert[at] = e;
+        if constexpr (kSorted) {
+          table_expert[at] = e;
+        } else {
+          const GpuExpert ex = a.experts[e];
+          run_mat[0][at] = static_cast<const W*>(kGateUp ? ex.gate : ex.down);
+          if (kGateUp) run_mat[M - 1][at] = static_cast<const W*>(ex.up);
+        }
       }
       __syncthreads();
       if (threadIdx.x == 0) {
@@ -82,22 +91,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       __syncthreads();
     }
     const int owned_pairs = listed;
-    auto set_run = [&](int r, int e) {
-      const GpuExpert ex = a.experts[e];
-      run_mat[0][r] = static_cast<const W*>(kGateUp ? ex.gate : ex.down);
-      if (kGateUp) run_mat[M - 1][r] = static_cast<const W*>(ex.up);
-    };
-    if (a.tokens == 1) {  // one token's top-k experts are distinct: a run per pair, in pair order
-      for (int i = threadIdx.x; i < owned_pairs; i += blockDim.x) {
-        sorted[i] = table_pair[i];
-        run_start[i] = i;
-        set_run(i, table_expert[i]);
-      }
-      if (threadIdx.x == 0) {
-        run_start[owned_pairs] = owned_pairs;
-        runs = owned_pairs;
-      }
-    } else {
+    if constexpr (kSorted) {
       // Sort by expert, deterministically: warp 0 ranks each pair among the earlier pairs of its expert
       // (32 at a time, the lanes of one expert found by __match_any_sync) and scans the counts over
       // the experts; then every thread places its pairs.
@@ -128,8 +122,11 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
           const int first = carry_pairs + pairs_incl - count;
           if (e < a.num_experts) expert_first[e] = first;
           if (present) {
-            run_start[carry_runs + runs_incl - 1] = first;
-            set_run(carry_runs + runs_incl - 1, e);
+            const int r = carry_runs + runs_incl - 1;
+            run_start[r] = first;
+            const GpuExpert ex = a.experts[e];
+            run_mat[0][r] = static_cast<const W*>(kGateUp ? ex.gate : ex.down);
+            if (kGateUp) run_mat[M - 1][r] = static_cast<const W*>(ex.up);
           }
           carry_pairs += __shfl_sync(0xffffffffu, pairs_incl, 31);
           carry_runs += __shfl_sync(0xffffffffu, runs_incl, 31);
@@ -148,11 +145,13 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
     const int items = owned_pairs * per_pair;
     const int begin = static_cast<int>(static_cast<long>(items) * blockIdx.x / gridDim.x);
     const int end = static_cast<int>(static_cast<long>(items) * (blockIdx.x + 1) / gridDim.x);
-    // An item's place: run, row group, pair within the run (the run's items are row group-major).
+    // An item's place: run (kSorted: an expert's pairs in sorted[]; else one pair of table_pair[]), row
+    // group, pair within the run (a run's items are row group-major).
     struct Place {
       int run, group, j;
     };
-    auto locate = [&](int item) {
+    auto locate = [&](int item) { return Place{item / per_pair, item % per_pair, 0}; };
+    auto locate_sorted = [&](int item) {
       int lo = 0, hi = runs - 1;  // the last run whose first item is <= item
       while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
@@ -165,7 +164,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       const int size = run_start[lo + 1] - run_start[lo], local = item - run_start[lo] * per_pair;
       return Place{lo, local / size, local % size};
     };
-    auto advance = [&](Place q) {
+    auto advance_sorted = [&](Place q) {
       if (++q.j == run_start[q.run + 1] - run_start[q.run]) {
         q.j = 0;
         if (++q.group == per_pair) {
@@ -188,11 +187,13 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
         }
       }
     };
-    Place at = begin < end ? locate(begin) : Place{0, 0, 0};
+    Place at{0, 0, 0};
+    if (begin < end) at = kSorted ? locate_sorted(begin) : locate(begin);
     if (begin < end && threadIdx.x < chunks) load(at, threadIdx.x);
     for (int item = begin; item < end; ++item) {
-      const Place next = item + 1 < end ? advance(at) : at;
-      const int pair = sorted[run_start[at.run] + at.j], row0 = at.group * R;
+      Place next = at;
+      if (item + 1 < end) next = kSorted ? advance_sorted(at) : locate(item + 1);
+      const int pair = kSorted ? sorted[run_start[at.run] + at.j] : table_pair[at.run], row0 = at.group * R;
       const float* x = kGateUp ? a.x + static_cast<size_t>(pair / a.top_k) * a.hidden
                                : a.act + static_cast<size_t>(pair) * a.inter;
       float acc[M][R];
@@ -245,12 +246,12 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   if constexpr (!kGateUp) LastBlockStoresCounter(a.done, a.arrivals);
 }
 
-template <typename W, bool kGateUp, int R>
+template <typename W, bool kGateUp, int R, bool kSorted>
 cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   constexpr int kElems = 16 / sizeof(W);
   const int cols = kGateUp ? a.hidden : a.inter, rows = kGateUp ? a.inter : a.hidden;
   const int threads = RowThreads(cols / kElems);
-  auto kernel = ExpertRowsKernel<W, kGateUp, R>;
+  auto kernel = ExpertRowsKernel<W, kGateUp, R, kSorted>;
   const long items = static_cast<long>(std::min(a.tokens * a.top_k, kTablePairs)) * ((rows + R - 1) / R);
   int grid = 0;
   const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
@@ -258,12 +259,17 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }
 
-template <typename W>
+template <typename W, bool kSorted>
 cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
   // gate/up keeps 2 x 2 loads in flight per thread, down 4: both about the registers of the dense GEMV.
-  cudaError_t err = LaunchRows<W, true, 2>(a, stream);
+  cudaError_t err = LaunchRows<W, true, 2, kSorted>(a, stream);
   if (err != cudaSuccess) return err;
-  return LaunchRows<W, false, 4>(a, stream);
+  return LaunchRows<W, false, 4, kSorted>(a, stream);
+}
+
+template <typename W>
+cudaError_t LaunchTyped(const ExpertFfnArgs& a, cudaStream_t stream) {
+  return a.tokens == 1 ? Launch<W, false>(a, stream) : Launch<W, true>(a, stream);
 }
 
 }  // namespace
@@ -272,7 +278,7 @@ cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
   if (a.done.counter != nullptr && a.arrivals == nullptr) return cudaErrorInvalidValue;
   if (a.tokens > 1 && a.num_experts > kMaxDecodeExperts) return cudaErrorInvalidValue;
-  return a.fp32_weights ? Launch<float>(a, stream) : Launch<__nv_bfloat16>(a, stream);
+  return a.fp32_weights ? LaunchTyped<float>(a, stream) : LaunchTyped<__nv_bfloat16>(a, stream);
 }
 
 }  // namespace pinmoe
