@@ -63,8 +63,9 @@ class WorkerPool : public ExpertBackend {
 
   // ---- The GPU-ordered path, for a model whose dense part runs on a GPU while every worker is a GPU
   // worker: one Step message per forward step, and per layer a hand-over through 32-bit counters in the
-  // device buffer (written by stream memory operations, waited on by one-block gate kernels; see
-  // worker/gpu/stream_sync.h) instead of a message round trip. Streams and events are
+  // device buffer (stored by the last block of the kernel that finishes the work, the router's or the
+  // workers' down kernel's, and waited on by one-block gate kernels; see worker/gpu/stream_sync.h)
+  // instead of a message round trip. Streams and events are
   // cudaStream_t / cudaEvent_t passed as void*, so that this header needs no CUDA.
   struct DeviceSlots {
     float* input = nullptr;      // [max_tokens_per_step, hidden]
