@@ -269,7 +269,10 @@ cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
 
 template <typename W>
 cudaError_t LaunchTyped(const ExpertFfnArgs& a, cudaStream_t stream) {
-  return a.tokens == 1 ? Launch<W, false>(a, stream) : Launch<W, true>(a, stream);
+  // The sort's per-expert counters hold kMaxDecodeExperts; more experts keep the plain list (same
+  // results, no cache reuse between an expert's pairs).
+  const bool sorted = a.tokens > 1 && a.num_experts <= kMaxDecodeExperts;
+  return sorted ? Launch<W, true>(a, stream) : Launch<W, false>(a, stream);
 }
 
 }  // namespace
@@ -277,7 +280,6 @@ cudaError_t LaunchTyped(const ExpertFfnArgs& a, cudaStream_t stream) {
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
   if (a.done.counter != nullptr && a.arrivals == nullptr) return cudaErrorInvalidValue;
-  if (a.tokens > 1 && a.num_experts > kMaxDecodeExperts) return cudaErrorInvalidValue;
   return a.fp32_weights ? LaunchTyped<float>(a, stream) : LaunchTyped<__nv_bfloat16>(a, stream);
 }
 

@@ -44,7 +44,8 @@ struct ExpertFfnArgs {
   unsigned int* arrivals = nullptr;
 };
 
-// Experts at most for more than one token (the kernels sort the pairs by expert in shared memory).
+// Experts at most for which a batch's pairs are sorted by expert (in shared memory); with more, each pair
+// reads its expert's rows on its own (same results).
 constexpr int kMaxDecodeExperts = 512;
 
 // Enqueues both kernels on `stream`. Returns the launch error, if any.
