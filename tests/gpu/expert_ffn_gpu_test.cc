@@ -178,6 +178,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertFfnGpuTest,
                          ::testing::Values(Shape{64, 32, 4, 1, 2}, Shape{64, 48, 8, 5, 3},
                                            Shape{256, 512, 16, 3, 8}, Shape{2048, 768, 16, 1, 8},
                                            Shape{2048, 512, 12, 7, 10}, Shape{1032, 136, 6, 17, 2},
+                                           Shape{64, 48, 600, 9, 4},  // past kMaxDecodeExperts: unsorted
                                            Shape{64, 48, 8, 5, 3, true}, Shape{2048, 768, 16, 2, 8, true},
                                            Shape{64, 48, 8, 100, 3, false, true},
                                            Shape{2048, 768, 16, 200, 8, false, true},
