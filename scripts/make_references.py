@@ -141,6 +141,30 @@ def write_reference(model, name, out_dir, prompts, extra=None):
         json.dump(doc, f)
 
 
+def write_configs(out_dir, cfg_kwargs, dtype, hub_style, architecture, model_type, transformers_version,
+                  to_config, generation):
+    """config.json and generation_config.json. hub_style: config.json written as the hub's checkpoints
+    have it (the legacy flat keys, `torch_dtype`, the transformers release that first had the model);
+    else by this transformers' own save_pretrained from to_config(a copy of cfg_kwargs)."""
+    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    if hub_style:
+        cfg = dict(cfg_kwargs)
+        cfg.update({"architectures": [architecture], "model_type": model_type,
+                    "torch_dtype": dtype_name, "hidden_act": "silu", "attention_bias": False,
+                    "attention_dropout": 0.0, "use_cache": True, "output_router_logits": False,
+                    "router_aux_loss_coef": 0.001, "initializer_range": 0.02,
+                    "transformers_version": transformers_version})
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+    else:
+        conf = to_config(dict(cfg_kwargs))
+        conf.architectures = [architecture]
+        conf.dtype = dtype_name
+        conf.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump(generation, f, indent=2)
+
+
 def make_qwen3moe(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed):
     from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
@@ -150,31 +174,18 @@ def make_qwen3moe(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed):
     tensors = qwen3moe_tensors(cfg_kwargs, gen, dtype)
     save_sharded(tensors, out_dir, n_shards)
 
-    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
-    if hub_style:
-        cfg = dict(cfg_kwargs)
-        cfg.update({"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
-                    "torch_dtype": dtype_name, "hidden_act": "silu", "attention_bias": False,
-                    "attention_dropout": 0.0, "use_cache": True, "output_router_logits": False,
-                    "router_aux_loss_coef": 0.001, "initializer_range": 0.02,
-                    "transformers_version": "4.51.0"})
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
-    else:
-        kw = dict(cfg_kwargs)
+    def to_config(kw):
         theta = kw.pop("rope_theta")
         kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
         try:
-            conf = Qwen3MoeConfig(**kw)
+            return Qwen3MoeConfig(**kw)
         except TypeError:  # an older transformers without rope_parameters
             kw.pop("rope_parameters")
-            conf = Qwen3MoeConfig(rope_theta=theta, **kw)
-        conf.architectures = ["Qwen3MoeForCausalLM"]
-        conf.dtype = dtype_name
-        conf.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": cfg_kwargs["bos_token_id"], "eos_token_id": cfg_kwargs["eos_token_id"],
-                   "do_sample": False}, f, indent=2)
+            return Qwen3MoeConfig(rope_theta=theta, **kw)
+
+    write_configs(out_dir, cfg_kwargs, dtype, hub_style, "Qwen3MoeForCausalLM", "qwen3_moe", "4.51.0", to_config,
+                  {"bos_token_id": cfg_kwargs["bos_token_id"], "eos_token_id": cfg_kwargs["eos_token_id"],
+                   "do_sample": False})
 
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
     model.eval()
@@ -262,30 +273,18 @@ def make_qwen3next(out_root, name, cfg_kwargs, dtype, n_shards, hub_style, seed)
     os.makedirs(out_dir, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     save_sharded(qwen3next_tensors(cfg_kwargs, gen, dtype), out_dir, n_shards)
-    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
-    if hub_style:
-        cfg = dict(cfg_kwargs)
-        cfg.update({"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
-                    "torch_dtype": dtype_name, "hidden_act": "silu", "attention_bias": False,
-                    "attention_dropout": 0.0, "use_cache": True, "output_router_logits": False,
-                    "router_aux_loss_coef": 0.001, "initializer_range": 0.02,
-                    "transformers_version": "4.57.0.dev0"})
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
-    else:
-        kw = dict(cfg_kwargs)
+
+    def to_config(kw):
         theta = kw.pop("rope_theta")
         prf = kw.pop("partial_rotary_factor")
         interval = kw.pop("full_attention_interval")
         kw["layer_types"] = ["linear_attention" if (i + 1) % interval else "full_attention"
                              for i in range(kw["num_hidden_layers"])]
         kw["rope_parameters"] = {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": prf}
-        conf = Qwen3NextConfig(**kw)
-        conf.architectures = ["Qwen3NextForCausalLM"]
-        conf.dtype = dtype_name
-        conf.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump({"eos_token_id": cfg_kwargs["eos_token_id"], "do_sample": False}, f, indent=2)
+        return Qwen3NextConfig(**kw)
+
+    write_configs(out_dir, cfg_kwargs, dtype, hub_style, "Qwen3NextForCausalLM", "qwen3_next", "4.57.0.dev0",
+                  to_config, {"eos_token_id": cfg_kwargs["eos_token_id"], "do_sample": False})
 
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
     model.eval()
