@@ -123,8 +123,12 @@ absl::Status WorkerPool::Launch() {
       if (!set.experts.empty()) layer_owners_[set.layer].push_back(w);
     }
   }
-  input_offset_ = kCounterBytes;
-  routing_offset_ = AlignUp(t * h * sizeof(float), 4096);
+  timeline_offset_ = kCounterBytes;
+  timeline_bytes_ = options_.timeline
+                        ? static_cast<uint64_t>(options_.num_workers + 1) * num_moe_layers_ * 2 * sizeof(uint64_t)
+                        : 0;
+  input_offset_ = AlignUp(timeline_offset_ + timeline_bytes_, 4096);
+  routing_offset_ = AlignUp(input_offset_ + t * h * sizeof(float), 4096);
   output_offset_ = AlignUp(routing_offset_ + t * k * sizeof(int32_t), 4096);
   const uint64_t total = output_offset_ + t * k * h * sizeof(float);
   int first_gpu = -1;
@@ -509,6 +513,10 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
     slice(step->mutable_output(), output_offset_, tokens * k * h * sizeof(float));
     slice(step->mutable_ready(), 0, sizeof(uint32_t));
     slice(step->mutable_done(), kCounterStride * (w + 1), sizeof(uint32_t));
+    if (timeline_bytes_ > 0) {
+      slice(step->mutable_timeline(), TimelineOffset(static_cast<int>(w) + 1, 0),
+            static_cast<uint64_t>(step->layers_size()) * 2 * sizeof(uint64_t));
+    }
     absl::Status st = router_->Send(workers_[w].identity, env);
     if (!st.ok()) {
       broken_ = true;
@@ -539,6 +547,9 @@ absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int layer, int pari
     const absl::StatusOr<int> device = ParseDeviceName(workers_[w].device);
     if (!device.ok() || *device != device_buffer_->device()) tick.system_scope = true;
   }
+  if (timeline_bytes_ > 0) {
+    tick.stamp = reinterpret_cast<uint64_t*>(device_buffer_->data() + TimelineOffset(0, moe_index_[layer]));
+  }
   return tick;
 }
 
@@ -550,7 +561,9 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   uint8_t* base = device_buffer_->data();
   std::vector<const uint32_t*> done;
   for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
-  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick);
+  uint64_t* stamp = timeline_bytes_ > 0 ? reinterpret_cast<uint64_t*>(base + TimelineOffset(0, moe_index_[layer])) + 1
+                                        : nullptr;
+  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, stamp);
 }
 
 absl::Status WorkerPool::FinishGpuStep(void* event) {
@@ -622,6 +635,31 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<WorkerPool::LayerTimes>> WorkerPool::GpuStepTimeline() {
+  if (timeline_bytes_ == 0) return absl::FailedPreconditionError("the pool was started without a timeline");
+  std::vector<uint64_t> stamps(timeline_bytes_ / sizeof(uint64_t));
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
+  CUDA_RETURN_IF_ERROR(cudaMemcpy(stamps.data(), device_buffer_->data() + timeline_offset_, timeline_bytes_,
+                                  cudaMemcpyDeviceToHost));
+  auto at = [&](int process, int slot) { return stamps[(TimelineOffset(process, slot) - timeline_offset_) / 8]; };
+  std::vector<LayerTimes> times;
+  std::vector<int> next_entry(workers_.size(), 0);  // a worker's entries follow its owned layers
+  for (int l = 0; l < config_.num_layers; ++l) {
+    if (moe_index_[l] < 0) continue;
+    LayerTimes t;
+    t.layer = l;
+    t.tick_stored = at(0, moe_index_[l]);
+    t.coordinator_open = stamps[(TimelineOffset(0, moe_index_[l]) - timeline_offset_) / 8 + 1];
+    for (int w : layer_owners_[l]) {
+      const int entry = next_entry[w]++;
+      t.workers_open = std::max(t.workers_open, at(w + 1, entry));
+      t.done_stored = std::max(t.done_stored, stamps[(TimelineOffset(w + 1, entry) - timeline_offset_) / 8 + 1]);
+    }
+    times.push_back(t);
+  }
+  return times;
+}
+
 #else
 
 absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
@@ -634,6 +672,9 @@ absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int, int) {
 }
 absl::Status WorkerPool::AwaitGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::Status WorkerPool::FinishGpuStep(void*) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::StatusOr<std::vector<WorkerPool::LayerTimes>> WorkerPool::GpuStepTimeline() {
+  return absl::UnimplementedError("this build has no CUDA");
+}
 
 #endif
 

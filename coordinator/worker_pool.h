@@ -50,6 +50,9 @@ struct WorkerPoolOptions {
   // Non-zero: workers draw seeded synthetic experts instead of reading a checkpoint (benchmarks; GPU
   // workers only; model_dir then needs only config.json).
   uint64_t synthetic_seed = 0;
+  // The GPU-ordered path stamps every hand-over with the GPU's clock (GpuStepTimeline; `pinmoe bench
+  // --timeline`). Only the kernel forms stamp: gate kernels (under MPS) and kernel-stored counters.
+  bool timeline = false;
 };
 
 class WorkerPool : public ExpertBackend {
@@ -90,6 +93,7 @@ class WorkerPool : public ExpertBackend {
     uint32_t* counter = nullptr;
     uint32_t value = 0;
     bool system_scope = false;
+    uint64_t* stamp = nullptr;  // with options.timeline: for the GPU clock when the tick is stored
   };
   absl::StatusOr<GpuTick> GpuLayerTick(int layer, int parity);
   // Then wait for the workers' (work may be enqueued in between).
@@ -97,6 +101,17 @@ class WorkerPool : public ExpertBackend {
   // Waits (bounded) for `event`, recorded after the step's last use of the slots, and for every worker's
   // Done. If a worker dies or hangs, the coordinator's stream is released and the error names it.
   absl::Status FinishGpuStep(void* event);
+  // With options.timeline, after FinishGpuStep: the GPU clock (ns; 0 where that hand-over's form does
+  // not stamp) at each of the last step's MoE layer's hand-overs, in layer order. Where several workers
+  // own a layer, the latest of them.
+  struct LayerTimes {
+    int layer = 0;
+    uint64_t tick_stored = 0;  // the router stored the tick
+    uint64_t workers_open = 0;  // the workers' gates saw it
+    uint64_t done_stored = 0;  // their down kernels stored their done counters
+    uint64_t coordinator_open = 0;  // the coordinator's gate saw them all
+  };
+  absl::StatusOr<std::vector<LayerTimes>> GpuStepTimeline();
 
   const Placement& placement() const { return placement_; }
   const std::string& runtime_dir() const { return runtime_dir_; }
@@ -143,6 +158,13 @@ class WorkerPool : public ExpertBackend {
   absl::Status CopyIn(bool to_device, uint64_t offset, const void* src, uint64_t bytes);
   absl::Status CopyOut(bool from_device, void* dst, uint64_t offset, uint64_t bytes);
   uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
+  // With options.timeline: [workers + 1][num_moe_layers][2] u64 stamps; the coordinator's first, then
+  // worker w's (its owned layers in order).
+  uint64_t timeline_offset_ = 0, timeline_bytes_ = 0;
+  // Where process p's (0: the coordinator, w + 1: worker w) stamp pair `slot` lies in the buffer.
+  uint64_t TimelineOffset(int process, int slot) const {
+    return timeline_offset_ + (static_cast<uint64_t>(process) * num_moe_layers_ + slot) * 2 * sizeof(uint64_t);
+  }
   // The GPU-ordered path's state: counters at the start of the device buffer (ready at 0, worker w's
   // done at kCounterStride * (w + 1)), the current step's tick base, and which workers own experts in
   // each layer.

@@ -3,8 +3,14 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cmath>
+#include <random>
 
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "coordinator/expert_backend.h"
 #include "coordinator/generate.h"
+#include "coordinator/worker_pool.h"
 #include "coordinator/session.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
@@ -39,6 +45,41 @@ TEST(WorkerPool, WorkersReadOnlyTheirExperts) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ((*s)->pool()->worker_weight_bytes(), (*s)->pool()->placement().bytes_per_worker);
   for (uint64_t b : (*s)->pool()->worker_weight_bytes()) EXPECT_GT(b, 0u);
+}
+
+// A round of exactly max_tokens_per_step tokens fills the input slice of the shared buffer to its end:
+// the routing table after it must not overlap it (it did: the last 4 KB of the input were the routing's
+// first). CPU workers' expert outputs equal the in-process experts' on the same inputs.
+TEST(WorkerPool, FullRoundMatchesInProcessExperts) {
+  const std::string dir = testing::TestData("qwen3moe-f32");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  absl::StatusOr<std::unique_ptr<InProcessExperts>> local = InProcessExperts::Load(*config, **checkpoint);
+  ASSERT_TRUE(local.ok()) << local.status();
+  WorkerPoolOptions po;
+  po.num_workers = 2;
+  po.worker_binary = testing::WorkerBinary();
+  po.model_dir = dir;
+  po.max_tokens_per_step = 64;
+  absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Start(*config, po);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const uint32_t h = config->hidden_size, k = config->top_k;
+  for (const uint32_t tokens : {64u, 64u + 64u, 64u + 5u}) {  // one full round; two; a full one and a part
+    std::mt19937 rng(tokens);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    std::vector<float> x(static_cast<size_t>(tokens) * h);
+    for (float& v : x) v = normal(rng);
+    std::vector<int32_t> routing(static_cast<size_t>(tokens) * k);
+    for (size_t i = 0; i < routing.size(); ++i) routing[i] = static_cast<int32_t>((i * 7 + i / k) % config->num_experts);
+    std::vector<float> want(routing.size() * h), got(routing.size() * h, -1.f);
+    ASSERT_TRUE((*local)->RunMoe(0, x.data(), tokens, routing.data(), want.data()).ok());
+    ASSERT_TRUE((*pool)->RunMoe(0, x.data(), tokens, routing.data(), got.data()).ok());
+    size_t differ = 0;
+    for (size_t i = 0; i < want.size(); ++i) differ += std::fabs(got[i] - want[i]) > 1e-5f * (1 + std::fabs(want[i]));
+    EXPECT_EQ(differ, 0u) << tokens << " tokens";
+  }
 }
 
 TEST(WorkerFailure, MissingBinary) {

@@ -1,5 +1,6 @@
 #include "worker/gpu/counter_kernels.h"
 
+#include "worker/gpu/counter_store.cuh"
 #include "worker/gpu/pdl.cuh"
 
 namespace pinmoe {
@@ -11,16 +12,11 @@ __device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
   return v;
 }
 
-__device__ __forceinline__ uint64_t GlobalTimerNs() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 
 // One thread per counter polls until it holds `value` (at most kCounterSpinLimitNs); then the block
 // lets the next kernel in the stream start (its blocks were not resident while this one waited, so a
 // waiting gate holds one block slot of one SM and nothing else).
-__global__ void WaitCountersKernel(CounterSet set, uint32_t value) {
+__global__ void WaitCountersKernel(CounterSet set, uint32_t value, uint64_t* stamp) {
   PdlWait();  // ordered after the stream's earlier work, like a stream wait
   if (threadIdx.x < set.count) {
     const uint32_t* c = set.counters[threadIdx.x];
@@ -30,6 +26,7 @@ __global__ void WaitCountersKernel(CounterSet set, uint32_t value) {
     }
   }
   __syncthreads();
+  if (stamp != nullptr && threadIdx.x == 0) *stamp = GlobalTimerNs();
   PdlTrigger();
 }
 
@@ -42,9 +39,9 @@ __global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
 
 }  // namespace
 
-cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream) {
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream, uint64_t* stamp) {
   if (set.count <= 0 || set.count > kMaxCounters) return cudaErrorInvalidValue;
-  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value);
+  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value, stamp);
 }
 
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream) {

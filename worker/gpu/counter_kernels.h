@@ -23,6 +23,7 @@ struct CounterStore {
   uint32_t* counter = nullptr;  // null: nothing to store
   uint32_t value = 0;
   bool system = false;
+  uint64_t* stamp = nullptr;    // optional: receives the GPU's %globaltimer (ns) just before the store
 };
 
 struct CounterSet {
@@ -30,8 +31,10 @@ struct CounterSet {
   int count = 0;
 };
 
-// Enqueues a wait until every counter of `set` equals `value`.
-cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream);
+// Enqueues a wait until every counter of `set` equals `value`; `stamp`, when set, receives the GPU's
+// %globaltimer (ns, one clock for every process on the GPU) when the wait is over.
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream,
+                               uint64_t* stamp = nullptr);
 // Enqueues "*counter = value" after all earlier work on the stream (system-scope release).
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream);
 

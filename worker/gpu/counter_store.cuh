@@ -7,6 +7,12 @@
 
 namespace pinmoe {
 
+__device__ __forceinline__ uint64_t GlobalTimerNs() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 // Every thread of the block: its earlier writes become visible at the store's scope.
 __device__ __forceinline__ void FenceForStore(const CounterStore& s) {
   if (s.system) {
@@ -19,6 +25,7 @@ __device__ __forceinline__ void FenceForStore(const CounterStore& s) {
 // One thread, after FenceForStore by every writer and whatever synchronisation made their writes its
 // own (a __syncthreads, the arrival counter): *counter = value with release semantics.
 __device__ __forceinline__ void StoreCounterRelease(const CounterStore& s) {
+  if (s.stamp != nullptr) *s.stamp = GlobalTimerNs();
   if (s.system) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
   } else {

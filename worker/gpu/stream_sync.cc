@@ -102,7 +102,8 @@ WriteForm Writes() {
 
 }  // namespace
 
-absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value) {
+absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
+                                 uint64_t* stamp) {
   if (!KernelWaits()) {
     for (const uint32_t* c : counters) RETURN_IF_ERROR(StreamWaitCounter(stream, c, value));
     return absl::OkStatus();
@@ -110,7 +111,8 @@ absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* 
   for (size_t i = 0; i < counters.size(); i += kMaxCounters) {
     CounterSet set;
     for (size_t j = i; j < counters.size() && set.count < kMaxCounters; ++j) set.counters[set.count++] = counters[j];
-    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream));
+    const bool last = i + kMaxCounters >= counters.size();
+    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream, last ? stamp : nullptr));
   }
   return absl::OkStatus();
 }

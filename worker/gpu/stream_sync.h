@@ -32,7 +32,9 @@ absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uin
 // form, PINMOE_COUNTER_WRITE = fused | stream | kernel (a one-thread kernel) the write's (bench/NOTES.md).
 // `counters` holds at most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of
 // them to equal value.
-absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value);
+// `stamp` (kernel form only) receives the GPU's clock when the wait is over (LaunchWaitCounters).
+absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
+                                 uint64_t* stamp = nullptr);
 absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
 
 // Whether the kernel that finishes a hand-over's work stores its counter itself from its last block
