@@ -55,6 +55,7 @@ ABSL_FLAG(int, sample_top_k, 0, "bench: decode by sampling from the top k (devic
 ABSL_FLAG(bool, cuda_graphs, true, "bench: replay decode steps as CUDA graphs");
 ABSL_FLAG(std::string, delta_form, "auto",
           "bench: Qwen3-Next's DeltaNet form: auto (chunked for prompts), recurrent or chunked");
+ABSL_FLAG(bool, timeline, false, "bench, with workers: also time each layer's hand-over on the GPU's clock");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
 
@@ -122,7 +123,9 @@ bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --promp
   --cuda-graphs=false launches every kernel of a decode step instead of replaying a captured graph;
   --sample-top-k K decodes by drawing from the top K logits (selected on the device) instead; --batch B
   decodes B sequences together (aggregate tokens/s); --delta-form recurrent runs Qwen3-Next's prompt
-  through the token-by-token DeltaNet instead of the chunked form (for comparison). --device, --workers
+  through the token-by-token DeltaNet instead of the chunked form (for comparison); with --workers,
+  --timeline adds a decode run that stamps every layer's hand-over with the GPU's clock (gate kernels
+  and kernel-stored counters, so MPS) and prints where a layer's time goes. --device, --workers
   and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS
   (nvidia-cuda-mps-control -d) when workers share the coordinator's GPU: without it the GPU time-slices
   between the processes and every layer's hand-over costs ~0.3 ms.
@@ -233,6 +236,7 @@ int main(int argc, char** argv) {
     b.sample_top_k = absl::GetFlag(FLAGS_sample_top_k);
     b.graphs = absl::GetFlag(FLAGS_cuda_graphs);
     b.delta_form = absl::GetFlag(FLAGS_delta_form);
+    b.timeline = absl::GetFlag(FLAGS_timeline);
     absl::Status st = pinmoe::RunBench(b, std::cout, std::cerr);
     return st.ok() ? 0 : Fail(st);
 #else

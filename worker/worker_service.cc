@@ -273,16 +273,27 @@ class Worker {
       ASSIGN_OR_RETURN(uint8_t* in, Resolve(step.input(), t * h * sizeof(float), "input slice"));
       ASSIGN_OR_RETURN(uint8_t* routing, Resolve(step.routing(), t * k * sizeof(int32_t), "routing slice"));
       ASSIGN_OR_RETURN(uint8_t* out, Resolve(step.output(), t * k * h * sizeof(float), "output slice"));
+      uint64_t* stamps = nullptr;  // [layers][2]: our gate open, our done stored (a timeline was asked for)
+      if (step.has_timeline()) {
+        ASSIGN_OR_RETURN(uint8_t* tl, Resolve(step.timeline(), static_cast<uint64_t>(step.layers_size()) * 16,
+                                              "timeline slice"));
+        if (reinterpret_cast<uintptr_t>(tl) % alignof(uint64_t) != 0) {
+          return absl::InvalidArgumentError("timeline slice is misaligned");
+        }
+        stamps = reinterpret_cast<uint64_t*>(tl);
+      }
       RETURN_IF_ERROR(gpu_store_->Reserve(static_cast<uint32_t>(t), static_cast<uint32_t>(k)));
       auto enqueue = [&]() -> absl::Status {
         for (int i = 0; i < step.layers_size(); ++i) {
           const uint32_t* ready_counter = reinterpret_cast<const uint32_t*>(ready);
-          RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1), step.ticks(i)));
+          RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1), step.ticks(i),
+                                              stamps != nullptr ? stamps + 2 * i : nullptr));
           RETURN_IF_ERROR(gpu_store_->Enqueue(static_cast<int>(step.layers(i)), reinterpret_cast<const float*>(in),
                                               static_cast<uint32_t>(t), static_cast<uint32_t>(k),
                                               reinterpret_cast<const int32_t*>(routing),
                                               reinterpret_cast<float*>(out), stream, /*allow_grouped=*/true,
-                                              CounterStore{done, step.ticks(i), system_scope}));
+                                              CounterStore{done, step.ticks(i), system_scope,
+                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr}));
         }
         return absl::OkStatus();
       };

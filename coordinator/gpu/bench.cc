@@ -96,6 +96,40 @@ double PeakBandwidth(int device, std::string* name) {
   return 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
 }
 
+// Where a layer's time goes when its experts run in worker processes, from the GPU-clock stamps of
+// every hand-over of a decode run (WorkerPool::GpuStepTimeline): p10 / median / p90 in µs.
+std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps) {
+  std::vector<double> to_workers, experts, to_coordinator, dense, period;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const WorkerPool::LayerTimes& t = steps[i];
+    auto us = [](uint64_t from, uint64_t to) { return (static_cast<double>(to) - static_cast<double>(from)) / 1e3; };
+    if (t.tick_stored != 0 && t.workers_open != 0) to_workers.push_back(us(t.tick_stored, t.workers_open));
+    if (t.workers_open != 0 && t.done_stored != 0) experts.push_back(us(t.workers_open, t.done_stored));
+    if (t.done_stored != 0 && t.coordinator_open != 0) to_coordinator.push_back(us(t.done_stored, t.coordinator_open));
+    // The next MoE layer of the same step (entries run layer by layer, step by step).
+    if (i + 1 < steps.size() && steps[i + 1].layer > t.layer && steps[i + 1].tick_stored != 0) {
+      if (t.coordinator_open != 0) dense.push_back(us(t.coordinator_open, steps[i + 1].tick_stored));
+      if (t.tick_stored != 0) period.push_back(us(t.tick_stored, steps[i + 1].tick_stored));
+    }
+  }
+  std::string table = "hand-over timeline, decode, per MoE layer (GPU clock; p10 / median / p90 µs):\n";
+  auto row = [&](const char* what, std::vector<double> v) {
+    if (v.empty()) {
+      table += absl::StrFormat("  %-58s not stamped (that hand-over's stream form)\n", what);
+      return;
+    }
+    std::sort(v.begin(), v.end());
+    auto at = [&](double q) { return v[static_cast<size_t>(q * (v.size() - 1))]; };
+    table += absl::StrFormat("  %-58s %7.2f %7.2f %7.2f  (%zu)\n", what, at(0.1), at(0.5), at(0.9), v.size());
+  };
+  row("router stored the tick -> the workers' gates open", to_workers);
+  row("workers' gates open -> their done counters stored (experts)", experts);
+  row("done stored -> the coordinator's gate open", to_coordinator);
+  row("coordinator's gate open -> next layer's tick (dense part)", dense);
+  row("layer period, tick to tick", period);
+  return table;
+}
+
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
@@ -170,6 +204,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     po.buffer_device = device;
     po.max_tokens_per_step = mo.max_step_tokens;
     po.synthetic_seed = seed;
+    po.timeline = o.timeline;
     ASSIGN_OR_RETURN(pool, WorkerPool::Start(config, po));
     ASSIGN_OR_RETURN(experts, PooledGpuExperts::Create(pool.get()));
   }
@@ -240,6 +275,22 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
         "per step if routes spread uniformly = %.0f GB/s, %.1f%% of peak; roofline ~%.0f tokens/s)\n",
         o.decode_tokens, o.batch, o.batch / best_decode, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9,
         bytes / best_decode / 1e9, 100.0 * bytes / best_decode / peak, roofline);
+  }
+  if (o.timeline && pool != nullptr) {
+    model->Reset();
+    int32_t next = prompt[0];
+    std::vector<WorkerPool::LayerTimes> steps;
+    for (int i = 0; i < o.decode_tokens; ++i) {
+      if (o.batch > 1) {
+        RETURN_IF_ERROR(model->DecodeBatch(batch_ids, &batch_next, nullptr));
+        batch_ids = batch_next;
+      } else {
+        ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
+      }
+      ASSIGN_OR_RETURN(std::vector<WorkerPool::LayerTimes> times, pool->GpuStepTimeline());
+      steps.insert(steps.end(), times.begin(), times.end());
+    }
+    out << HandOverTable(steps);
   }
   return absl::OkStatus();
 }

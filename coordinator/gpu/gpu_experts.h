@@ -92,7 +92,7 @@ class PooledGpuExperts : public GpuExperts {
   // The router stores the tick (InputsReady); the workers start on it.
   absl::StatusOr<CounterStore> InputsReady(int layer, int variant) override {
     ASSIGN_OR_RETURN(WorkerPool::GpuTick tick, pool_->GpuLayerTick(layer, variant));
-    return CounterStore{tick.counter, tick.value, tick.system_scope};
+    return CounterStore{tick.counter, tick.value, tick.system_scope, tick.stamp};
   }
   absl::Status StartLayer(int, uint32_t, cudaStream_t, int) override { return absl::OkStatus(); }
   absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) override {

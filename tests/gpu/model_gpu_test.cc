@@ -192,7 +192,7 @@ struct BatchedModel {
   std::unique_ptr<GpuExperts> experts;
 };
 
-absl::StatusOr<BatchedModel> LoadBatched(const std::string& dir, int max_batch, int workers) {
+absl::StatusOr<BatchedModel> LoadBatched(const std::string& dir, int max_batch, int workers, bool timeline = false) {
   BatchedModel m;
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
   ASSIGN_OR_RETURN(m.checkpoint, Checkpoint::Open(dir));
@@ -215,6 +215,7 @@ absl::StatusOr<BatchedModel> LoadBatched(const std::string& dir, int max_batch, 
     po.buffer_device = 0;
     po.register_timeout_ms = 60000;
     po.max_tokens_per_step = mo.max_step_tokens;
+    po.timeline = timeline;
     ASSIGN_OR_RETURN(m.pool, WorkerPool::Start(config, po));
     ASSIGN_OR_RETURN(m.experts, PooledGpuExperts::Create(m.pool.get()));
   }
@@ -310,6 +311,39 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuModelBatch,
                          ::testing::Combine(::testing::Values("qwen3moe-f32", "qwen3next-f32", "qwen3moe-bf16",
                                                               "qwen3next-bf16"),
                                             ::testing::Values(0, 2)));
+
+// The hand-over timeline (pinmoe bench --timeline): with 2 workers every MoE layer of a decode step has
+// its tick and its done counters stamped by the kernels that store them, in order (tick, then done, then
+// the next layer's tick); the gates' stamps are there only in their kernel form (under MPS: these tests
+// run without it) and then fall in between.
+TEST(GpuModelTimeline, HandOversAreStampedInOrder) {
+  auto loaded = LoadBatched(testing::TestData("qwen3moe-f32"), 1, 2, /*timeline=*/true);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  GpuCausalLm& model = *loaded->model;
+  model.Reset();
+  std::vector<float> logits;
+  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+  ASSERT_TRUE(model.Forward(prompt, &logits).ok());
+  int32_t next = ArgMax(logits);
+  for (int step = 0; step < 4; ++step) {
+    ASSERT_TRUE(model.Forward(std::span<const int32_t>(&next, 1), &logits).ok());
+    next = ArgMax(logits);
+    auto times = loaded->pool->GpuStepTimeline();
+    ASSERT_TRUE(times.ok()) << times.status();
+    ASSERT_EQ(times->size(), static_cast<size_t>(model.config().num_layers));
+    for (size_t i = 0; i < times->size(); ++i) {
+      const WorkerPool::LayerTimes& t = (*times)[i];
+      EXPECT_GT(t.tick_stored, 0u) << "layer " << t.layer;
+      EXPECT_GT(t.done_stored, t.tick_stored) << "layer " << t.layer;
+      if (t.workers_open != 0) {
+        EXPECT_GE(t.workers_open, t.tick_stored);
+        EXPECT_LE(t.workers_open, t.done_stored);
+      }
+      if (t.coordinator_open != 0) EXPECT_GE(t.coordinator_open, t.done_stored);
+      if (i + 1 < times->size()) EXPECT_GT((*times)[i + 1].tick_stored, t.done_stored) << "layer " << t.layer;
+    }
+  }
+}
 
 }  // namespace
 }  // namespace pinmoe
