@@ -99,11 +99,16 @@ double PeakBandwidth(int device, std::string* name) {
 // Where a layer's time goes when its experts run in worker processes, from the GPU-clock stamps of
 // every hand-over of a decode run (WorkerPool::GpuStepTimeline): p10 / median / p90 in µs.
 std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps) {
-  std::vector<double> to_workers, experts, to_coordinator, dense, period;
+  std::vector<double> to_workers, first_to_workers, experts, to_coordinator, dense, period;
   for (size_t i = 0; i < steps.size(); ++i) {
     const WorkerPool::LayerTimes& t = steps[i];
     auto us = [](uint64_t from, uint64_t to) { return (static_cast<double>(to) - static_cast<double>(from)) / 1e3; };
-    if (t.tick_stored != 0 && t.workers_open != 0) to_workers.push_back(us(t.tick_stored, t.workers_open));
+    // A step's first MoE layer apart: its workers' gates are late if their step was launched late (the
+    // Step message, the worker's wake-up and graph launch).
+    const bool first = i == 0 || steps[i - 1].layer >= t.layer;
+    if (t.tick_stored != 0 && t.workers_open != 0) {
+      (first ? first_to_workers : to_workers).push_back(us(t.tick_stored, t.workers_open));
+    }
     if (t.workers_open != 0 && t.done_stored != 0) experts.push_back(us(t.workers_open, t.done_stored));
     if (t.done_stored != 0 && t.coordinator_open != 0) to_coordinator.push_back(us(t.done_stored, t.coordinator_open));
     // The next MoE layer of the same step (entries run layer by layer, step by step).
@@ -122,6 +127,7 @@ std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps) {
     auto at = [&](double q) { return v[static_cast<size_t>(q * (v.size() - 1))]; };
     table += absl::StrFormat("  %-58s %7.2f %7.2f %7.2f  (%zu)\n", what, at(0.1), at(0.5), at(0.9), v.size());
   };
+  row("first layer of a step: tick stored -> workers' gates open", first_to_workers);
   row("router stored the tick -> the workers' gates open", to_workers);
   row("workers' gates open -> their done counters stored (experts)", experts);
   row("done stored -> the coordinator's gate open", to_coordinator);
