@@ -179,14 +179,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertFfnGpuTest,
                                            Shape{256, 512, 16, 3, 8}, Shape{2048, 768, 16, 1, 8},
                                            Shape{2048, 512, 12, 7, 10}, Shape{1032, 136, 6, 17, 2},
                                            Shape{64, 48, 600, 9, 4},  // past kMaxDecodeExperts: unsorted
+                                           Shape{256, 128, 64, 40, 8},  // 320 pairs: one 512-pair pass
                                            Shape{64, 48, 8, 5, 3, true}, Shape{2048, 768, 16, 2, 8, true},
                                            Shape{64, 48, 8, 100, 3, false, true},
                                            Shape{2048, 768, 16, 200, 8, false, true},
                                            Shape{1032, 136, 6, 70, 2, false, true},
                                            Shape{256, 512, 128, 300, 8, false, true}));
 
-// Batches of more than one token run each expert's pairs together (sorted by expert; past 256 pairs in
-// several passes): every pair's output must be bit-identical to the same token computed alone, for bf16
+// Batches of more than one token run each expert's pairs together (sorted by expert; 320 pairs: one pass
+// of the 512-pair form): every pair's output must be bit-identical to the same token computed alone, for bf16
 // and fp32 weights, all experts owned or every third one elsewhere.
 TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
   using testing::Dev;

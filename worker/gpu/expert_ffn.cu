@@ -30,16 +30,16 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // depend neither on the batch nor on the split between workers.
 //  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
 //  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
-constexpr int kTablePairs = kRowThreads;  // pairs listed per pass
+constexpr int kTablePairs = kRowThreads;  // pairs listed per pass (kPass), or twice that for batches past it
 
-template <typename W, bool kGateUp, int R, bool kSorted>
+template <typename W, bool kGateUp, int R, bool kSorted, int kPass>
 __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a) {
   constexpr int kElems = 16 / sizeof(W);
   constexpr int M = kGateUp ? 2 : 1;  // matrices per row: gate and up, or down
-  constexpr int kSortSlots = kSorted ? kTablePairs : 1;
+  constexpr int kSortSlots = kSorted ? kPass : 1;
   __shared__ float red[kRowWarps][R * M];
-  __shared__ int table_pair[kTablePairs];       // the pass's owned pairs, in pair order
-  __shared__ const W* run_mat[M][kTablePairs];  // each pair's matrices (kSorted: each run's)
+  __shared__ int table_pair[kPass];       // the pass's owned pairs, in pair order
+  __shared__ const W* run_mat[M][kPass];  // each pair's matrices (kSorted: each run's)
   __shared__ int table_expert[kSortSlots];
   __shared__ int sorted[kSortSlots];            // the pairs expert by expert
   __shared__ int run_start[kSortSlots + 1];     // each expert's first place in sorted[] (a "run")
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   const int rows = kGateUp ? a.inter : a.hidden, cols = kGateUp ? a.hidden : a.inter;
   const int chunks = cols / kElems, per_pair = (rows + R - 1) / R;
   const int pairs = a.tokens * a.top_k;
-  for (int base = 0; base < pairs; base += kTablePairs) {
+  for (int base = 0; base < pairs; base += kPass) {
     // List this pass's owned pairs in pair order (ballot + per-warp offsets): every block builds the
     // same tables, so the blocks' runs of items tile them exactly.
     __syncthreads();  // the previous pass is done with the tables
@@ -61,10 +61,10 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
     if constexpr (kSorted) {
       for (int e = threadIdx.x; e < a.num_experts; e += blockDim.x) expert_first[e] = 0;
     }
-    for (int p0 = 0; p0 < kTablePairs && base + p0 < pairs; p0 += blockDim.x) {
+    for (int p0 = 0; p0 < kPass && base + p0 < pairs; p0 += blockDim.x) {
       const int p = p0 + threadIdx.x, pair = base + p;
       int e = -1;
-      if (p < kTablePairs && pair < pairs) {
+      if (p < kPass && pair < pairs) {
         const int id = a.routing[pair];
         if (id >= 0 && id < a.num_experts && (kGateUp ? a.experts[id].gate : a.experts[id].down) != nullptr) e = id;
       }
@@ -246,33 +246,38 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   if constexpr (!kGateUp) LastBlockStoresCounter(a.done, a.arrivals);
 }
 
-template <typename W, bool kGateUp, int R, bool kSorted>
+template <typename W, bool kGateUp, int R, bool kSorted, int kPass>
 cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   constexpr int kElems = 16 / sizeof(W);
   const int cols = kGateUp ? a.hidden : a.inter, rows = kGateUp ? a.inter : a.hidden;
   const int threads = RowThreads(cols / kElems);
-  auto kernel = ExpertRowsKernel<W, kGateUp, R, kSorted>;
-  const long items = static_cast<long>(std::min(a.tokens * a.top_k, kTablePairs)) * ((rows + R - 1) / R);
+  auto kernel = ExpertRowsKernel<W, kGateUp, R, kSorted, kPass>;
+  const long items = static_cast<long>(std::min(a.tokens * a.top_k, kPass)) * ((rows + R - 1) / R);
   int grid = 0;
   const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
   if (err != cudaSuccess) return err;
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }
 
-template <typename W, bool kSorted>
+template <typename W, bool kSorted, int kPass>
 cudaError_t Launch(const ExpertFfnArgs& a, cudaStream_t stream) {
   // gate/up keeps 2 x 2 loads in flight per thread, down 4: both about the registers of the dense GEMV.
-  cudaError_t err = LaunchRows<W, true, 2, kSorted>(a, stream);
+  cudaError_t err = LaunchRows<W, true, 2, kSorted, kPass>(a, stream);
   if (err != cudaSuccess) return err;
-  return LaunchRows<W, false, 4, kSorted>(a, stream);
+  return LaunchRows<W, false, 4, kSorted, kPass>(a, stream);
 }
 
 template <typename W>
 cudaError_t LaunchTyped(const ExpertFfnArgs& a, cudaStream_t stream) {
   // The sort's per-expert counters hold kMaxDecodeExperts; more experts keep the plain list (same
   // results, no cache reuse between an expert's pairs).
+  // A pass reads each of its experts' rows once: batches of more than kTablePairs pairs take passes
+  // twice that size (more shared memory, so fewer blocks of the down kernel per SM), so that up to 63
+  // tokens of top-8 routing read every weight once.
   const bool sorted = a.tokens > 1 && a.num_experts <= kMaxDecodeExperts;
-  return sorted ? Launch<W, true>(a, stream) : Launch<W, false>(a, stream);
+  if (!sorted) return Launch<W, false, kTablePairs>(a, stream);
+  if (a.tokens * a.top_k <= kTablePairs) return Launch<W, true, kTablePairs>(a, stream);
+  return Launch<W, true, 2 * kTablePairs>(a, stream);
 }
 
 }  // namespace
