@@ -12,7 +12,6 @@ __device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
   return v;
 }
 
-
 // One thread per counter polls until it holds `value` (at most kCounterSpinLimitNs); then the block
 // lets the next kernel in the stream start (its blocks were not resident while this one waited, so a
 // waiting gate holds one block slot of one SM and nothing else).
