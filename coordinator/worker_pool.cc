@@ -641,19 +641,22 @@ absl::StatusOr<std::vector<WorkerPool::LayerTimes>> WorkerPool::GpuStepTimeline(
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
   CUDA_RETURN_IF_ERROR(cudaMemcpy(stamps.data(), device_buffer_->data() + timeline_offset_, timeline_bytes_,
                                   cudaMemcpyDeviceToHost));
-  auto at = [&](int process, int slot) { return stamps[(TimelineOffset(process, slot) - timeline_offset_) / 8]; };
+  // The first or second stamp of process p's pair `slot`.
+  auto at = [&](int process, int slot, int half) {
+    return stamps[(TimelineOffset(process, slot) - timeline_offset_) / sizeof(uint64_t) + half];
+  };
   std::vector<LayerTimes> times;
   std::vector<int> next_entry(workers_.size(), 0);  // a worker's entries follow its owned layers
   for (int l = 0; l < config_.num_layers; ++l) {
     if (moe_index_[l] < 0) continue;
     LayerTimes t;
     t.layer = l;
-    t.tick_stored = at(0, moe_index_[l]);
-    t.coordinator_open = stamps[(TimelineOffset(0, moe_index_[l]) - timeline_offset_) / 8 + 1];
+    t.tick_stored = at(0, moe_index_[l], 0);
+    t.coordinator_open = at(0, moe_index_[l], 1);
     for (int w : layer_owners_[l]) {
       const int entry = next_entry[w]++;
-      t.workers_open = std::max(t.workers_open, at(w + 1, entry));
-      t.done_stored = std::max(t.done_stored, stamps[(TimelineOffset(w + 1, entry) - timeline_offset_) / 8 + 1]);
+      t.workers_open = std::max(t.workers_open, at(w + 1, entry, 0));
+      t.done_stored = std::max(t.done_stored, at(w + 1, entry, 1));
     }
     times.push_back(t);
   }
