@@ -155,6 +155,13 @@ absl::Status WorkerPool::Launch() {
     workers_[i].gpu = devices[i] != "cpu";
     RETURN_IF_ERROR(Spawn(workers_[i]));
   }
+  layer_cross_gpu_.assign(config_.num_layers, false);
+  for (int l = 0; l < config_.num_layers && device_buffer_ != nullptr; ++l) {
+    for (int w : layer_owners_[l]) {
+      ASSIGN_OR_RETURN(int gpu, ParseDeviceName(devices[w]));
+      if (gpu != device_buffer_->device()) layer_cross_gpu_[l] = true;
+    }
+  }
 
   // Register, then load. A fast worker's Ready may arrive while others are still registering, so one
   // handler serves both phases.
@@ -543,14 +550,14 @@ absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int layer, int pari
   GpuTick tick;
   tick.counter = reinterpret_cast<uint32_t*>(device_buffer_->data());
   tick.value = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
-  for (int w : layer_owners_[layer]) {
-    const absl::StatusOr<int> device = ParseDeviceName(workers_[w].device);
-    if (!device.ok() || *device != device_buffer_->device()) tick.system_scope = true;
-  }
-  if (timeline_bytes_ > 0) {
-    tick.stamp = reinterpret_cast<uint64_t*>(device_buffer_->data() + TimelineOffset(0, moe_index_[layer]));
-  }
+  tick.system_scope = layer_cross_gpu_[layer];
+  tick.stamp = CoordinatorStamps(moe_index_[layer]);
   return tick;
+}
+
+uint64_t* WorkerPool::CoordinatorStamps(int moe) {
+  if (timeline_bytes_ == 0) return nullptr;
+  return reinterpret_cast<uint64_t*>(device_buffer_->data() + TimelineOffset(0, moe));
 }
 
 absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
@@ -561,9 +568,8 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   uint8_t* base = device_buffer_->data();
   std::vector<const uint32_t*> done;
   for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
-  uint64_t* stamp = timeline_bytes_ > 0 ? reinterpret_cast<uint64_t*>(base + TimelineOffset(0, moe_index_[layer])) + 1
-                                        : nullptr;
-  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, stamp);
+  uint64_t* stamps = CoordinatorStamps(moe_index_[layer]);
+  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, stamps != nullptr ? stamps + 1 : nullptr);
 }
 
 absl::Status WorkerPool::FinishGpuStep(void* event) {

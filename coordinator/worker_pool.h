@@ -165,6 +165,8 @@ class WorkerPool : public ExpertBackend {
   uint64_t TimelineOffset(int process, int slot) const {
     return timeline_offset_ + (static_cast<uint64_t>(process) * num_moe_layers_ + slot) * 2 * sizeof(uint64_t);
   }
+  // The coordinator's stamp pair of MoE layer `moe` in device memory; null without a timeline.
+  uint64_t* CoordinatorStamps(int moe);
   // The GPU-ordered path's state: counters at the start of the device buffer (ready at 0, worker w's
   // done at kCounterStride * (w + 1)), the current step's tick base, and which workers own experts in
   // each layer.
@@ -173,6 +175,8 @@ class WorkerPool : public ExpertBackend {
   std::vector<int> moe_index_;                 // layer -> index among the MoE layers, or -1
   int num_moe_layers_ = 0;
   std::vector<std::vector<int>> layer_owners_;  // layer -> workers with experts there
+  // layer -> some owner runs on another GPU than the device buffer (its hand-over needs system scope)
+  std::vector<bool> layer_cross_gpu_;
   std::vector<bool> step_pending_;
   std::vector<Worker> workers_;
   uint64_t sequence_ = 0;
