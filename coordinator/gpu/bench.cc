@@ -230,6 +230,24 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     for (int b = 0; b < o.batch; ++b) batch_ids[b] = prompt[b % prompt.size()];
     for (int i = 0; i < 2; ++i) RETURN_IF_ERROR(model->DecodeBatch(batch_ids, &batch_next, nullptr));
   }
+  // One decode step from `next` (batch 1) or batch_ids (every sequence from an empty cache, one token
+  // each per step).
+  int32_t next = prompt[0];
+  const SamplingParams sampling{.temperature = 0.7f, .top_k = o.sample_top_k, .seed = 7};
+  Sampler sampler(sampling);
+  std::vector<Candidate> top;
+  auto decode_step = [&]() -> absl::Status {
+    if (o.batch > 1) {
+      RETURN_IF_ERROR(model->DecodeBatch(batch_ids, &batch_next, nullptr));
+      batch_ids = batch_next;
+    } else if (o.sample_top_k > 0) {
+      RETURN_IF_ERROR(model->ForwardTopK(std::span<const int32_t>(&next, 1), o.sample_top_k, &top));
+      next = sampler.SampleTop(top);
+    } else {
+      ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
+    }
+    return absl::OkStatus();
+  };
   double best_prefill = 1e30, best_decode = 1e30;
   for (int r = 0; r < o.repetitions; ++r) {
     model->Reset();
@@ -237,21 +255,10 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     RETURN_IF_ERROR(model->ForwardGreedy(prompt).status());
     best_prefill = std::min(best_prefill, Seconds(start));
     model->Reset();
-    int32_t next = prompt[0];
-    Sampler sampler(SamplingParams{.temperature = 0.7f, .top_k = o.sample_top_k, .seed = 7});
-    std::vector<Candidate> top;
+    next = prompt[0];
+    sampler = Sampler(sampling);  // every repetition draws the same tokens
     start = std::chrono::steady_clock::now();
-    for (int i = 0; i < o.decode_tokens; ++i) {
-      if (o.batch > 1) {  // every sequence from an empty cache, one token each per step
-        RETURN_IF_ERROR(model->DecodeBatch(batch_ids, &batch_next, nullptr));
-        batch_ids = batch_next;
-      } else if (o.sample_top_k > 0) {
-        RETURN_IF_ERROR(model->ForwardTopK(std::span<const int32_t>(&next, 1), o.sample_top_k, &top));
-        next = sampler.SampleTop(top);
-      } else {
-        ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
-      }
-    }
+    for (int i = 0; i < o.decode_tokens; ++i) RETURN_IF_ERROR(decode_step());
     best_decode = std::min(best_decode, Seconds(start) / o.decode_tokens);
   }
   std::string card;
@@ -284,15 +291,11 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   }
   if (o.timeline && pool != nullptr) {
     model->Reset();
-    int32_t next = prompt[0];
+    next = prompt[0];
+    sampler = Sampler(sampling);
     std::vector<WorkerPool::LayerTimes> steps;
     for (int i = 0; i < o.decode_tokens; ++i) {
-      if (o.batch > 1) {
-        RETURN_IF_ERROR(model->DecodeBatch(batch_ids, &batch_next, nullptr));
-        batch_ids = batch_next;
-      } else {
-        ASSIGN_OR_RETURN(next, model->ForwardGreedy(std::span<const int32_t>(&next, 1)));
-      }
+      RETURN_IF_ERROR(decode_step());
       ASSIGN_OR_RETURN(std::vector<WorkerPool::LayerTimes> times, pool->GpuStepTimeline());
       steps.insert(steps.end(), times.begin(), times.end());
     }
