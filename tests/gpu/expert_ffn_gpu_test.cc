@@ -236,25 +236,23 @@ TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
         ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
       }
       const std::vector<uint32_t> alone = out.get<uint32_t>();
-      {
-        ASSERT_CUDA(cudaMemset(out.p, 0xff, out.bytes));
-        a.x = dx.as<float>();
-        a.routing = dr.as<int32_t>();
-        a.out = out.as<float>();
-        a.tokens = tokens;
-        ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
-        const std::vector<uint32_t> batched = out.get<uint32_t>();
-        size_t differ = 0, untouched = 0;
-        for (size_t i = 0; i < batched.size(); ++i) {
-          differ += batched[i] != alone[i];
-          untouched += batched[i] == 0xffffffffu;
-        }
-        EXPECT_EQ(differ, 0u) << (fp32 ? "fp32" : "bf16") << (split ? ", split" : "");
-        // Pairs of experts owned elsewhere stay untouched (both ways), the others are written.
-        size_t foreign = 0;
-        for (int32_t e : routing) foreign += table[e].gate == nullptr;
-        EXPECT_EQ(untouched, foreign * hidden);
+      ASSERT_CUDA(cudaMemset(out.p, 0xff, out.bytes));
+      a.x = dx.as<float>();
+      a.routing = dr.as<int32_t>();
+      a.out = out.as<float>();
+      a.tokens = tokens;
+      ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
+      const std::vector<uint32_t> batched = out.get<uint32_t>();
+      size_t differ = 0, untouched = 0;
+      for (size_t i = 0; i < batched.size(); ++i) {
+        differ += batched[i] != alone[i];
+        untouched += batched[i] == 0xffffffffu;
       }
+      EXPECT_EQ(differ, 0u) << (fp32 ? "fp32" : "bf16") << (split ? ", split" : "");
+      // Pairs of experts owned elsewhere stay untouched (both ways), the others are written.
+      size_t foreign = 0;
+      for (int32_t e : routing) foreign += table[e].gate == nullptr;
+      EXPECT_EQ(untouched, foreign * hidden);
     }
   }
 }
