@@ -3,8 +3,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <thread>
@@ -29,6 +31,16 @@ namespace {
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// How long the worker polls for the next Step without blocking (see Run); PINMOE_WORKER_HOT_POLL_MS
+// overrides it (A/B measurements; 0 turns it off).
+std::chrono::milliseconds HotPoll() {
+  static const std::chrono::milliseconds poll{[] {
+    const char* v = std::getenv("PINMOE_WORKER_HOT_POLL_MS");
+    return v != nullptr && v[0] != '\0' ? std::max(0, std::atoi(v)) : 50;
+  }()};
+  return poll;
 }
 
 class Worker {
@@ -71,8 +83,17 @@ class Worker {
     }
 
     uint32_t works = 0;
+    // For a while after a Step the socket is polled without blocking: decode steps follow each other
+    // within milliseconds, and the wake-up from a blocking poll made the step's first layer wait for us
+    // (the hand-over timeline, bench/NOTES.md).
+    auto hot_until = std::chrono::steady_clock::time_point{};
     while (true) {
-      ASSIGN_OR_RETURN(auto in, socket_->Receive(/*timeout_ms=*/200));
+      const bool hot = std::chrono::steady_clock::now() < hot_until;
+      ASSIGN_OR_RETURN(auto in, socket_->Receive(/*timeout_ms=*/hot ? 0 : 200));
+      if (!in && hot) {
+        std::this_thread::yield();
+        continue;
+      }
       if (options_.parent_pid > 0 && ::getppid() != options_.parent_pid) return ParentGone();
       if (!in) continue;
       const proto::Envelope& env = in->envelope;
@@ -97,6 +118,7 @@ class Worker {
         proto::Envelope done = MakeEnvelope();
         done.mutable_done()->set_sequence(env.step().sequence());
         RETURN_IF_ERROR(socket_->Send(done));
+        hot_until = std::chrono::steady_clock::now() + HotPoll();
 #else
         SendError(absl::UnimplementedError("Step needs a GPU worker"), env.step().sequence());
 #endif

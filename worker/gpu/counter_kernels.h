@@ -15,6 +15,15 @@ namespace pinmoe {
 constexpr int kMaxCounters = 32;
 constexpr uint64_t kCounterSpinLimitNs = 60ull * 1000 * 1000 * 1000;
 
+// Under MPS the waits are gate kernels, and other processes' gates (the coordinator's while a worker's
+// experts run, another worker's waiting for its next layer) each hold a block slot of some SM. A grid
+// sized to exactly one resident wave (row_dot.cuh) then runs a block as a second wave, after the others
+// (measured: a worker's experts 32.3 -> 28.4 us a layer, bench/NOTES.md).
+// The blocks such a grid leaves free: kGateSlots under gate kernels, 0 otherwise; PINMOE_GRID_MARGIN
+// overrides (A/B measurements).
+constexpr int kGateSlots = 4;
+int ResidentGridMargin();
+
 // A counter that a kernel stores as its last act, once every block's writes are done: the in-kernel
 // form of EnqueueWriteCounter (stream_sync.h), which spares the stream operation behind the kernel.
 // `system` when a reader runs on another GPU (its writes are then fenced at system scope, else at GPU

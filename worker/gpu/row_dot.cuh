@@ -9,6 +9,8 @@
 
 #include <algorithm>
 
+#include "worker/gpu/counter_kernels.h"
+
 namespace pinmoe {
 
 constexpr int kRowThreads = 256;
@@ -43,9 +45,8 @@ __device__ __forceinline__ float Dot16(const uint4& p, const float* x, float) {
   return fmaf(w.w, a.w, s);
 }
 
-// The grid for `items` units of work: at most what the device holds of `kernel` at once, at least one
-// block. (Worker processes sharing a GPU hold whole layers, coordinator/placement.h, so each kernel has
-// the GPU to itself.)
+// The grid for `items` units of work: at most what the device holds of `kernel` at once, less the slots
+// other processes' gates may hold (ResidentGridMargin), at least one block.
 template <typename Kernel>
 cudaError_t ResidentGrid(Kernel kernel, int threads, size_t smem, long items, int* grid) {
   int device = 0, sms = 0, per_sm = 0;
@@ -53,7 +54,8 @@ cudaError_t ResidentGrid(Kernel kernel, int threads, size_t smem, long items, in
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
   if (err != cudaSuccess) return err;
-  const long wave = static_cast<long>(std::max(per_sm, 1)) * sms;
+  const long full = static_cast<long>(std::max(per_sm, 1)) * sms;
+  const long wave = std::max<long>(sms, full - ResidentGridMargin());
   *grid = static_cast<int>(std::max(1L, std::min(items, wave)));
   return cudaSuccess;
 }

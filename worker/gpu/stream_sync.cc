@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -101,6 +102,15 @@ WriteForm Writes() {
 }
 
 }  // namespace
+
+int ResidentGridMargin() {
+  static const int margin = [] {
+    const char* v = std::getenv("PINMOE_GRID_MARGIN");
+    if (v != nullptr && v[0] != '\0') return std::max(0, std::atoi(v));
+    return KernelWaits() ? kGateSlots : 0;
+  }();
+  return margin;
+}
 
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
                                  uint64_t* stamp) {
