@@ -98,14 +98,22 @@ double PeakBandwidth(int device, std::string* name) {
 
 // Where a layer's time goes when its experts run in worker processes, from the GPU-clock stamps of
 // every hand-over of a decode run (WorkerPool::GpuStepTimeline): p10 / median / p90 in µs.
-std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps) {
-  std::vector<double> to_workers, first_to_workers, experts, to_coordinator, dense, period;
+// `step_wall_us`: each decode step's host wall-clock time, for the part of a step outside its layers.
+std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std::vector<double> step_wall_us) {
+  std::vector<double> to_workers, first_to_workers, experts, to_coordinator, dense, period, boundary, span;
+  uint64_t step_first_tick = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     const WorkerPool::LayerTimes& t = steps[i];
     auto us = [](uint64_t from, uint64_t to) { return (static_cast<double>(to) - static_cast<double>(from)) / 1e3; };
     // A step's first MoE layer apart: its workers' gates are late if their step was launched late (the
     // Step message, the worker's wake-up and graph launch).
     const bool first = i == 0 || steps[i - 1].layer >= t.layer;
+    if (first && i > 0 && steps[i - 1].coordinator_open != 0 && t.tick_stored != 0) {
+      boundary.push_back(us(steps[i - 1].coordinator_open, t.tick_stored));
+    }
+    if (first) step_first_tick = t.tick_stored;
+    const bool last = i + 1 == steps.size() || steps[i + 1].layer <= t.layer;
+    if (last && step_first_tick != 0 && t.coordinator_open != 0) span.push_back(us(step_first_tick, t.coordinator_open));
     if (t.tick_stored != 0 && t.workers_open != 0) {
       (first ? first_to_workers : to_workers).push_back(us(t.tick_stored, t.workers_open));
     }
@@ -133,6 +141,9 @@ std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps) {
   row("done stored -> the coordinator's gate open", to_coordinator);
   row("coordinator's gate open -> next layer's tick (dense part)", dense);
   row("layer period, tick to tick", period);
+  row("a step's first tick -> its last layer's coordinator gate open", span);
+  row("step boundary: that gate -> the next step's first tick", boundary);
+  row("decode step, host wall clock", std::move(step_wall_us));
   return table;
 }
 
@@ -294,12 +305,15 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     next = prompt[0];
     sampler = Sampler(sampling);
     std::vector<WorkerPool::LayerTimes> steps;
+    std::vector<double> wall_us;
     for (int i = 0; i < o.decode_tokens; ++i) {
+      const auto start = std::chrono::steady_clock::now();
       RETURN_IF_ERROR(decode_step());
+      wall_us.push_back(Seconds(start) * 1e6);
       ASSIGN_OR_RETURN(std::vector<WorkerPool::LayerTimes> times, pool->GpuStepTimeline());
       steps.insert(steps.end(), times.begin(), times.end());
     }
-    out << HandOverTable(steps);
+    out << HandOverTable(steps, std::move(wall_us));
   }
   return absl::OkStatus();
 }
