@@ -144,6 +144,9 @@ std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std:
   row("a step's first tick -> its last layer's coordinator gate open", span);
   row("step boundary: that gate -> the next step's first tick", boundary);
   row("decode step, host wall clock", std::move(step_wall_us));
+  table += "  the first steps' spans in order (µs):";
+  for (size_t i = 0; i < span.size() && i < 16; ++i) table += absl::StrFormat(" %.0f", span[i]);
+  table += "\n";
   return table;
 }
 
