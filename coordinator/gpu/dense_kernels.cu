@@ -109,19 +109,23 @@ constexpr int kAttnThreads = 128;
 constexpr int kAttnChunk = 128;  // keys scored per round
 constexpr int kAttnMaxDims = 2;  // head_dim <= 2 * kAttnThreads
 
-// Causal attention of one query (qs, in shared memory) over cache positions [0, length) of kv head g,
-// by the whole block: online softmax over chunks of keys, a warp per key for the dot products
-// (coalesced rows), then each thread accumulates its own dimensions of V; out[d] = the result. The key
-// and value at position `fresh` (if any: -1 for none) are read from shared memory instead of the cache
-// (the decode kernel's own new token, not yet visible to other blocks). p / red: shared scratch.
-__device__ void AttendOneQuery(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g,
-                               int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
-                               float* out, float* p, float* red) {
+// Attention of one query (qs, in shared memory) over cache positions [begin, end) of kv head g, by the
+// whole block: online softmax over chunks of keys, a warp per key for the dot products (coalesced rows),
+// then each thread accumulates its own dimensions of V. Leaves the running max `m`, the sum of
+// exponentials `l` and the unnormalised sums acc[i] (dimension threadIdx.x + i * kAttnThreads), the same
+// in every thread for m and l. The key and value at position `fresh` (if any: -1 for none) are read from
+// shared memory instead of the cache (the decode kernel's own new token, not yet visible to other
+// blocks). p / red: shared scratch. An empty range leaves m = -FLT_MAX, l = 0, acc = 0.
+__device__ void AttendRange(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g, int hd,
+                            int begin, int end, int fresh, const float* fresh_k, const float* fresh_v, float* p,
+                            float* red, float& m, float& l, float (&acc)[kAttnMaxDims]) {
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kAttnThreads / 32;
-  float m = -FLT_MAX, l = 0.f, acc[kAttnMaxDims] = {0.f, 0.f};
-  for (int c0 = 0; c0 < length; c0 += kAttnChunk) {
-    const int n = min(kAttnChunk, length - c0);
+  m = -FLT_MAX;
+  l = 0.f;
+  for (int i = 0; i < kAttnMaxDims; ++i) acc[i] = 0.f;
+  for (int c0 = begin; c0 < end; c0 += kAttnChunk) {
+    const int n = min(kAttnChunk, end - c0);
     for (int j = warp; j < n; j += warps) {
       const int key = c0 + j;
       const float* kr = key == fresh ? fresh_k : k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
@@ -155,11 +159,71 @@ __device__ void AttendOneQuery(const float* qs, const float* k_cache, const floa
     m = new_m;
     __syncthreads();
   }
+}
+
+// Causal attention of one query over cache positions [0, length): AttendRange, normalised; out[d] = the
+// result.
+__device__ void AttendOneQuery(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g,
+                               int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
+                               float* out, float* p, float* red) {
+  float m, l, acc[kAttnMaxDims];
+  AttendRange(qs, k_cache, v_cache, kv_heads, g, hd, 0, length, fresh, fresh_k, fresh_v, p, red, m, l, acc);
   const float inv = 1.0f / l;
   for (int i = 0; i < kAttnMaxDims; ++i) {
     const int d = threadIdx.x + i * kAttnThreads;
     if (d < hd) out[d] = acc[i] * inv;
   }
+}
+
+// The split form of the decode attention (args.splits > 1): block z of a (head, sequence) attends its
+// share of the positions and stores (m, l, acc) in args.split_partials; the last of the head's blocks to
+// finish (a counter per head and sequence, reset by it) merges the shares in split order, so the result
+// does not depend on which block finishes last.
+__device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const float* k_cache, const float* v_cache,
+                            int g, int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
+                            float* out, float* p, float* red) {
+  const int h = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int per = (length + splits - 1) / splits;
+  const int begin = min(length, split * per), end = min(length, begin + per);
+  float m, l, acc[kAttnMaxDims];
+  AttendRange(qs, k_cache, v_cache, a.kv_heads, g, hd, begin, end, fresh, fresh_k, fresh_v, p, red, m, l, acc);
+  const size_t stride = static_cast<size_t>(hd) + 2;
+  float* head_parts = a.split_partials + (static_cast<size_t>(b) * a.heads + h) * splits * stride;
+  float* mine = head_parts + split * stride;
+  if (threadIdx.x == 0) {
+    mine[0] = m;
+    mine[1] = l;
+  }
+  for (int i = 0; i < kAttnMaxDims; ++i) {
+    const int d = threadIdx.x + i * kAttnThreads;
+    if (d < hd) mine[2 + d] = acc[i];
+  }
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + h;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(splits) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float top = -FLT_MAX;
+  for (int s = 0; s < splits; ++s) top = fmaxf(top, __ldcg(head_parts + s * stride));
+  float total = 0.f, sum[kAttnMaxDims] = {};
+  for (int s = 0; s < splits; ++s) {
+    const float* part = head_parts + s * stride;
+    const float w = expf(__ldcg(part) - top);  // 0 for an empty share (m = -FLT_MAX)
+    total = fmaf(__ldcg(part + 1), w, total);
+    for (int i = 0; i < kAttnMaxDims; ++i) {
+      const int d = threadIdx.x + i * kAttnThreads;
+      if (d < hd) sum[i] = fmaf(__ldcg(part + 2 + d), w, sum[i]);
+    }
+  }
+  const float inv = 1.0f / total;
+  for (int i = 0; i < kAttnMaxDims; ++i) {
+    const int d = threadIdx.x + i * kAttnThreads;
+    if (d < hd) out[d] = sum[i] * inv;
+  }
+  if (threadIdx.x == 0) *counter = 0u;  // for the next launch
 }
 
 // One block per (head, query token).
@@ -232,12 +296,17 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
     ks[i + half] = x1 * c + x0 * s;
   }
   __syncthreads();
-  if (h % group == 0) {
+  if (h % group == 0 && blockIdx.z == 0) {
     const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
     for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
       a.k_cache[off + d] = ks[d];
       a.v_cache[off + d] = vs[d];
     }
+  }
+  if (gridDim.z > 1) {
+    AttendSplit(a, qs, a.k_cache, a.v_cache, g, hd, position + 1, position, ks, vs, out + static_cast<size_t>(h) * hd,
+                p, red);
+    return;
   }
   AttendOneQuery(qs, a.k_cache, a.v_cache, a.kv_heads, g, hd, position + 1, position, ks, vs,
                  out + static_cast<size_t>(h) * hd, p, red);
@@ -426,10 +495,11 @@ cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t str
 cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads ||
       a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim || a.batch < 1 ||
-      (a.batch > 1 && (a.position_dev == nullptr || a.cache_seq_stride == 0))) {
+      (a.batch > 1 && (a.position_dev == nullptr || a.cache_seq_stride == 0)) || a.splits < 1 ||
+      a.splits > kAttnMaxSplits || (a.splits > 1 && (a.split_partials == nullptr || a.split_counters == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads, a.batch), dim3(kAttnThreads),
+  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads, a.batch, a.splits), dim3(kAttnThreads),
                    3 * a.head_dim * sizeof(float), stream, a, out);
 }
 

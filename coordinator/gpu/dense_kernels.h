@@ -39,7 +39,19 @@ struct QkNormRopeCacheArgs {
   // position is position_dev[b].
   int batch = 1;
   size_t cache_seq_stride = 0;
+  // LaunchDecodeAttentionFused only: each (head, sequence) attends in `splits` blocks, each over its share
+  // of the positions, merged by the last to finish (deterministically, in split order). With splits > 1:
+  // split_partials holds AttnSplitPartialFloats(batch, heads, head_dim, splits) floats, split_counters
+  // batch * heads counters, zeroed before the first launch (each launch leaves them zeroed); launches
+  // sharing them must not overlap.
+  int splits = 1;
+  float* split_partials = nullptr;
+  unsigned int* split_counters = nullptr;
 };
+constexpr int kAttnMaxSplits = 32;
+inline size_t AttnSplitPartialFloats(int batch, int heads, int head_dim, int splits) {
+  return static_cast<size_t>(batch) * heads * splits * (static_cast<size_t>(head_dim) + 2);
+}
 cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& args, int tokens, cudaStream_t stream);
 
 // Causal grouped-query attention: query token t (at first_position + t) attends cache positions

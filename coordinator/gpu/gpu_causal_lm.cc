@@ -1,6 +1,7 @@
 #include "coordinator/gpu/gpu_causal_lm.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/str_cat.h"
 #include "coordinator/gpu/flash_attention.h"
@@ -12,6 +13,15 @@ namespace {
 
 // bf16 models run prefill attention on tensor cores from this many tokens per step on.
 constexpr int kFlashMinTokens = 16;
+
+// Blocks per head and sequence of the decode attention (QkNormRopeCacheArgs::splits): 1 (one block
+// attends every position) unless PINMOE_ATTN_SPLITS says otherwise, for A/B measurements of the split
+// form (bench/NOTES.md).
+int AttnSplits() {
+  const char* v = std::getenv("PINMOE_ATTN_SPLITS");
+  if (v == nullptr || v[0] == '\0') return 1;
+  return std::clamp(std::atoi(v), 1, kAttnMaxSplits);
+}
 
 }  // namespace
 
@@ -78,6 +88,12 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   for (size_t b = 0; b < batch; ++b) {
     argmax_scratch_[b].key = reinterpret_cast<unsigned long long*>(am + 2 * b);
     argmax_scratch_[b].blocks_done = reinterpret_cast<unsigned int*>(am + 2 * b + 1);
+  }
+  attn_splits_ = AttnSplits();
+  if (attn_splits_ > 1) {
+    RETURN_IF_ERROR(Alloc(AttnSplitPartialFloats(static_cast<int>(batch), c.num_heads, c.head_dim, attn_splits_),
+                          &attn_partials_));
+    RETURN_IF_ERROR(Alloc(batch * c.num_heads, &attn_counters_));
   }
   RETURN_IF_ERROR(Alloc(TopKPartialKeys(c.vocab_size), &topk_partial_));
   RETURN_IF_ERROR(Alloc(kDeviceTopKMax, &topk_keys_));
@@ -313,6 +329,9 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   qa.eps = static_cast<float>(config_.rms_norm_eps);
   qa.position_dev = position_dev_;
   if (n == 1 || batch_ > 1) {
+    qa.splits = attn_splits_;
+    qa.split_partials = attn_partials_;
+    qa.split_counters = attn_counters_;
     return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");
   }
   CUDA_RETURN_IF_ERROR(LaunchQkNormRopeCache(qa, n, stream_));

@@ -162,6 +162,10 @@ class GpuCausalLm : public CausalLm {
   int32_t* argmax_ = nullptr;  // [max_batch]
   std::vector<ArgMaxScratch> argmax_scratch_;  // one per row
   unsigned long long* topk_partial_ = nullptr;  // [TopKPartialKeys(vocab)]
+  // The decode attention's splits per head (QkNormRopeCacheArgs::splits) and their scratch.
+  int attn_splits_ = 1;
+  float* attn_partials_ = nullptr;
+  unsigned int* attn_counters_ = nullptr;
   unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]
   int top_k_ = 0;                               // the k of Output::kTopK
   // Decode graphs, captured on first use.

@@ -339,8 +339,12 @@ TEST(GpuModelTimeline, HandOversAreStampedInOrder) {
         EXPECT_GE(t.workers_open, t.tick_stored);
         EXPECT_LE(t.workers_open, t.done_stored);
       }
-      if (t.coordinator_open != 0) EXPECT_GE(t.coordinator_open, t.done_stored);
-      if (i + 1 < times->size()) EXPECT_GE((*times)[i + 1].tick_stored, t.done_stored) << "layer " << t.layer;
+      if (t.coordinator_open != 0) {
+        EXPECT_GE(t.coordinator_open, t.done_stored);
+      }
+      if (i + 1 < times->size()) {
+        EXPECT_GE((*times)[i + 1].tick_stored, t.done_stored) << "layer " << t.layer;
+      }
     }
   }
 }
