@@ -49,6 +49,7 @@ ABSL_FLAG(std::string, synthetic, "",
 ABSL_FLAG(int, layers, 0, "bench --synthetic: keep the first N layers (0: all)");
 ABSL_FLAG(int, prompt_tokens, 2048, "bench: prompt length for the prefill measurement");
 ABSL_FLAG(int, decode_tokens, 128, "bench: greedy steps for the decode measurement");
+ABSL_FLAG(int, depth, 0, "bench: tokens already in the cache when the decode measurement starts");
 ABSL_FLAG(int, batch, 1, "bench: sequences decoded together, one token each per step (greedy)");
 ABSL_FLAG(int, repetitions, 3, "bench: runs of each measurement (the best is reported)");
 ABSL_FLAG(int, sample_top_k, 0, "bench: decode by sampling from the top k (device-selected) instead of greedily");
@@ -116,7 +117,8 @@ chat: an interactive conversation in the terminal that keeps the history and str
   Takes run's sampling, --workers and --context options.
 
 bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --prompt-tokens N (2048) as one
-  prompt, then --decode-tokens N (128) greedy steps from an empty cache, best of --repetitions (3);
+  prompt, then --decode-tokens N (128) greedy steps from an empty cache (--depth D: after a context of D
+  tokens, prefilled untimed, like llama-bench's -d), best of --repetitions (3);
   prints tokens/s, the weight bytes each decoded token reads and the fraction of the card's memory
   bandwidth. --synthetic qwen3-30b-a3b or qwen3-next-80b-a3b draws seeded bf16 weights of that published
   shape on the device (--layers N keeps the first N layers; --seed S); --model DIR uses a checkpoint;
@@ -231,6 +233,7 @@ int main(int argc, char** argv) {
                           : absl::GetFlag(FLAGS_worker_binary);
     b.prompt_tokens = absl::GetFlag(FLAGS_prompt_tokens);
     b.decode_tokens = absl::GetFlag(FLAGS_decode_tokens);
+    b.depth = absl::GetFlag(FLAGS_depth);
     b.batch = absl::GetFlag(FLAGS_batch);
     b.repetitions = absl::GetFlag(FLAGS_repetitions);
     b.sample_top_k = absl::GetFlag(FLAGS_sample_top_k);

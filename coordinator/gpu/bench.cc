@@ -162,6 +162,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     return absl::InvalidArgumentError("--sample-top-k measures batch 1; batched decode is greedy");
   }
   if (o.prompt_tokens < 1 || o.decode_tokens < 1) return absl::InvalidArgumentError("token counts must be positive");
+  if (o.depth < 0) return absl::InvalidArgumentError("--depth must be >= 0");
   ASSIGN_OR_RETURN(const int device, ParseDeviceName(o.device));
   if (device < 0) return absl::InvalidArgumentError("bench measures the GPU path: --device cuda:N");
   // The model directory: the checkpoint, or a temporary one holding only the preset's config.json.
@@ -192,7 +193,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
 
   GpuModelOptions mo;
   mo.device = device;
-  mo.max_context = std::max(o.prompt_tokens, o.decode_tokens + 1) + 8;
+  mo.max_context = std::max(o.prompt_tokens, o.depth + o.decode_tokens + 1) + 8;
   mo.synthetic_seed = seed;
   mo.graphs = o.graphs;
   mo.max_step_tokens = static_cast<uint32_t>(std::max(std::min(o.prompt_tokens, 2048), o.batch));
@@ -244,8 +245,23 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     for (int b = 0; b < o.batch; ++b) batch_ids[b] = prompt[b % prompt.size()];
     for (int i = 0; i < 2; ++i) RETURN_IF_ERROR(model->DecodeBatch(batch_ids, &batch_next, nullptr));
   }
-  // One decode step from `next` (batch 1) or batch_ids (every sequence from an empty cache, one token
-  // each per step).
+  // Before the decode steps: an empty cache, or every sequence holding the same `depth` tokens of
+  // context (prefilled in steps of at most max_step_tokens; not timed).
+  std::vector<int32_t> context(o.depth);
+  for (auto& id : context) id = static_cast<int32_t>(rng() % config.vocab_size);
+  auto start_decode = [&]() -> absl::Status {
+    model->Reset();
+    if (context.empty()) return absl::OkStatus();
+    for (int b = 0; b < o.batch; ++b) {
+      RETURN_IF_ERROR(model->SelectSequence(b));
+      for (size_t at = 0; at < context.size(); at += mo.max_step_tokens) {
+        const size_t n = std::min<size_t>(mo.max_step_tokens, context.size() - at);
+        RETURN_IF_ERROR(model->ForwardGreedy(std::span<const int32_t>(context.data() + at, n)).status());
+      }
+    }
+    return model->SelectSequence(0);
+  };
+  // One decode step from `next` (batch 1) or batch_ids (every sequence one token per step).
   int32_t next = prompt[0];
   const SamplingParams sampling{.temperature = 0.7f, .top_k = o.sample_top_k, .seed = 7};
   Sampler sampler(sampling);
@@ -268,7 +284,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     start = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(model->ForwardGreedy(prompt).status());
     best_prefill = std::min(best_prefill, Seconds(start));
-    model->Reset();
+    RETURN_IF_ERROR(start_decode());
     next = prompt[0];
     sampler = Sampler(sampling);  // every repetition draws the same tokens
     start = std::chrono::steady_clock::now();
@@ -290,21 +306,23 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));
   out << absl::StrFormat("prefill %5d tokens: %9.1f tokens/s  (%.1f ms)\n", o.prompt_tokens,
                          o.prompt_tokens / best_prefill, best_prefill * 1e3);
+  // The weights only: at a depth the caches are read too (not counted in the GB/s or the roofline).
+  const std::string at_depth = o.depth > 0 ? StrCat(" at depth ", o.depth) : std::string();
   if (o.batch == 1) {
     out << absl::StrFormat(
-        "decode  %5d tokens: %9.1f tokens/s  (%.3f ms/token; %.2f GB of weights per token = %.0f GB/s, %.1f%% of "
-        "peak; roofline %.0f tokens/s)\n",
-        o.decode_tokens, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9, bytes / best_decode / 1e9,
+        "decode  %5d tokens%s: %9.1f tokens/s  (%.3f ms/token; %.2f GB of weights per token = %.0f GB/s, %.1f%% "
+        "of peak; roofline %.0f tokens/s)\n",
+        o.decode_tokens, at_depth, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9, bytes / best_decode / 1e9,
         100.0 * bytes / best_decode / peak, roofline);
   } else {
     out << absl::StrFormat(
-        "decode  %5d tokens x %d sequences: %9.1f tokens/s (%.1f per sequence; %.3f ms/step; ~%.2f GB of weights "
-        "per step if routes spread uniformly = %.0f GB/s, %.1f%% of peak; roofline ~%.0f tokens/s)\n",
-        o.decode_tokens, o.batch, o.batch / best_decode, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9,
+        "decode  %5d tokens x %d sequences%s: %9.1f tokens/s (%.1f per sequence; %.3f ms/step; ~%.2f GB of "
+        "weights per step if routes spread uniformly = %.0f GB/s, %.1f%% of peak; roofline ~%.0f tokens/s)\n",
+        o.decode_tokens, o.batch, at_depth, o.batch / best_decode, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9,
         bytes / best_decode / 1e9, 100.0 * bytes / best_decode / peak, roofline);
   }
   if (o.timeline && pool != nullptr) {
-    model->Reset();
+    RETURN_IF_ERROR(start_decode());
     next = prompt[0];
     sampler = Sampler(sampling);
     std::vector<WorkerPool::LayerTimes> steps;

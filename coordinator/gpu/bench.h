@@ -1,7 +1,7 @@
 // `pinmoe bench`: prefill and decode speed of the GPU path, like llama-bench's pp/tg: a prompt of
-// --prompt-tokens run as one forward (prefill tokens/s), then, from an empty cache, --decode-tokens greedy
-// steps (decode tokens/s); with --batch B, B sequences decode together from empty caches, one token each
-// per step (aggregate tokens/s). Weights come from a checkpoint or are drawn on the device from a seed in the
+// --prompt-tokens run as one forward (prefill tokens/s), then, from an empty cache (or after --depth
+// tokens of context, prefilled untimed), --decode-tokens greedy steps (decode tokens/s); with --batch B,
+// B sequences decode together, one token each per step (aggregate tokens/s). Weights come from a checkpoint or are drawn on the device from a seed in the
 // full shape of a published model (optionally with fewer layers), so no download is needed. Prints the
 // bytes of weights each decoded token reads and the fraction of the card's memory bandwidth that is.
 #pragma once
@@ -25,6 +25,7 @@ struct BenchOptions {
   std::string worker_binary;
   int prompt_tokens = 2048;
   int decode_tokens = 128;
+  int depth = 0;              // tokens in each sequence's cache before the decode steps (llama-bench's -d)
   int batch = 1;              // sequences per decode step
   int repetitions = 3;        // the best of these is reported
   bool graphs = true;         // decode steps as CUDA graph replays
