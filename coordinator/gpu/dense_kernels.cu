@@ -175,18 +175,90 @@ __device__ void AttendOneQuery(const float* qs, const float* k_cache, const floa
   }
 }
 
-// The split form of the decode attention (args.splits > 1): block z of a (head, sequence) attends its
-// share of the positions and stores (m, l, acc) in args.split_partials; the last of the head's blocks to
-// finish (a counter per head and sequence, reset by it) merges the shares in split order, so the result
-// does not depend on which block finishes last.
+// AttendRange's results by a layout that keeps more loads in flight (the split form's): a thread per key
+// scores it (its row read 16 bytes at a time), and in the V pass each warp takes every fourth key with
+// each lane holding head_dim / 32 dimensions; the warps' sums meet in `wsum` ([4][hd] shared floats) in
+// warp order. head_dim % 32 == 0. Same outputs and layout of acc as AttendRange.
+__device__ void AttendRangeWide(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g,
+                                int hd, int begin, int end, int fresh, const float* fresh_k, const float* fresh_v,
+                                float* p, float* red, float* wsum, float& m, float& l, float (&acc)[kAttnMaxDims]) {
+  constexpr int kWarps = kAttnThreads / 32, kMaxPerLane = kAttnMaxDims * kAttnThreads / 32;
+  static_assert(kAttnChunk == kAttnThreads, "a thread scores each key of a chunk");
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = hd / 32;
+  float part[kMaxPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) part[i] = 0.f;
+  m = -FLT_MAX;
+  l = 0.f;
+  const float4* q4 = reinterpret_cast<const float4*>(qs);
+  for (int c0 = begin; c0 < end; c0 += kAttnChunk) {
+    const int n = min(kAttnChunk, end - c0), j = threadIdx.x;
+    float score = -FLT_MAX;
+    if (j < n) {
+      const int key = c0 + j;
+      const float4* k4 = reinterpret_cast<const float4*>(
+          key == fresh ? fresh_k : k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd);
+      float dot = 0.f;
+#pragma unroll 8
+      for (int c = 0; c < hd / 4; ++c) {
+        const float4 kv = k4[c], qv = q4[c];
+        dot = fmaf(qv.x, kv.x, dot);
+        dot = fmaf(qv.y, kv.y, dot);
+        dot = fmaf(qv.z, kv.z, dot);
+        dot = fmaf(qv.w, kv.w, dot);
+      }
+      score = dot * scale;
+    }
+    const float new_m = fmaxf(m, BlockMax(score, red));
+    const float e = j < n ? expf(score - new_m) : 0.f;
+    if (j < n) p[j] = e;
+    const float cs = BlockSum(e, red);  // its barriers also publish p
+    const float rescale = expf(m - new_m);
+    l = l * rescale + cs;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) part[i] *= rescale;
+#pragma unroll 4
+    for (int k = warp; k < n; k += kWarps) {
+      const int key = c0 + k;
+      const float pk = p[k];
+      const float* vr = key == fresh ? fresh_v : v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        if (i < per_lane) part[i] = fmaf(pk, vr[lane + 32 * i], part[i]);
+      }
+    }
+    m = new_m;
+    __syncthreads();  // p is rewritten by the next chunk
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    if (i < per_lane) wsum[warp * hd + lane + 32 * i] = part[i];
+  }
+  __syncthreads();
+  for (int i = 0; i < kAttnMaxDims; ++i) {
+    const int d = threadIdx.x + i * kAttnThreads;
+    float sum = 0.f;
+    if (d < hd) {
+      for (int w = 0; w < kWarps; ++w) sum += wsum[w * hd + d];
+    }
+    acc[i] = sum;
+  }
+}
+
+// The split form of the decode attention (args.splits >= 1): block z of a (head, sequence) attends its
+// share of the positions (AttendRangeWide) and stores (m, l, acc) in args.split_partials; the last of the
+// head's blocks to finish (a counter per head and sequence, reset by it) merges the shares in split
+// order, so the result does not depend on which block finishes last.
 __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const float* k_cache, const float* v_cache,
                             int g, int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
-                            float* out, float* p, float* red) {
+                            float* out, float* p, float* red, float* wsum) {
   const int h = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int per = (length + splits - 1) / splits;
   const int begin = min(length, split * per), end = min(length, begin + per);
   float m, l, acc[kAttnMaxDims];
-  AttendRange(qs, k_cache, v_cache, a.kv_heads, g, hd, begin, end, fresh, fresh_k, fresh_v, p, red, m, l, acc);
+  AttendRangeWide(qs, k_cache, v_cache, a.kv_heads, g, hd, begin, end, fresh, fresh_k, fresh_v, p, red, wsum, m, l,
+                  acc);
   const size_t stride = static_cast<size_t>(hd) + 2;
   float* head_parts = a.split_partials + (static_cast<size_t>(b) * a.heads + h) * splits * stride;
   float* mine = head_parts + split * stride;
@@ -303,9 +375,9 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
       a.v_cache[off + d] = vs[d];
     }
   }
-  if (gridDim.z > 1) {
+  if (a.splits >= 1) {
     AttendSplit(a, qs, a.k_cache, a.v_cache, g, hd, position + 1, position, ks, vs, out + static_cast<size_t>(h) * hd,
-                p, red);
+                p, red, sm + 3 * hd);
     return;
   }
   AttendOneQuery(qs, a.k_cache, a.v_cache, a.kv_heads, g, hd, position + 1, position, ks, vs,
@@ -495,12 +567,15 @@ cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t str
 cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads ||
       a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim || a.batch < 1 ||
-      (a.batch > 1 && (a.position_dev == nullptr || a.cache_seq_stride == 0)) || a.splits < 1 ||
-      a.splits > kAttnMaxSplits || (a.splits > 1 && (a.split_partials == nullptr || a.split_counters == nullptr))) {
+      (a.batch > 1 && (a.position_dev == nullptr || a.cache_seq_stride == 0)) || a.splits < 0 ||
+      a.splits > kAttnMaxSplits ||
+      (a.splits >= 1 && (a.split_partials == nullptr || a.split_counters == nullptr || a.head_dim % 32 != 0))) {
     return cudaErrorInvalidValue;
   }
-  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads, a.batch, a.splits), dim3(kAttnThreads),
-                   3 * a.head_dim * sizeof(float), stream, a, out);
+  // q, k, v of the new token; the split form's per-warp sums after them.
+  const size_t smem = static_cast<size_t>(a.splits >= 1 ? 7 : 3) * a.head_dim * sizeof(float);
+  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads, a.batch, std::max(a.splits, 1)), dim3(kAttnThreads), smem,
+                   stream, a, out);
 }
 
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,

@@ -39,12 +39,13 @@ struct QkNormRopeCacheArgs {
   // position is position_dev[b].
   int batch = 1;
   size_t cache_seq_stride = 0;
-  // LaunchDecodeAttentionFused only: each (head, sequence) attends in `splits` blocks, each over its share
-  // of the positions, merged by the last to finish (deterministically, in split order). With splits > 1:
-  // split_partials holds AttnSplitPartialFloats(batch, heads, head_dim, splits) floats, split_counters
-  // batch * heads counters, zeroed before the first launch (each launch leaves them zeroed); launches
-  // sharing them must not overlap.
-  int splits = 1;
+  // LaunchDecodeAttentionFused only. 0: one block per (head, sequence) attends every position. 1 to
+  // kAttnMaxSplits: the split form (head_dim % 32 == 0), `splits` blocks per (head, sequence), each over
+  // its share of the positions with more loads in flight, merged by the last to finish
+  // (deterministically, in split order); split_partials holds AttnSplitPartialFloats(batch, heads,
+  // head_dim, splits) floats, split_counters batch * heads counters, zeroed before the first launch (each
+  // launch leaves them zeroed); launches sharing them must not overlap.
+  int splits = 0;
   float* split_partials = nullptr;
   unsigned int* split_counters = nullptr;
 };

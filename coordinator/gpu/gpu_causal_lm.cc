@@ -14,13 +14,13 @@ namespace {
 // bf16 models run prefill attention on tensor cores from this many tokens per step on.
 constexpr int kFlashMinTokens = 16;
 
-// Blocks per head and sequence of the decode attention (QkNormRopeCacheArgs::splits): 1 (one block
-// attends every position) unless PINMOE_ATTN_SPLITS says otherwise, for A/B measurements of the split
-// form (bench/NOTES.md).
+// The decode attention's form (QkNormRopeCacheArgs::splits): 0 (one block per head attends every
+// position) unless PINMOE_ATTN_SPLITS asks for the split form with that many blocks per head, for A/B
+// measurements (bench/NOTES.md).
 int AttnSplits() {
   const char* v = std::getenv("PINMOE_ATTN_SPLITS");
-  if (v == nullptr || v[0] == '\0') return 1;
-  return std::clamp(std::atoi(v), 1, kAttnMaxSplits);
+  if (v == nullptr || v[0] == '\0') return 0;
+  return std::clamp(std::atoi(v), 0, kAttnMaxSplits);
 }
 
 }  // namespace
@@ -90,7 +90,7 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
     argmax_scratch_[b].blocks_done = reinterpret_cast<unsigned int*>(am + 2 * b + 1);
   }
   attn_splits_ = AttnSplits();
-  if (attn_splits_ > 1) {
+  if (attn_splits_ >= 1) {
     RETURN_IF_ERROR(Alloc(AttnSplitPartialFloats(static_cast<int>(batch), c.num_heads, c.head_dim, attn_splits_),
                           &attn_partials_));
     RETURN_IF_ERROR(Alloc(batch * c.num_heads, &attn_counters_));

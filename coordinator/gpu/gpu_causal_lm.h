@@ -163,7 +163,7 @@ class GpuCausalLm : public CausalLm {
   std::vector<ArgMaxScratch> argmax_scratch_;  // one per row
   unsigned long long* topk_partial_ = nullptr;  // [TopKPartialKeys(vocab)]
   // The decode attention's splits per head (QkNormRopeCacheArgs::splits) and their scratch.
-  int attn_splits_ = 1;
+  int attn_splits_ = 0;
   float* attn_partials_ = nullptr;
   unsigned int* attn_counters_ = nullptr;
   unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]

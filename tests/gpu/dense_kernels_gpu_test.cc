@@ -117,10 +117,10 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
         ASSERT_EQ(fv[i], cache.v[i]) << "fused v cache " << i;
       }
       for (size_t i = 0; i < fy.size(); ++i) ASSERT_NEAR(fy[i], ref[i], 1e-4f) << "fused " << nh << "x" << hd << " " << i;
-      // The split form: each head's positions shared by several blocks (more splits than positions
-      // included), merged in split order; a second launch must reuse the counters the first left zeroed
-      // and give the same bits.
-      for (int splits : {2, 7, kAttnMaxSplits}) {
+      // The split form: each head's positions shared by one or several blocks (more splits than
+      // positions included), merged in split order; a second launch must reuse the counters the first
+      // left zeroed and give the same bits.
+      for (int splits : {1, 2, 7, kAttnMaxSplits}) {
         Dev parts(AttnSplitPartialFloats(1, nh, hd, splits) * 4), counters(static_cast<size_t>(nh) * 4);
         ASSERT_CUDA(cudaMemset(counters.p, 0, counters.bytes));
         QkNormRopeCacheArgs sa = qa;
