@@ -53,7 +53,7 @@ uint64_t CacheBytes(const ModelConfig& c, int context) {
   uint64_t bytes = 0;
   for (int l = 0; l < c.num_layers; ++l) {
     if (c.layer_kinds[l] == LayerKind::kFullAttention) {
-      bytes += 2ull * c.num_kv_heads * c.head_dim * static_cast<uint64_t>(context) * 2;
+      bytes += 2ull * c.num_kv_heads * c.head_dim * static_cast<uint64_t>(context) * sizeof(float);
     } else {
       const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
       const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;

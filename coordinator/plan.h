@@ -37,7 +37,8 @@ struct MemoryPlan {
 
 // Bytes of everything but the routed experts, in the config's weight dtype.
 uint64_t DenseWeightBytes(const ModelConfig& config);
-// KV cache (bf16) for `context` tokens plus the recurrent and conv states (fp32) of one sequence.
+// KV cache for `context` tokens plus the recurrent and conv states of one sequence, all fp32 as both the
+// CPU and the GPU path hold them (coordinator/layers.h KvCache, GpuCausalLm's caches).
 uint64_t CacheBytes(const ModelConfig& config, int context);
 
 // Fails with a message that says how much is missing when the budgets cannot hold the model.

@@ -54,6 +54,15 @@ TEST(Plan, ParameterCountsMatchThePublishedSizes) {
   EXPECT_NEAR(b_params / 1e9, 79.7, 0.8);
 }
 
+TEST(Plan, CachesAreCountedInFp32LikeTheModelsHoldThem) {
+  // Qwen3-30B-A3B: K and V of 4 heads x 128 for each of 48 layers and 4,096 positions.
+  EXPECT_EQ(CacheBytes(Qwen3_30B(), 4096), 48ull * 2 * 4 * 128 * 4096 * 4);
+  // Qwen3-Next-80B-A3B: 12 full-attention layers (K and V of 2 heads x 256); 36 Gated DeltaNet layers
+  // with a 32 x 128 x 128 state and 3 positions of conv state over q, k (16 x 128 each) and v (32 x 128).
+  EXPECT_EQ(CacheBytes(Qwen3Next80B(), 4096),
+            12ull * 2 * 2 * 256 * 4096 * 4 + 36ull * (32 * 128 * 128 + (2 * 2048 + 4096) * 3) * 4);
+}
+
 TEST(Plan, SplitsByCapacityAndStaysWithinBudgets) {
   const ModelConfig c = Qwen3_30B();
   auto plan = PlanMemory(c, {{"cuda:0", static_cast<uint64_t>(70 * kGiB)}, {"cuda:1", static_cast<uint64_t>(14 * kGiB)}}, 8192);
