@@ -297,10 +297,13 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   const uint64_t bytes = DecodeWeightBytes(config, bytes_per_weight, o.batch);
   const double roofline = o.batch * peak / static_cast<double>(bytes);
   out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
-  out << absl::StrFormat("model: %s, %d layers%s, decode %s%s, experts %s\n",
+  out << absl::StrFormat("model: %s, %d layers%s, decode %s%s%s, experts %s\n",
                          o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
                          o.delta_form == "auto" ? std::string() : StrCat(", DeltaNet ", o.delta_form),
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
+                         model->attention_splits() > 0
+                             ? StrCat(", attention in ", model->attention_splits(), " block(s) per head")
+                             : std::string(),
                          o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),
                          o.workers == 0 ? std::string("in-process")
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));

@@ -76,6 +76,8 @@ class GpuCausalLm : public CausalLm {
   int max_context() const override { return max_context_; }
   const ModelConfig& config() const override { return config_; }
   uint64_t weight_bytes() const { return weights_->bytes(); }
+  // The decode attention's form: 0 one block per head, else blocks per head of the split form.
+  int attention_splits() const { return attn_splits_; }
 
  protected:
   GpuCausalLm() = default;
