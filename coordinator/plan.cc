@@ -64,11 +64,47 @@ uint64_t CacheBytes(const ModelConfig& c, int context) {
   return bytes;
 }
 
+StepBuffers StepBufferBytes(const ModelConfig& c, uint32_t tokens) {
+  const uint64_t t = tokens, h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
+  const uint64_t k = std::max(c.top_k, 1), experts = std::max(c.num_experts, 1);
+  StepBuffers b;
+  // GpuCausalLm: x, router logits and weights (ids and positions are a few KB), one row of logits.
+  uint64_t floats = t * (h + experts + k) + static_cast<uint64_t>(c.vocab_size);
+  uint64_t widest_gemm = std::max(h, nh * hd);  // LinearRunner::Reserve's width
+  if (c.architecture == Architecture::kQwen3Next) {
+    const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
+    const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
+    const uint64_t nv = c.linear_num_value_heads;
+    uint64_t widest_mlp = std::max<uint64_t>(1, c.shared_expert_intermediate_size);
+    for (int l = 0; l < c.num_layers; ++l) {
+      if (!c.IsMoeLayer(l)) widest_mlp = std::max<uint64_t>(widest_mlp, c.intermediate_size);
+    }
+    // qkv (with the query gates), q, attn, the DeltaNet projections, conv output and core, the MLP.
+    floats += t * ((2 * nh + 2 * nkv) * hd + 2 * nh * hd + (2 * kd + 2 * vd + 2 * nv) + (2 * kd + vd) + vd +
+                   (2 * widest_mlp + 1) + widest_mlp + h);
+    widest_gemm = std::max({widest_gemm, vd, widest_mlp});
+  } else {
+    const uint64_t inter = c.intermediate_size;
+    floats += t * ((nh + 2 * nkv) * hd + 2 * nh * hd + 3 * inter);  // qkv, q, attn, gate/up, act
+    widest_gemm = std::max(widest_gemm, inter);
+  }
+  b.model = floats * sizeof(float);
+  b.linear = t * widest_gemm * (sizeof(float) + 2);
+  b.expert_io = t * (h + k * h) * sizeof(float) + t * k * sizeof(int32_t);
+  // fp32 activations for every pair, and for bf16 weights the grouped kernels' bf16 copy.
+  const uint64_t pair_floats = t * k * c.moe_intermediate_size;
+  b.expert_scratch = pair_floats * sizeof(float) + (DTypeSize(c.weight_dtype) == 2 ? pair_floats * 2 : 0);
+  return b;
+}
+
 absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<DeviceBudget>& devices, int context) {
   if (devices.empty()) return absl::InvalidArgumentError("no devices to plan for (--gpus/--gpu-mem/--cpu-mem)");
   MemoryPlan plan;
   plan.dense_bytes = DenseWeightBytes(c);
   plan.cache_bytes = CacheBytes(c, context);
+  const StepBuffers step = StepBufferBytes(c, kGpuStepTokens);
+  plan.step_bytes = step.model + step.linear + step.expert_io;
+  plan.expert_scratch_bytes = step.expert_scratch;
   const uint64_t per_expert = c.ExpertBytes();
   int moe_layers = 0;
   for (int l = 0; l < c.num_layers; ++l) moe_layers += c.IsMoeLayer(l);
@@ -79,8 +115,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<De
   std::vector<uint64_t> capacity(devices.size());
   uint64_t budget_total = 0, capacity_total = 0;
   for (size_t d = 0; d < devices.size(); ++d) {
-    uint64_t free = devices[d].bytes;
-    if (d == 0) free = free > plan.dense_bytes + plan.cache_bytes ? free - plan.dense_bytes - plan.cache_bytes : 0;
+    uint64_t reserved = devices[d].name == "cpu" ? 0 : plan.expert_scratch_bytes;
+    if (d == 0) reserved += plan.dense_bytes + plan.cache_bytes + plan.step_bytes;
+    const uint64_t free = devices[d].bytes > reserved ? devices[d].bytes - reserved : 0;
     capacity[d] = per_expert > 0 ? free / per_expert : 0;
     capacity_total += capacity[d];
     budget_total += devices[d].bytes;
@@ -95,20 +132,22 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<De
     capacity[d] = std::min(capacity[d], overflow);
     capacity_total += capacity[d];
   }
-  const uint64_t needed = plan.dense_bytes + plan.cache_bytes + plan.expert_bytes;
-  if (devices[0].bytes < plan.dense_bytes + plan.cache_bytes) {
+  const uint64_t needed = plan.dense_bytes + plan.cache_bytes + plan.step_bytes + plan.expert_bytes;
+  if (devices[0].bytes < plan.dense_bytes + plan.cache_bytes + plan.step_bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "%s holds the dense part (%s of weights + %s of caches for %d tokens) but its budget is %s; give "
-        "it more (--gpu-mem) or shorten --context",
-        devices[0].name, Size(plan.dense_bytes), Size(plan.cache_bytes), context, Size(devices[0].bytes)));
+        "%s holds the dense part (%s of weights + %s of caches for %d tokens + %s of step buffers) but its "
+        "budget is %s; give it more (--gpu-mem) or shorten --context",
+        devices[0].name, Size(plan.dense_bytes), Size(plan.cache_bytes), context, Size(plan.step_bytes),
+        Size(devices[0].bytes)));
   }
   if (capacity_total < total_experts) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "the model needs %s (dense %s, caches %s, experts %s) but the budgets give %s: %llu of %llu "
-        "experts do not fit; add GPUs, raise --gpu-mem, or put the rest in system memory with --cpu-mem",
-        Size(needed), Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.expert_bytes),
-        Size(budget_total), static_cast<unsigned long long>(total_experts - capacity_total),
-        static_cast<unsigned long long>(total_experts)));
+        "the model needs %s (dense %s, caches %s, step buffers %s, experts %s, and %s of expert scratch on "
+        "each GPU) but the budgets give %s: %llu of %llu experts do not fit; add GPUs, raise --gpu-mem, or "
+        "put the rest in system memory with --cpu-mem",
+        Size(needed), Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.step_bytes), Size(plan.expert_bytes),
+        Size(plan.expert_scratch_bytes), Size(budget_total),
+        static_cast<unsigned long long>(total_experts - capacity_total), static_cast<unsigned long long>(total_experts)));
   }
 
   // Per layer, split the experts in proportion to capacity; the largest running deficits take the
@@ -163,8 +202,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<De
     DevicePlan dp;
     dp.name = devices[d].name;
     dp.budget = devices[d].bytes;
-    dp.dense_bytes = d == 0 ? plan.dense_bytes + plan.cache_bytes : 0;
+    dp.dense_bytes = d == 0 ? plan.dense_bytes + plan.cache_bytes + plan.step_bytes : 0;
     dp.expert_bytes = p.bytes_per_worker[d];
+    dp.scratch_bytes = devices[d].name != "cpu" && assigned[d] > 0 ? plan.expert_scratch_bytes : 0;
     dp.experts = static_cast<int>(assigned[d]);
     plan.devices.push_back(dp);
   }
@@ -174,15 +214,19 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<De
 std::string FormatMemoryPlan(const ModelConfig& c, const MemoryPlan& plan, int context) {
   std::string out = absl::StrFormat(
       "%s: %d layers, %d experts per MoE layer (top-%d), %s weights; context %d tokens\n"
-      "dense %s, caches %s, routed experts %s (%s each)\n\n",
+      "dense %s, caches %s, step buffers %s (%u tokens), routed experts %s (%s each) and %s of their scratch on "
+      "each GPU\n\n",
       c.architecture_name, c.num_layers, c.num_experts, c.top_k, std::string(DTypeName(c.weight_dtype)), context,
-      Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.expert_bytes), Size(c.ExpertBytes()));
-  out += absl::StrFormat("%-8s %8s %12s %12s %12s %12s %6s\n", "device", "experts", "experts", "dense+cache",
-                         "used", "budget", "used");
+      Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.step_bytes), kGpuStepTokens, Size(plan.expert_bytes),
+      Size(c.ExpertBytes()), Size(plan.expert_scratch_bytes));
+  // "dense part": weights, caches and step buffers; "scratch": the experts' step scratch.
+  out += absl::StrFormat("%-8s %8s %12s %12s %12s %12s %12s %6s\n", "device", "experts", "experts", "scratch",
+                         "dense part", "used", "budget", "used");
   for (const auto& d : plan.devices) {
-    out += absl::StrFormat("%-8s %8d %12s %12s %12s %12s %5.0f%%\n", d.name, d.experts, Size(d.expert_bytes),
-                           Size(d.dense_bytes), Size(d.dense_bytes + d.expert_bytes), Size(d.budget),
-                           d.budget > 0 ? 100.0 * (d.dense_bytes + d.expert_bytes) / d.budget : 0.0);
+    const uint64_t used = d.dense_bytes + d.expert_bytes + d.scratch_bytes;
+    out += absl::StrFormat("%-8s %8d %12s %12s %12s %12s %12s %5.0f%%\n", d.name, d.experts, Size(d.expert_bytes),
+                           Size(d.scratch_bytes), Size(d.dense_bytes), Size(used), Size(d.budget),
+                           d.budget > 0 ? 100.0 * used / d.budget : 0.0);
   }
   return out;
 }

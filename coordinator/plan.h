@@ -22,14 +22,17 @@ struct DeviceBudget {
 struct DevicePlan {
   std::string name;
   uint64_t budget = 0;
-  uint64_t dense_bytes = 0;   // dense weights + caches (first device only)
+  uint64_t dense_bytes = 0;   // dense weights + caches + step buffers (first device only)
   uint64_t expert_bytes = 0;
+  uint64_t scratch_bytes = 0;  // the experts' step scratch (a GPU holding experts)
   int experts = 0;
 };
 
 struct MemoryPlan {
   uint64_t dense_bytes = 0;
   uint64_t cache_bytes = 0;
+  uint64_t step_bytes = 0;    // the first device's step buffers (StepBuffers: model, linear, expert_io)
+  uint64_t expert_scratch_bytes = 0;  // on every GPU that holds experts
   uint64_t expert_bytes = 0;  // all routed experts
   std::vector<DevicePlan> devices;
   Placement placement;        // per_worker index = device index
@@ -41,7 +44,20 @@ uint64_t DenseWeightBytes(const ModelConfig& config);
 // CPU and the GPU path hold them (coordinator/layers.h KvCache, GpuCausalLm's caches).
 uint64_t CacheBytes(const ModelConfig& config, int context);
 
-// Fails with a message that says how much is missing when the budgets cannot hold the model.
+// Device memory for one step of up to `tokens` tokens beyond weights and caches, as the GPU path allocates
+// it (fp32 activations; the CUDA context and cuBLAS's workspace are not counted).
+struct StepBuffers {
+  uint64_t model = 0;      // the coordinator's model (GpuCausalLm and GpuQwen3Moe / GpuQwen3Next scratch)
+  uint64_t linear = 0;     // its GEMM staging (LinearRunner: fp32 normed rows and their bf16 copy)
+  uint64_t expert_io = 0;  // the experts' hand-over slots: input, routing, an output row per routed pair
+  uint64_t expert_scratch = 0;  // each GPU that computes experts: the pairs' activations (GpuExpertStore)
+};
+StepBuffers StepBufferBytes(const ModelConfig& config, uint32_t tokens);
+// The tokens per step the GPU path sizes its buffers for (GpuModelOptions::max_step_tokens).
+constexpr uint32_t kGpuStepTokens = 2048;
+
+// Fails with a message that says how much is missing when the budgets cannot hold the model. The first
+// device holds the dense part, its caches and the step buffers; every GPU also the experts' scratch.
 absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& config, const std::vector<DeviceBudget>& devices,
                                       int context);
 std::string FormatMemoryPlan(const ModelConfig& config, const MemoryPlan& plan, int context);

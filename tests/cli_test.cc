@@ -194,9 +194,14 @@ TEST(CliPlan, PrintsATableFromConfigAloneAndRefusesWhatDoesNotFit) {
   ASSERT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_NE(ok.out.find("cuda:0"), std::string::npos) << ok.out;
   EXPECT_NE(ok.out.find("cuda:1"), std::string::npos) << ok.out;
-  auto refused = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=2MiB --context 64");
+  // Room for the dense part, its caches and step buffers (~16.5 MiB), not for the experts.
+  auto refused = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=17MiB --context 64");
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_NE(refused.err.find("pinmoe: error: the model needs"), std::string::npos) << refused.err;
+  auto no_room = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=2MiB --context 64");
+  EXPECT_EQ(no_room.exit_code, 1);
+  EXPECT_NE(no_room.err.find("holds the dense part"), std::string::npos) << no_room.err;
+  EXPECT_NE(no_room.err.find("step buffers"), std::string::npos) << no_room.err;
   auto no_budget = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpus 0,1 --gpu-mem 0=1GiB");
   EXPECT_EQ(no_budget.exit_code, 1);
   EXPECT_NE(no_budget.err.find("no memory budget for GPU 1"), std::string::npos) << no_budget.err;

@@ -34,7 +34,7 @@ ModelConfig Qwen3Next80B() {
 void ExpectConsistent(const ModelConfig& c, const MemoryPlan& p) {
   uint64_t experts = 0, bytes = 0;
   for (const auto& d : p.devices) {
-    EXPECT_LE(d.dense_bytes + d.expert_bytes, d.budget) << d.name;
+    EXPECT_LE(d.dense_bytes + d.expert_bytes + d.scratch_bytes, d.budget) << d.name;
     experts += d.experts;
     bytes += d.expert_bytes;
   }
@@ -63,6 +63,28 @@ TEST(Plan, CachesAreCountedInFp32LikeTheModelsHoldThem) {
             12ull * 2 * 2 * 256 * 4096 * 4 + 36ull * (32 * 128 * 128 + (2 * 2048 + 4096) * 3) * 4);
 }
 
+TEST(Plan, StepBuffersAreCountedOnTheDenseDeviceAndExpertScratchOnEachGpu) {
+  const ModelConfig c = Qwen3_30B();
+  const uint64_t t = 2048;
+  const StepBuffers b = StepBufferBytes(c, static_cast<uint32_t>(t));
+  // x, router logits, route weights, qkv, q, attn, gate/up, act (fp32), one row of logits.
+  EXPECT_EQ(b.model, 4 * (t * (2048 + 128 + 8 + 40 * 128 + 32 * 128 + 32 * 128 + 2 * 6144 + 6144) + 151936));
+  EXPECT_EQ(b.linear, t * 6144 * 6);                          // fp32 rows and their bf16 copy
+  EXPECT_EQ(b.expert_io, t * (2048 + 8 * 2048) * 4 + t * 8 * 4);  // input, an output row per pair, routing
+  EXPECT_EQ(b.expert_scratch, t * 8 * 768 * 6);                // fp32 activations and the bf16 copy
+  // A budget that holds the weights and caches alone is refused; with the buffers it fits.
+  const uint64_t bare = DenseWeightBytes(c) + CacheBytes(c, 4096) + 48ull * 128 * c.ExpertBytes();
+  auto short_by_buffers = PlanMemory(c, {{"cuda:0", bare}}, 4096);
+  ASSERT_FALSE(short_by_buffers.ok());
+  EXPECT_NE(short_by_buffers.status().message().find("step buffers"), std::string_view::npos)
+      << short_by_buffers.status();
+  const uint64_t enough = bare + b.model + b.linear + b.expert_io + b.expert_scratch;
+  auto fits = PlanMemory(c, {{"cuda:0", enough}}, 4096);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  ExpectConsistent(c, *fits);
+  EXPECT_EQ(fits->devices[0].scratch_bytes, b.expert_scratch);
+}
+
 TEST(Plan, SplitsByCapacityAndStaysWithinBudgets) {
   const ModelConfig c = Qwen3_30B();
   auto plan = PlanMemory(c, {{"cuda:0", static_cast<uint64_t>(70 * kGiB)}, {"cuda:1", static_cast<uint64_t>(14 * kGiB)}}, 8192);
@@ -86,8 +108,10 @@ TEST(Plan, RefusesWhatDoesNotFitAndTakesSystemMemory) {
   ExpectConsistent(c, *fits);
   // The GPUs are filled first; system memory holds only the overflow.
   const uint64_t per = c.ExpertBytes();
-  EXPECT_GT(fits->devices[0].dense_bytes + fits->devices[0].expert_bytes + per, fits->devices[0].budget);
-  EXPECT_GT(fits->devices[1].expert_bytes + per, fits->devices[1].budget);
+  for (int d : {0, 1}) {
+    const DevicePlan& g = fits->devices[d];
+    EXPECT_GT(g.dense_bytes + g.expert_bytes + g.scratch_bytes + per, g.budget) << g.name;
+  }
   EXPECT_LT(fits->devices[2].experts, 48 * 512 / 10);
   // With room on the GPUs, nothing goes to system memory.
   auto roomy = PlanMemory(c, {{"cuda:0", static_cast<uint64_t>(140 * kGiB)}, {"cuda:1", static_cast<uint64_t>(70 * kGiB)},

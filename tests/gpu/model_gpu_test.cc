@@ -26,6 +26,7 @@
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/gpu_qwen3_moe.h"
 #include "coordinator/gpu/gpu_qwen3_next.h"
+#include "coordinator/plan.h"
 #include "coordinator/session.h"
 #include "coordinator/worker_pool.h"
 #include "gtest/gtest.h"
@@ -346,6 +347,56 @@ TEST(GpuModelTimeline, HandOversAreStampedInOrder) {
         EXPECT_GE((*times)[i + 1].tick_stored, t.done_stored) << "layer " << t.layer;
       }
     }
+  }
+}
+
+}  // namespace
+}  // namespace pinmoe
+
+namespace pinmoe {
+namespace {
+
+// `pinmoe plan` counts, for the device holding the dense part, its weights, caches and step buffers from
+// config.json alone (coordinator/plan.h). What the GPU models allocate must agree: full-size layer
+// shapes of both architectures (synthetic weights, a few layers), within the handful of small buffers
+// (ids, positions, norms held in fp32) the plan leaves out.
+TEST(GpuModelMemory, DeviceBytesMatchThePlan) {
+  for (const bool next : {false, true}) {
+    nlohmann::json j = {{"vocab_size", 151936}, {"hidden_size", 2048}, {"rope_theta", 1000000.0},
+                        {"norm_topk_prob", true}, {"torch_dtype", "bfloat16"}, {"max_position_embeddings", 40960}};
+    if (next) {
+      j.update({{"architectures", {"Qwen3NextForCausalLM"}}, {"num_hidden_layers", 4}, {"num_attention_heads", 16},
+                {"num_key_value_heads", 2}, {"head_dim", 256}, {"num_experts", 512}, {"num_experts_per_tok", 10},
+                {"moe_intermediate_size", 512}, {"shared_expert_intermediate_size", 512},
+                {"intermediate_size", 5120}, {"full_attention_interval", 4}, {"partial_rotary_factor", 0.25},
+                {"linear_num_key_heads", 16}, {"linear_num_value_heads", 32}, {"linear_key_head_dim", 128},
+                {"linear_value_head_dim", 128}, {"linear_conv_kernel_dim", 4}});
+    } else {
+      j.update({{"architectures", {"Qwen3MoeForCausalLM"}}, {"num_hidden_layers", 2}, {"num_attention_heads", 32},
+                {"num_key_value_heads", 4}, {"head_dim", 128}, {"num_experts", 128}, {"num_experts_per_tok", 8},
+                {"moe_intermediate_size", 768}, {"intermediate_size", 6144}});
+    }
+    auto config = ParseModelConfig(j.dump(), next ? "qwen3-next shape" : "qwen3-30b shape");
+    ASSERT_TRUE(config.ok()) << config.status();
+    GpuModelOptions mo;
+    mo.max_context = 1024;
+    mo.synthetic_seed = 1;
+    uint64_t device_bytes = 0;
+    if (next) {
+      auto model = GpuQwen3Next::Load(*config, nullptr, mo);
+      ASSERT_TRUE(model.ok()) << model.status();
+      device_bytes = (*model)->weight_bytes();
+    } else {
+      auto model = GpuQwen3Moe::Load(*config, nullptr, mo);
+      ASSERT_TRUE(model.ok()) << model.status();
+      device_bytes = (*model)->weight_bytes();
+    }
+    const uint64_t planned =
+        DenseWeightBytes(*config) + CacheBytes(*config, 1024) + StepBufferBytes(*config, mo.max_step_tokens).model;
+    const double slack = 1.0 * (1 << 20) + 0.005 * static_cast<double>(planned);
+    EXPECT_NEAR(static_cast<double>(device_bytes), static_cast<double>(planned), slack)
+        << config->architecture_name << ": the GPU model holds " << device_bytes << " bytes, the plan counts "
+        << planned;
   }
 }
 
