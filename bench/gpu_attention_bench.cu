@@ -1,6 +1,7 @@
 // Decode attention on the GPU (q/k norm, RoPE, cache append and attention of one new token per layer,
-// LaunchDecodeAttentionFused) at a given context, in its forms: one block per head (splits 0) and the
-// split form with 1 to 32 blocks per head (PINMOE_ATTN_SPLITS in the model).
+// LaunchDecodeAttentionFused) at a given context, in its forms: one block per head (splits 0), the
+// split form with 1 to 32 blocks per head (PINMOE_ATTN_SPLITS in the model) and its grouped variant, 1 to
+// 32 blocks per kv head's column of query heads (PINMOE_ATTN_GROUPED=1).
 //
 // Shapes: Qwen3-30B-A3B (32 query heads, 4 kv heads, head_dim 128) and Qwen3-Next-80B-A3B's gated
 // attention (16 / 2 / 256, a quarter of the dimensions rotated). Each layer has its own fp32 cache, and
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "coordinator/gpu/dense_kernels.h"
@@ -98,7 +100,12 @@ int main(int argc, char** argv) {
     Check(cudaEventCreate(&stop), "cudaEventCreate");
     for (int context : contexts) {
       std::printf("  context %6d:", context);
+      std::vector<std::pair<int, bool>> forms;  // (splits, grouped)
       for (int sp : splits) {
+        forms.push_back({sp, false});
+        if (sp >= 1) forms.push_back({sp, true});
+      }
+      for (const auto& [sp, grouped] : forms) {
         pinmoe::QkNormRopeCacheArgs a;
         a.qkv = qkv;
         a.row_stride = row;
@@ -114,6 +121,7 @@ int main(int argc, char** argv) {
         a.inv_freq = inv_freq;
         a.first_position = context - 1;  // the new token attends `context` positions
         a.splits = sp;
+        a.grouped = grouped;
         a.split_partials = partials;
         a.split_counters = counters;
         std::vector<float> ms;
@@ -133,7 +141,8 @@ int main(int argc, char** argv) {
         std::sort(ms.begin(), ms.end());
         const double us = ms[ms.size() / 2] * 1e3;
         const double kv_bytes = 2.0 * context * s.kv_heads * hd * sizeof(float);
-        std::printf("  splits %2d %8.1f us (%5.0f GB/s)", sp, us, kv_bytes / (us * 1e-6) / 1e9);
+        std::printf("  %s%2d %8.1f us (%5.0f GB/s)", grouped ? "grouped " : "splits ", sp, us,
+                    kv_bytes / (us * 1e-6) / 1e9);
       }
       std::printf("\n");
     }

@@ -302,7 +302,9 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
                          o.delta_form == "auto" ? std::string() : StrCat(", DeltaNet ", o.delta_form),
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
                          model->attention_splits() > 0
-                             ? StrCat(", attention in ", model->attention_splits(), " block(s) per head")
+                             ? StrCat(", attention in ", model->attention_splits(),
+                                      model->attention_grouped() ? " split(s) per kv head (grouped)"
+                                                                 : " block(s) per head")
                              : std::string(),
                          o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),
                          o.workers == 0 ? std::string("in-process")

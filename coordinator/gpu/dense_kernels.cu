@@ -384,6 +384,227 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
                  out + static_cast<size_t>(h) * hd, p, red);
 }
 
+// The grouped split form (args.grouped): one block per (kv head, sequence, split) serves `hb` of the
+// kv head's query heads at once, so each of its keys and values is read once for all of them instead of
+// once per query head. Per chunk of keys: a thread per key scores it against the hb queries; per query
+// head, the chunk's max and sum meet over the warps in warp order; in the V pass each warp takes every
+// fourth key and each lane head_dim / 32 dimensions of every query head. The shares of the positions
+// are merged as in AttendSplit, per query head, by the last of a block column's splits.
+constexpr int kGroupMaxHeads = 8, kGroupMaxPerLane = kAttnMaxDims * kAttnThreads / 32;
+
+// Query heads per block: the largest of 8, 4, 2, 1 that divides the group and keeps hb * head_dim <= 1024.
+inline int GroupedHeadsPerBlock(int group, int head_dim) {
+  for (int hb = kGroupMaxHeads; hb > 1; hb /= 2) {
+    if (group % hb == 0 && hb * head_dim <= 1024) return hb;
+  }
+  return 1;
+}
+
+__global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkNormRopeCacheArgs a, float* out,
+                                                                             int hb) {
+  constexpr int kWarps = kAttnThreads / 32;
+  extern __shared__ float sm[];
+  __shared__ float red_max[kWarps][kGroupMaxHeads], red_sum[kWarps][kGroupMaxHeads];
+  __shared__ bool last;
+  PdlWait();
+  PdlTrigger();
+  const int hd = a.head_dim, group = a.heads / a.kv_heads, columns = group / hb;
+  const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+  const int g = x / columns, h0 = g * group + (x % columns) * hb;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = hd / 32;
+  const int position = a.position_dev != nullptr ? a.position_dev[b] : a.first_position;
+  a.qkv += static_cast<size_t>(b) * a.row_stride;
+  a.k_cache += b * a.cache_seq_stride;
+  a.v_cache += b * a.cache_seq_stride;
+  out += static_cast<size_t>(b) * a.heads * hd;
+  float* qs = sm;                           // [hb][hd]
+  float* ks = qs + hb * hd;                 // [hd]
+  float* vs = ks + hd;                      // [hd]
+  float* p = vs + hd;                       // [hb][kAttnChunk]
+  float* wsum = p + hb * kAttnChunk;        // [kWarps][hb][hd]
+  for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
+    const int j = i / hd, d = i % hd;
+    qs[i] = a.qkv[a.q_offset + static_cast<size_t>(h0 + j) * a.q_head_stride + d];
+  }
+  for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
+    ks[d] = a.qkv[a.k_offset + static_cast<size_t>(g) * hd + d];
+    vs[d] = a.qkv[a.v_offset + static_cast<size_t>(g) * hd + d];
+  }
+  __syncthreads();
+  // RMS norms: row j < hb is query head h0 + j, row hb the key; a warp per row.
+  for (int j = warp; j <= hb; j += kWarps) {
+    float* row = j < hb ? qs + j * hd : ks;
+    const float* w = j < hb ? a.q_norm : a.k_norm;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) ss = fmaf(row[d], row[d], ss);
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + a.eps);
+    for (int d = lane; d < hd; d += 32) row[d] = w[d] * (row[d] * inv);
+  }
+  __syncthreads();
+  const int half = a.rotary_dim / 2;
+  for (int i = threadIdx.x; i < (hb + 1) * half; i += kAttnThreads) {
+    const int j = i / half, r = i % half;
+    float* row = j < hb ? qs + j * hd : ks;
+    const float angle = static_cast<float>(position) * a.inv_freq[r];
+    const float c = static_cast<float>(cos(static_cast<double>(angle)));
+    const float sn = static_cast<float>(sin(static_cast<double>(angle)));
+    const float x0 = row[r], x1 = row[r + half];
+    row[r] = x0 * c - x1 * sn;
+    row[r + half] = x1 * c + x0 * sn;
+  }
+  __syncthreads();
+  if (x % columns == 0 && split == 0) {
+    const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
+    for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
+      a.k_cache[off + d] = ks[d];
+      a.v_cache[off + d] = vs[d];
+    }
+  }
+  const int length = position + 1, fresh = position;
+  const int per = (length + splits - 1) / splits;
+  const int begin = min(length, split * per), end = min(length, begin + per);
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  float m[kGroupMaxHeads], l[kGroupMaxHeads], part[kGroupMaxHeads][kGroupMaxPerLane];
+#pragma unroll
+  for (int j = 0; j < kGroupMaxHeads; ++j) {
+    m[j] = -FLT_MAX;
+    l[j] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kGroupMaxPerLane; ++i) part[j][i] = 0.f;
+  }
+  for (int c0 = begin; c0 < end; c0 += kAttnChunk) {
+    const int n = min(kAttnChunk, end - c0), t = threadIdx.x;
+    float score[kGroupMaxHeads];
+#pragma unroll
+    for (int j = 0; j < kGroupMaxHeads; ++j) score[j] = -FLT_MAX;
+    if (t < n) {
+      const int key = c0 + t;
+      const float4* k4 = reinterpret_cast<const float4*>(
+          key == fresh ? ks : a.k_cache + (static_cast<size_t>(key) * a.kv_heads + g) * hd);
+      float dot[kGroupMaxHeads];
+#pragma unroll
+      for (int j = 0; j < kGroupMaxHeads; ++j) dot[j] = 0.f;
+#pragma unroll 4
+      for (int c = 0; c < hd / 4; ++c) {
+        const float4 kv = k4[c];
+#pragma unroll
+        for (int j = 0; j < kGroupMaxHeads; ++j) {
+          if (j < hb) {
+            const float4 qv = reinterpret_cast<const float4*>(qs + j * hd)[c];
+            dot[j] = fmaf(qv.x, kv.x, dot[j]);
+            dot[j] = fmaf(qv.y, kv.y, dot[j]);
+            dot[j] = fmaf(qv.z, kv.z, dot[j]);
+            dot[j] = fmaf(qv.w, kv.w, dot[j]);
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kGroupMaxHeads; ++j) score[j] = dot[j] * scale;
+    }
+#pragma unroll
+    for (int j = 0; j < kGroupMaxHeads; ++j) {
+      float v = score[j];
+      for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+      if (lane == 0) red_max[warp][j] = v;
+    }
+    __syncthreads();
+    float e[kGroupMaxHeads], new_m[kGroupMaxHeads];
+#pragma unroll
+    for (int j = 0; j < kGroupMaxHeads; ++j) {
+      float cm = red_max[0][j];
+      for (int w = 1; w < kWarps; ++w) cm = fmaxf(cm, red_max[w][j]);
+      new_m[j] = fmaxf(m[j], cm);
+      e[j] = t < n ? expf(score[j] - new_m[j]) : 0.f;
+      if (t < n && j < hb) p[j * kAttnChunk + t] = e[j];
+      float v = e[j];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) red_sum[warp][j] = v;
+    }
+    __syncthreads();  // publishes p and the sums
+#pragma unroll
+    for (int j = 0; j < kGroupMaxHeads; ++j) {
+      float cs = 0.f;
+      for (int w = 0; w < kWarps; ++w) cs += red_sum[w][j];
+      const float rescale = expf(m[j] - new_m[j]);
+      l[j] = l[j] * rescale + cs;
+      m[j] = new_m[j];
+#pragma unroll
+      for (int i = 0; i < kGroupMaxPerLane; ++i) part[j][i] *= rescale;
+    }
+    for (int k = warp; k < n; k += kWarps) {
+      const int key = c0 + k;
+      const float* vr = key == fresh ? vs : a.v_cache + (static_cast<size_t>(key) * a.kv_heads + g) * hd;
+      float v[kGroupMaxPerLane];
+#pragma unroll
+      for (int i = 0; i < kGroupMaxPerLane; ++i) v[i] = i < per_lane ? vr[lane + 32 * i] : 0.f;
+#pragma unroll
+      for (int j = 0; j < kGroupMaxHeads; ++j) {
+        if (j < hb) {
+          const float pk = p[j * kAttnChunk + k];
+#pragma unroll
+          for (int i = 0; i < kGroupMaxPerLane; ++i) part[j][i] = fmaf(pk, v[i], part[j][i]);
+        }
+      }
+    }
+    __syncthreads();  // p and the reduction slots are rewritten by the next chunk
+  }
+  // This block's share, per query head: the warps' sums in warp order.
+#pragma unroll
+  for (int j = 0; j < kGroupMaxHeads; ++j) {
+    if (j < hb) {
+#pragma unroll
+      for (int i = 0; i < kGroupMaxPerLane; ++i) {
+        if (i < per_lane) wsum[(warp * hb + j) * hd + lane + 32 * i] = part[j][i];
+      }
+    }
+  }
+  __syncthreads();
+  const size_t stride = static_cast<size_t>(hd) + 2;
+  auto parts_of = [&](int j) { return a.split_partials + (static_cast<size_t>(b) * a.heads + h0 + j) * splits * stride; };
+  for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
+    const int j = i / hd, d = i % hd;
+    float sum = 0.f;
+    for (int w = 0; w < kWarps; ++w) sum += wsum[(w * hb + j) * hd + d];
+    parts_of(j)[split * stride + 2 + d] = sum;
+  }
+  if (threadIdx.x < hb) {
+    float mj = 0.f, lj = 0.f;
+#pragma unroll
+    for (int j = 0; j < kGroupMaxHeads; ++j) {
+      if (j == static_cast<int>(threadIdx.x)) {
+        mj = m[j];
+        lj = l[j];
+      }
+    }
+    float* mine = parts_of(threadIdx.x) + split * stride;
+    mine[0] = mj;
+    mine[1] = lj;
+  }
+  __threadfence();
+  __syncthreads();
+  unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(splits) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
+    const int j = i / hd, d = i % hd;
+    const float* head_parts = parts_of(j);
+    float top = -FLT_MAX;
+    for (int sp = 0; sp < splits; ++sp) top = fmaxf(top, __ldcg(head_parts + sp * stride));
+    float total = 0.f, sum = 0.f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float* part_s = head_parts + sp * stride;
+      const float w = expf(__ldcg(part_s) - top);  // 0 for an empty share (m = -FLT_MAX)
+      total = fmaf(__ldcg(part_s + 1), w, total);
+      sum = fmaf(__ldcg(part_s + 2 + d), w, sum);
+    }
+    out[static_cast<size_t>(h0 + j) * hd + d] = sum / total;
+  }
+  if (threadIdx.x == 0) *counter = 0u;  // for the next launch
+}
+
 __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, int hidden, float* x) {
   PdlWait();
   PdlTrigger();
@@ -571,6 +792,20 @@ cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out,
       a.splits > kAttnMaxSplits ||
       (a.splits >= 1 && (a.split_partials == nullptr || a.split_counters == nullptr || a.head_dim % 32 != 0))) {
     return cudaErrorInvalidValue;
+  }
+  if (a.splits >= 1 && a.grouped) {
+    const int group = a.heads / a.kv_heads, hb = GroupedHeadsPerBlock(group, a.head_dim);
+    // hb query rows, the key and value, hb rows of probabilities, the warps' sums of hb rows.
+    const size_t smem =
+        (static_cast<size_t>(hb) * a.head_dim + 2 * a.head_dim + static_cast<size_t>(hb) * kAttnChunk +
+         static_cast<size_t>(kAttnThreads / 32) * hb * a.head_dim) * sizeof(float);
+    if (smem > 48 * 1024) {
+      const cudaError_t err = cudaFuncSetAttribute(DecodeAttentionGroupedKernel,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+    }
+    return LaunchPdl(DecodeAttentionGroupedKernel, dim3(a.kv_heads * (group / hb), a.batch, a.splits),
+                     dim3(kAttnThreads), smem, stream, a, out, hb);
   }
   // q, k, v of the new token; the split form's per-warp sums after them.
   const size_t smem = static_cast<size_t>(a.splits >= 1 ? 7 : 3) * a.head_dim * sizeof(float);

@@ -46,6 +46,9 @@ struct QkNormRopeCacheArgs {
   // head_dim, splits) floats, split_counters batch * heads counters, zeroed before the first launch (each
   // launch leaves them zeroed); launches sharing them must not overlap.
   int splits = 0;
+  // With splits >= 1: each block serves up to 8 query heads of one kv head, reading each key and value
+  // once for all of them (the grouped split form).
+  bool grouped = false;
   float* split_partials = nullptr;
   unsigned int* split_counters = nullptr;
 };

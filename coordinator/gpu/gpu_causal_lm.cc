@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string_view>
 
 #include "common/str_cat.h"
 #include "coordinator/gpu/flash_attention.h"
@@ -21,6 +22,12 @@ int AttnSplits() {
   const char* v = std::getenv("PINMOE_ATTN_SPLITS");
   if (v == nullptr || v[0] == '\0') return 0;
   return std::clamp(std::atoi(v), 0, kAttnMaxSplits);
+}
+
+// PINMOE_ATTN_GROUPED=1: the split form's grouped variant (QkNormRopeCacheArgs::grouped), for A/B.
+bool AttnGrouped() {
+  const char* v = std::getenv("PINMOE_ATTN_GROUPED");
+  return v != nullptr && std::string_view(v) == "1";
 }
 
 }  // namespace
@@ -90,6 +97,7 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
     argmax_scratch_[b].blocks_done = reinterpret_cast<unsigned int*>(am + 2 * b + 1);
   }
   attn_splits_ = AttnSplits();
+  attn_grouped_ = AttnGrouped();
   if (attn_splits_ >= 1) {
     RETURN_IF_ERROR(Alloc(AttnSplitPartialFloats(static_cast<int>(batch), c.num_heads, c.head_dim, attn_splits_),
                           &attn_partials_));
@@ -330,6 +338,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   qa.position_dev = position_dev_;
   if (n == 1 || batch_ > 1) {
     qa.splits = attn_splits_;
+    qa.grouped = attn_grouped_;
     qa.split_partials = attn_partials_;
     qa.split_counters = attn_counters_;
     return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");

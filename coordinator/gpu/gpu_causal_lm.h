@@ -76,8 +76,10 @@ class GpuCausalLm : public CausalLm {
   int max_context() const override { return max_context_; }
   const ModelConfig& config() const override { return config_; }
   uint64_t weight_bytes() const { return weights_->bytes(); }
-  // The decode attention's form: 0 one block per head, else blocks per head of the split form.
+  // The decode attention's form: 0 one block per head, else blocks per head of the split form (grouped:
+  // each block serving several query heads of one kv head).
   int attention_splits() const { return attn_splits_; }
+  bool attention_grouped() const { return attn_grouped_; }
 
  protected:
   GpuCausalLm() = default;
@@ -166,6 +168,7 @@ class GpuCausalLm : public CausalLm {
   unsigned long long* topk_partial_ = nullptr;  // [TopKPartialKeys(vocab)]
   // The decode attention's splits per head (QkNormRopeCacheArgs::splits) and their scratch.
   int attn_splits_ = 0;
+  bool attn_grouped_ = false;
   float* attn_partials_ = nullptr;
   unsigned int* attn_counters_ = nullptr;
   unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]

@@ -120,34 +120,38 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
       // The split form: each head's positions shared by one or several blocks (more splits than
       // positions included), merged in split order; a second launch must reuse the counters the first
       // left zeroed and give the same bits.
-      for (int splits : {1, 2, 7, kAttnMaxSplits}) {
-        Dev parts(AttnSplitPartialFloats(1, nh, hd, splits) * 4), counters(static_cast<size_t>(nh) * 4);
-        ASSERT_CUDA(cudaMemset(counters.p, 0, counters.bytes));
-        QkNormRopeCacheArgs sa = qa;
-        sa.splits = splits;
-        sa.split_partials = parts.as<float>();
-        sa.split_counters = counters.as<unsigned int>();
-        std::vector<float> first_run;
-        for (int run = 0; run < 2; ++run) {
-          ASSERT_CUDA(cudaMemcpy(dk.p, k_prefix.data(), k_prefix.size() * 4, cudaMemcpyHostToDevice));
-          ASSERT_CUDA(cudaMemcpy(dv.p, v_prefix.data(), v_prefix.size() * 4, cudaMemcpyHostToDevice));
-          ASSERT_CUDA(cudaMemset(dout.p, 0, dout.bytes));
-          ASSERT_CUDA(LaunchDecodeAttentionFused(sa, dout.as<float>(), nullptr));
-          auto sk = dk.get<float>(), sv = dv.get<float>(), sy = dout.get<float>();
-          for (size_t i = 0; i < cache_floats; ++i) {
-            ASSERT_NEAR(sk[i], cache.k[i], 2e-5f * (1 + std::fabs(cache.k[i]))) << "split k cache " << i;
-            ASSERT_EQ(sv[i], cache.v[i]) << "split v cache " << i;
+      for (const bool grouped : {false, true}) {
+        for (int splits : {1, 2, 7, kAttnMaxSplits}) {
+          SCOPED_TRACE(::testing::Message() << (grouped ? "grouped, " : "") << splits << " splits");
+          Dev parts(AttnSplitPartialFloats(1, nh, hd, splits) * 4), counters(static_cast<size_t>(nh) * 4);
+          ASSERT_CUDA(cudaMemset(counters.p, 0, counters.bytes));
+          QkNormRopeCacheArgs sa = qa;
+          sa.splits = splits;
+          sa.grouped = grouped;
+          sa.split_partials = parts.as<float>();
+          sa.split_counters = counters.as<unsigned int>();
+          std::vector<float> first_run;
+          for (int run = 0; run < 2; ++run) {
+            ASSERT_CUDA(cudaMemcpy(dk.p, k_prefix.data(), k_prefix.size() * 4, cudaMemcpyHostToDevice));
+            ASSERT_CUDA(cudaMemcpy(dv.p, v_prefix.data(), v_prefix.size() * 4, cudaMemcpyHostToDevice));
+            ASSERT_CUDA(cudaMemset(dout.p, 0, dout.bytes));
+            ASSERT_CUDA(LaunchDecodeAttentionFused(sa, dout.as<float>(), nullptr));
+            auto sk = dk.get<float>(), sv = dv.get<float>(), sy = dout.get<float>();
+            for (size_t i = 0; i < cache_floats; ++i) {
+              ASSERT_NEAR(sk[i], cache.k[i], 2e-5f * (1 + std::fabs(cache.k[i]))) << "split k cache " << i;
+              ASSERT_EQ(sv[i], cache.v[i]) << "split v cache " << i;
+            }
+            for (size_t i = 0; i < sy.size(); ++i) {
+              ASSERT_NEAR(sy[i], ref[i], 1e-4f) << nh << "x" << hd << " first " << first << " " << i;
+            }
+            if (run == 0) {
+              first_run = sy;
+            } else {
+              ASSERT_EQ(0, std::memcmp(sy.data(), first_run.data(), sy.size() * 4)) << splits << " splits";
+            }
           }
-          for (size_t i = 0; i < sy.size(); ++i) {
-            ASSERT_NEAR(sy[i], ref[i], 1e-4f) << splits << " splits, " << nh << "x" << hd << " first " << first << " " << i;
-          }
-          if (run == 0) {
-            first_run = sy;
-          } else {
-            ASSERT_EQ(0, std::memcmp(sy.data(), first_run.data(), sy.size() * 4)) << splits << " splits";
-          }
+          for (unsigned int c : counters.get<unsigned int>()) ASSERT_EQ(c, 0u) << "a split counter was left set";
         }
-        for (unsigned int c : counters.get<unsigned int>()) ASSERT_EQ(c, 0u) << "a split counter was left set";
       }
     }
   }
