@@ -246,6 +246,18 @@ __device__ void AttendRangeWide(const float* qs, const float* k_cache, const flo
   }
 }
 
+// Call with the whole block after its stores of a share: fences them, counts the block in at `counter`
+// and tells whether it is the last of `blocks` to arrive (then every block's stores are visible to it).
+__device__ bool LastToArrive(unsigned int* counter, int blocks) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(blocks) - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
 // The split form of the decode attention (args.splits >= 1): block z of a (head, sequence) attends its
 // share of the positions (AttendRangeWide) and stores (m, l, acc) in args.split_partials; the last of the
 // head's blocks to finish (a counter per head and sequence, reset by it) merges the shares in split
@@ -270,14 +282,8 @@ __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const
     const int d = threadIdx.x + i * kAttnThreads;
     if (d < hd) mine[2 + d] = acc[i];
   }
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + h;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(splits) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!LastToArrive(counter, splits)) return;
   float top = -FLT_MAX;
   for (int s = 0; s < splits; ++s) top = fmaxf(top, __ldcg(head_parts + s * stride));
   float total = 0.f, sum[kAttnMaxDims] = {};
@@ -405,7 +411,6 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
   constexpr int kWarps = kAttnThreads / 32;
   extern __shared__ float sm[];
   __shared__ float red_max[kWarps][kGroupMaxHeads], red_sum[kWarps][kGroupMaxHeads];
-  __shared__ bool last;
   PdlWait();
   PdlTrigger();
   const int hd = a.head_dim, group = a.heads / a.kv_heads, columns = group / hb;
@@ -581,13 +586,8 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
     mine[0] = mj;
     mine[1] = lj;
   }
-  __threadfence();
-  __syncthreads();
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(splits) - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!LastToArrive(counter, splits)) return;
   for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
     const int j = i / hd, d = i % hd;
     const float* head_parts = parts_of(j);
