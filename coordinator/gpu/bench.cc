@@ -18,6 +18,7 @@
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/gpu_qwen3_moe.h"
 #include "coordinator/gpu/gpu_qwen3_next.h"
+#include "coordinator/hand_over_table.h"
 #include "coordinator/sampler.h"
 #include "coordinator/worker_pool.h"
 #include "worker/gpu/cuda_check.h"
@@ -94,60 +95,6 @@ double PeakBandwidth(int device, std::string* name) {
   cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device);
   cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
   return 2.0 * clock_khz * 1e3 * bus_bits / 8.0;  // double data rate
-}
-
-// Where a layer's time goes when its experts run in worker processes, from the GPU-clock stamps of
-// every hand-over of a decode run (WorkerPool::GpuStepTimeline): p10 / median / p90 in µs.
-// `step_wall_us`: each decode step's host wall-clock time, for the part of a step outside its layers.
-std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std::vector<double> step_wall_us) {
-  std::vector<double> to_workers, first_to_workers, experts, to_coordinator, dense, period, boundary, span;
-  uint64_t step_first_tick = 0;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const WorkerPool::LayerTimes& t = steps[i];
-    auto us = [](uint64_t from, uint64_t to) { return (static_cast<double>(to) - static_cast<double>(from)) / 1e3; };
-    // A step's first MoE layer apart: its workers' gates are late if their step was launched late (the
-    // Step message, the worker's wake-up and graph launch).
-    const bool first = i == 0 || steps[i - 1].layer >= t.layer;
-    if (first && i > 0 && steps[i - 1].coordinator_open != 0 && t.tick_stored != 0) {
-      boundary.push_back(us(steps[i - 1].coordinator_open, t.tick_stored));
-    }
-    if (first) step_first_tick = t.tick_stored;
-    const bool last = i + 1 == steps.size() || steps[i + 1].layer <= t.layer;
-    if (last && step_first_tick != 0 && t.coordinator_open != 0) span.push_back(us(step_first_tick, t.coordinator_open));
-    if (t.tick_stored != 0 && t.workers_open != 0) {
-      (first ? first_to_workers : to_workers).push_back(us(t.tick_stored, t.workers_open));
-    }
-    if (t.workers_open != 0 && t.done_stored != 0) experts.push_back(us(t.workers_open, t.done_stored));
-    if (t.done_stored != 0 && t.coordinator_open != 0) to_coordinator.push_back(us(t.done_stored, t.coordinator_open));
-    // The next MoE layer of the same step (entries run layer by layer, step by step).
-    if (i + 1 < steps.size() && steps[i + 1].layer > t.layer && steps[i + 1].tick_stored != 0) {
-      if (t.coordinator_open != 0) dense.push_back(us(t.coordinator_open, steps[i + 1].tick_stored));
-      if (t.tick_stored != 0) period.push_back(us(t.tick_stored, steps[i + 1].tick_stored));
-    }
-  }
-  std::string table = "hand-over timeline, decode, per MoE layer (GPU clock; p10 / median / p90 µs):\n";
-  auto row = [&](const char* what, std::vector<double> v) {
-    if (v.empty()) {
-      table += absl::StrFormat("  %-58s not stamped (that hand-over's stream form)\n", what);
-      return;
-    }
-    std::sort(v.begin(), v.end());
-    auto at = [&](double q) { return v[static_cast<size_t>(q * (v.size() - 1))]; };
-    table += absl::StrFormat("  %-58s %7.2f %7.2f %7.2f  (%zu)\n", what, at(0.1), at(0.5), at(0.9), v.size());
-  };
-  row("first layer of a step: tick stored -> workers' gates open", first_to_workers);
-  row("router stored the tick -> the workers' gates open", to_workers);
-  row("workers' gates open -> their done counters stored (experts)", experts);
-  row("done stored -> the coordinator's gate open", to_coordinator);
-  row("coordinator's gate open -> next layer's tick (dense part)", dense);
-  row("layer period, tick to tick", period);
-  row("a step's first tick -> its last layer's coordinator gate open", span);
-  row("step boundary: that gate -> the next step's first tick", boundary);
-  row("decode step, host wall clock", std::move(step_wall_us));
-  table += "  the first steps' spans in order (µs):";
-  for (size_t i = 0; i < span.size() && i < 16; ++i) table += absl::StrFormat(" %.0f", span[i]);
-  table += "\n";
-  return table;
 }
 
 double Seconds(std::chrono::steady_clock::time_point since) {

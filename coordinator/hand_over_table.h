@@ -1,0 +1,18 @@
+// The table `pinmoe bench --timeline` prints: where a decode step's time goes when the experts run in
+// worker processes, from the GPU-clock stamps of every hand-over (WorkerPool::GpuStepTimeline).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "coordinator/worker_pool.h"
+
+namespace pinmoe {
+
+// `steps`: the LayerTimes of consecutive decode steps, layer by layer and step by step (a step starts
+// where the layer index does not grow); `step_wall_us`: each step's host wall-clock time. Prints p10 /
+// median / p90 in µs of each hand-over interval, the step's span and the gap between steps, then the
+// first steps' spans in order.
+std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std::vector<double> step_wall_us);
+
+}  // namespace pinmoe
