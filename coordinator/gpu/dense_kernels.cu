@@ -258,6 +258,29 @@ __device__ bool LastToArrive(unsigned int* counter, int blocks) {
   return last;
 }
 
+// Split `splits` of a context of `length` positions attends [begin, end) (empty for the splits past its
+// end).
+__device__ void SplitRange(int length, int split, int splits, int* begin, int* end) {
+  const int per = (length + splits - 1) / splits;
+  *begin = min(length, split * per);
+  *end = min(length, *begin + per);
+}
+
+// Dimension d of one query head's attention from its splits' shares (head_parts: per split m, l and the
+// unnormalised acc[head_dim], `stride` floats apart), read through L2: they were stored by other blocks.
+__device__ float MergeShares(const float* head_parts, int splits, size_t stride, int d) {
+  float top = -FLT_MAX;
+  for (int s = 0; s < splits; ++s) top = fmaxf(top, __ldcg(head_parts + s * stride));
+  float total = 0.f, sum = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    const float* part = head_parts + s * stride;
+    const float w = expf(__ldcg(part) - top);  // 0 for an empty share (m = -FLT_MAX)
+    total = fmaf(__ldcg(part + 1), w, total);
+    sum = fmaf(__ldcg(part + 2 + d), w, sum);
+  }
+  return sum / total;
+}
+
 // The split form of the decode attention (args.splits >= 1): block z of a (head, sequence) attends its
 // share of the positions (AttendRangeWide) and stores (m, l, acc) in args.split_partials; the last of the
 // head's blocks to finish (a counter per head and sequence, reset by it) merges the shares in split
@@ -266,8 +289,8 @@ __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const
                             int g, int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
                             float* out, float* p, float* red, float* wsum) {
   const int h = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
-  const int per = (length + splits - 1) / splits;
-  const int begin = min(length, split * per), end = min(length, begin + per);
+  int begin, end;
+  SplitRange(length, split, splits, &begin, &end);
   float m, l, acc[kAttnMaxDims];
   AttendRangeWide(qs, k_cache, v_cache, a.kv_heads, g, hd, begin, end, fresh, fresh_k, fresh_v, p, red, wsum, m, l,
                   acc);
@@ -284,23 +307,7 @@ __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const
   }
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + h;
   if (!LastToArrive(counter, splits)) return;
-  float top = -FLT_MAX;
-  for (int s = 0; s < splits; ++s) top = fmaxf(top, __ldcg(head_parts + s * stride));
-  float total = 0.f, sum[kAttnMaxDims] = {};
-  for (int s = 0; s < splits; ++s) {
-    const float* part = head_parts + s * stride;
-    const float w = expf(__ldcg(part) - top);  // 0 for an empty share (m = -FLT_MAX)
-    total = fmaf(__ldcg(part + 1), w, total);
-    for (int i = 0; i < kAttnMaxDims; ++i) {
-      const int d = threadIdx.x + i * kAttnThreads;
-      if (d < hd) sum[i] = fmaf(__ldcg(part + 2 + d), w, sum[i]);
-    }
-  }
-  const float inv = 1.0f / total;
-  for (int i = 0; i < kAttnMaxDims; ++i) {
-    const int d = threadIdx.x + i * kAttnThreads;
-    if (d < hd) out[d] = sum[i] * inv;
-  }
+  for (int d = threadIdx.x; d < hd; d += kAttnThreads) out[d] = MergeShares(head_parts, splits, stride, d);
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
 }
 
@@ -321,6 +328,24 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
                  a.out + (static_cast<size_t>(t) * a.heads + h) * hd, p, red);
 }
 
+// The decode kernels' sequence b: its position, and `a` and `out` moved to its rows and caches.
+__device__ int SelectDecodeSequence(int b, QkNormRopeCacheArgs* a, float** out) {
+  a->qkv += static_cast<size_t>(b) * a->row_stride;
+  a->k_cache += b * a->cache_seq_stride;
+  a->v_cache += b * a->cache_seq_stride;
+  *out += static_cast<size_t>(b) * a->heads * a->head_dim;
+  return a->position_dev != nullptr ? a->position_dev[b] : a->first_position;
+}
+
+// The new token's key and value of kv head g (normalised and rotated, in shared memory) into the cache.
+__device__ void AppendToCache(const QkNormRopeCacheArgs& a, int position, int g, const float* ks, const float* vs) {
+  const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * a.head_dim;
+  for (int d = threadIdx.x; d < a.head_dim; d += kAttnThreads) {
+    a.k_cache[off + d] = ks[d];
+    a.v_cache[off + d] = vs[d];
+  }
+}
+
 // Decode (one token per sequence): the q/k norm + RoPE + cache append and the attention in one kernel,
 // one block per (query head, sequence). Each block normalises and rotates its own query and its kv head's new key (the few
 // redundant dot products cost less than a dependent launch); the group's first head writes the new key
@@ -333,11 +358,7 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
   PdlWait();
   PdlTrigger();
   const int h = blockIdx.x, b = blockIdx.y, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
-  const int position = a.position_dev != nullptr ? a.position_dev[b] : a.first_position;
-  a.qkv += static_cast<size_t>(b) * a.row_stride;
-  a.k_cache += b * a.cache_seq_stride;
-  a.v_cache += b * a.cache_seq_stride;
-  out += static_cast<size_t>(b) * a.heads * hd;
+  const int position = SelectDecodeSequence(b, &a, &out);
   float* qs = sm;
   float* ks = sm + hd;
   float* vs = sm + 2 * hd;
@@ -374,13 +395,7 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
     ks[i + half] = x1 * c + x0 * s;
   }
   __syncthreads();
-  if (h % group == 0 && blockIdx.z == 0) {
-    const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
-    for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
-      a.k_cache[off + d] = ks[d];
-      a.v_cache[off + d] = vs[d];
-    }
-  }
+  if (h % group == 0 && blockIdx.z == 0) AppendToCache(a, position, g, ks, vs);
   if (a.splits >= 1) {
     AttendSplit(a, qs, a.k_cache, a.v_cache, g, hd, position + 1, position, ks, vs, out + static_cast<size_t>(h) * hd,
                 p, red, sm + 3 * hd);
@@ -417,11 +432,7 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
   const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
   const int g = x / columns, h0 = g * group + (x % columns) * hb;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = hd / 32;
-  const int position = a.position_dev != nullptr ? a.position_dev[b] : a.first_position;
-  a.qkv += static_cast<size_t>(b) * a.row_stride;
-  a.k_cache += b * a.cache_seq_stride;
-  a.v_cache += b * a.cache_seq_stride;
-  out += static_cast<size_t>(b) * a.heads * hd;
+  const int position = SelectDecodeSequence(b, &a, &out);
   float* qs = sm;                           // [hb][hd]
   float* ks = qs + hb * hd;                 // [hd]
   float* vs = ks + hd;                      // [hd]
@@ -459,16 +470,10 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
     row[r + half] = x1 * c + x0 * sn;
   }
   __syncthreads();
-  if (x % columns == 0 && split == 0) {
-    const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
-    for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
-      a.k_cache[off + d] = ks[d];
-      a.v_cache[off + d] = vs[d];
-    }
-  }
+  if (x % columns == 0 && split == 0) AppendToCache(a, position, g, ks, vs);
   const int length = position + 1, fresh = position;
-  const int per = (length + splits - 1) / splits;
-  const int begin = min(length, split * per), end = min(length, begin + per);
+  int begin, end;
+  SplitRange(length, split, splits, &begin, &end);
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   float m[kGroupMaxHeads], l[kGroupMaxHeads], part[kGroupMaxHeads][kGroupMaxPerLane];
 #pragma unroll
@@ -590,17 +595,7 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
   if (!LastToArrive(counter, splits)) return;
   for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
     const int j = i / hd, d = i % hd;
-    const float* head_parts = parts_of(j);
-    float top = -FLT_MAX;
-    for (int sp = 0; sp < splits; ++sp) top = fmaxf(top, __ldcg(head_parts + sp * stride));
-    float total = 0.f, sum = 0.f;
-    for (int sp = 0; sp < splits; ++sp) {
-      const float* part_s = head_parts + sp * stride;
-      const float w = expf(__ldcg(part_s) - top);  // 0 for an empty share (m = -FLT_MAX)
-      total = fmaf(__ldcg(part_s + 1), w, total);
-      sum = fmaf(__ldcg(part_s + 2 + d), w, sum);
-    }
-    out[static_cast<size_t>(h0 + j) * hd + d] = sum / total;
+    out[static_cast<size_t>(h0 + j) * hd + d] = MergeShares(parts_of(j), splits, stride, d);
   }
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
 }
