@@ -21,6 +21,19 @@ std::string TestData(const std::string& relative) { return EnvOr("PINMOE_TEST_DA
 std::string BinDir() { return EnvOr("PINMOE_BIN_DIR", PINMOE_BIN_DIR); }
 std::string WorkerBinary() { return BinDir() + "/pinmoe-worker"; }
 
+SessionOptions GpuSession(const std::string& dir, const std::string& device, int workers,
+                          const std::string& worker_device) {
+  SessionOptions so;
+  so.model_dir = dir;
+  so.device = device;
+  so.workers = workers;
+  so.worker_device = worker_device;
+  so.worker_binary = WorkerBinary();
+  so.register_timeout_ms = 60000;
+  so.context = 1024;
+  return so;
+}
+
 std::string Qwen3TokenizerPath() {
   const char* env = std::getenv("PINMOE_QWEN3_TOKENIZER");
   return env != nullptr && *env != '\0' ? env : PINMOE_QWEN3_TOKENIZER;

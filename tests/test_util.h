@@ -29,6 +29,12 @@ struct CommandResult {
 CommandResult RunCommandLine(const std::string& command, int timeout_seconds = 120,
                              const std::string& stdin_path = "/dev/null");
 
+// A session of the GPU path: the dense part on `device` (cuda:N), `workers` workers on `worker_device`
+// (as SessionOptions reads it; 0 workers: experts in-process), this build's worker binary, a 1,024-token
+// context and a generous registration wait.
+SessionOptions GpuSession(const std::string& dir, const std::string& device, int workers,
+                          const std::string& worker_device);
+
 // Greedy generation (ignoring end-of-sequence) with every position's logits; failures are test failures
 // and give an empty result.
 struct GreedyRun {

@@ -36,15 +36,7 @@ namespace pinmoe {
 namespace {
 
 SessionOptions Options(const std::string& dir, int workers, const std::string& worker_device) {
-  SessionOptions so;
-  so.model_dir = dir;
-  so.device = "cuda:0";
-  so.workers = workers;
-  so.worker_device = worker_device;
-  so.worker_binary = testing::BinDir() + "/pinmoe-worker";
-  so.register_timeout_ms = 60000;
-  so.context = 1024;
-  return so;
+  return testing::GpuSession(dir, "cuda:0", workers, worker_device);
 }
 
 // Logits after the prompt and after each forced token.

@@ -18,19 +18,6 @@
 namespace pinmoe {
 namespace {
 
-SessionOptions Options(const std::string& dir, const std::string& device, int workers, const std::string& worker_device) {
-  SessionOptions so;
-  so.model_dir = dir;
-  so.device = device;
-  so.workers = workers;
-  so.worker_device = worker_device;
-  so.worker_binary = testing::BinDir() + "/pinmoe-worker";
-  so.register_timeout_ms = 60000;
-  so.step_timeout_ms = 60000;
-  so.context = 1024;
-  return so;
-}
-
 void ExpectSameLogits(const testing::GreedyRun& got, const testing::GreedyRun& want, const std::string& what) {
   ASSERT_EQ(got.logits.size(), want.logits.size()) << what;
   EXPECT_EQ(got.ids, want.ids) << what;
@@ -54,19 +41,19 @@ TEST_P(TwoGpus, ExpertsOnTheOtherGpuGiveTheInProcessResults) {
   const std::vector<int32_t> want = c["greedy_ids"].get<std::vector<int32_t>>();
   const int steps = static_cast<int>(want.size());
 
-  const testing::GreedyRun in_process = testing::Greedy(Options(dir, "cuda:0", 0, "cpu"), prompt, steps);
+  auto run = [&](const char* device, int workers, const char* worker_device) {
+    return testing::Greedy(testing::GpuSession(dir, device, workers, worker_device), prompt, steps);
+  };
+  const testing::GreedyRun in_process = run("cuda:0", 0, "cpu");
   if (GetParam().find("f32") != std::string::npos) ASSERT_EQ(in_process.ids, want);
   ASSERT_EQ(in_process.logits.size(), want.size());
 
-  ExpectSameLogits(testing::Greedy(Options(dir, "cuda:1", 0, "cpu"), prompt, steps), in_process,
-                   "coordinator on cuda:1, experts in-process");
-  ExpectSameLogits(testing::Greedy(Options(dir, "cuda:0", 1, "cuda:1"), prompt, steps), in_process,
-                   "coordinator on cuda:0, 1 worker on cuda:1");
-  ExpectSameLogits(testing::Greedy(Options(dir, "cuda:1", 1, "cuda:0"), prompt, steps), in_process,
-                   "coordinator on cuda:1, 1 worker on cuda:0");
-  ExpectSameLogits(testing::Greedy(Options(dir, "cuda:0", 2, "cuda:1,cuda:0"), prompt, steps), in_process,
+  ExpectSameLogits(run("cuda:1", 0, "cpu"), in_process, "coordinator on cuda:1, experts in-process");
+  ExpectSameLogits(run("cuda:0", 1, "cuda:1"), in_process, "coordinator on cuda:0, 1 worker on cuda:1");
+  ExpectSameLogits(run("cuda:1", 1, "cuda:0"), in_process, "coordinator on cuda:1, 1 worker on cuda:0");
+  ExpectSameLogits(run("cuda:0", 2, "cuda:1,cuda:0"), in_process,
                    "coordinator on cuda:0, workers on cuda:1 and cuda:0");
-  SessionOptions planned = Options(dir, "cuda:0", 0, "cpu");
+  SessionOptions planned = testing::GpuSession(dir, "cuda:0", 0, "cpu");
   auto budgets = ParseDeviceBudgets("0,1", "0=8GiB,1=8GiB", "");
   ASSERT_TRUE(budgets.ok()) << budgets.status();
   planned.devices = *budgets;
