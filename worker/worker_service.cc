@@ -6,13 +6,13 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <thread>
 
 #include "common/str_cat.h"
 #include "common/device_name.h"
+#include "common/env.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/shared_memory.h"
@@ -36,10 +36,7 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 // How long the worker polls for the next Step without blocking (see Run); PINMOE_WORKER_HOT_POLL_MS
 // overrides it (A/B measurements; 0 turns it off).
 std::chrono::milliseconds HotPoll() {
-  static const std::chrono::milliseconds poll{[] {
-    const char* v = std::getenv("PINMOE_WORKER_HOT_POLL_MS");
-    return v != nullptr && v[0] != '\0' ? std::max(0, std::atoi(v)) : 50;
-  }()};
+  static const std::chrono::milliseconds poll{std::max(0, EnvInt("PINMOE_WORKER_HOT_POLL_MS", 50))};
   return poll;
 }
 

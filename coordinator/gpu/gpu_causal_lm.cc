@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "common/env.h"
 #include "common/str_cat.h"
 #include "coordinator/gpu/flash_attention.h"
 #include "coordinator/layers.h"
@@ -18,11 +19,7 @@ constexpr int kFlashMinTokens = 16;
 // The decode attention's form (QkNormRopeCacheArgs::splits): 0 (one block per head attends every
 // position) unless PINMOE_ATTN_SPLITS asks for the split form with that many blocks per head, for A/B
 // measurements (bench/NOTES.md).
-int AttnSplits() {
-  const char* v = std::getenv("PINMOE_ATTN_SPLITS");
-  if (v == nullptr || v[0] == '\0') return 0;
-  return std::clamp(std::atoi(v), 0, kAttnMaxSplits);
-}
+int AttnSplits() { return std::clamp(EnvInt("PINMOE_ATTN_SPLITS", 0), 0, kAttnMaxSplits); }
 
 // PINMOE_ATTN_GROUPED=1: the split form's grouped variant (QkNormRopeCacheArgs::grouped), for A/B.
 bool AttnGrouped() {

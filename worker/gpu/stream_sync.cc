@@ -10,6 +10,7 @@
 #include <string_view>
 #include <thread>
 
+#include "common/env.h"
 #include "common/status.h"
 #include "common/str_cat.h"
 #include "worker/gpu/counter_kernels.h"
@@ -104,11 +105,7 @@ WriteForm Writes() {
 }  // namespace
 
 int ResidentGridMargin() {
-  static const int margin = [] {
-    const char* v = std::getenv("PINMOE_GRID_MARGIN");
-    if (v != nullptr && v[0] != '\0') return std::max(0, std::atoi(v));
-    return KernelWaits() ? kGateSlots : 0;
-  }();
+  static const int margin = std::max(0, EnvInt("PINMOE_GRID_MARGIN", KernelWaits() ? kGateSlots : 0));
   return margin;
 }
 
