@@ -1,7 +1,8 @@
 // Decode attention on the GPU (q/k norm, RoPE, cache append and attention of one new token per layer,
 // LaunchDecodeAttentionFused) at a given context, in its forms: one block per head (splits 0), the
-// split form with 1 to 32 blocks per head (PINMOE_ATTN_SPLITS in the model) and its grouped variant, 1 to
-// 32 blocks per kv head's column of query heads (PINMOE_ATTN_GROUPED=1).
+// per-head split form with 1 to 32 blocks per head (PINMOE_ATTN_SPLITS=S PINMOE_ATTN_GROUPED=0 in the
+// model) and the grouped split form, up to S blocks per column of a kv head's query heads, one per 256
+// positions (the model's default, S = 32).
 //
 // Shapes: Qwen3-30B-A3B (32 query heads, 4 kv heads, head_dim 128) and Qwen3-Next-80B-A3B's gated
 // attention (16 / 2 / 256, a quarter of the dimensions rotated). Each layer has its own fp32 cache, and

@@ -70,6 +70,8 @@ StepBuffers StepBufferBytes(const ModelConfig& c, uint32_t tokens) {
   StepBuffers b;
   // GpuCausalLm: x, router logits and weights (ids and positions are a few KB), one row of logits.
   uint64_t floats = t * (h + experts + k) + static_cast<uint64_t>(c.vocab_size);
+  // The decode attention's split shares and counters (kAttnMaxSplits = 32 per head, dense_kernels.h).
+  if (hd % 32 == 0) floats += nh * 32 * (hd + 2) + nh;
   uint64_t widest_gemm = std::max(h, nh * hd);  // LinearRunner::Reserve's width
   if (c.architecture == Architecture::kQwen3Next) {
     const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;

@@ -67,8 +67,10 @@ TEST(Plan, StepBuffersAreCountedOnTheDenseDeviceAndExpertScratchOnEachGpu) {
   const ModelConfig c = Qwen3_30B();
   const uint64_t t = 2048;
   const StepBuffers b = StepBufferBytes(c, static_cast<uint32_t>(t));
-  // x, router logits, route weights, qkv, q, attn, gate/up, act (fp32), one row of logits.
-  EXPECT_EQ(b.model, 4 * (t * (2048 + 128 + 8 + 40 * 128 + 32 * 128 + 32 * 128 + 2 * 6144 + 6144) + 151936));
+  // x, router logits, route weights, qkv, q, attn, gate/up, act (fp32), one row of logits, and the
+  // decode attention's shares (32 splits of 32 heads, each a max, a sum and 128 dimensions) and counters.
+  EXPECT_EQ(b.model, 4 * (t * (2048 + 128 + 8 + 40 * 128 + 32 * 128 + 32 * 128 + 2 * 6144 + 6144) + 151936 +
+                          32 * 32 * 130 + 32));
   EXPECT_EQ(b.linear, t * 6144 * 6);                          // fp32 rows and their bf16 copy
   EXPECT_EQ(b.expert_io, t * (2048 + 8 * 2048) * 4 + t * 8 * 4);  // input, an output row per pair, routing
   EXPECT_EQ(b.expert_scratch, t * 8 * 768 * 6);                // fp32 activations and the bf16 copy

@@ -101,6 +101,17 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
+// The decode attention's form, for the header line.
+std::string AttentionForm(const GpuCausalLm& model) {
+  const int splits = model.attention_splits();
+  if (splits == 0) return ", attention one block per head";
+  switch (model.attention_grouped_mode()) {
+    case 0: return StrCat(", attention in ", splits, " split(s) per head");
+    case 1: return StrCat(", attention grouped in up to ", splits, " split(s)");
+    default: return StrCat(", attention by context (per head in up to 8 splits, grouped in up to ", splits, ")");
+  }
+}
+
 }  // namespace
 
 absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& log) {
@@ -248,11 +259,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
                          o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
                          o.delta_form == "auto" ? std::string() : StrCat(", DeltaNet ", o.delta_form),
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
-                         model->attention_splits() > 0
-                             ? StrCat(", attention in ", model->attention_splits(),
-                                      model->attention_grouped() ? " split(s) per kv head (grouped)"
-                                                                 : " block(s) per head")
-                             : std::string(),
+                         AttentionForm(*model),
                          o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),
                          o.workers == 0 ? std::string("in-process")
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));

@@ -405,15 +405,21 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
                  out + static_cast<size_t>(h) * hd, p, red);
 }
 
-// The grouped split form (args.grouped): one block per (kv head, sequence, split) serves `hb` of the
-// kv head's query heads at once, so each of its keys and values is read once for all of them instead of
-// once per query head. Per chunk of keys: a thread per key scores it against the hb queries; per query
-// head, the chunk's max and sum meet over the warps in warp order; in the V pass each warp takes every
-// fourth key and each lane head_dim / 32 dimensions of every query head. The shares of the positions
-// are merged as in AttendSplit, per query head, by the last of a block column's splits.
-constexpr int kGroupMaxHeads = 8, kGroupMaxPerLane = kAttnMaxDims * kAttnThreads / 32;
+// The grouped split form (args.grouped): one block per (column of `HB` query heads of a kv head,
+// sequence, split) reads each key and value once for all HB heads. The block's 8 warps take equal
+// parts of the split's positions and work independently, 32 keys per round: in the score pass a lane
+// per key reads its row 16 bytes at a time (a whole row's loads in flight) against the HB queries in
+// shared memory; each warp keeps its own online softmax (per-lane sums, the max over the warp); in the V
+// pass each lane holds head_dim / 32 = PL contiguous dimensions of every head and the loads of 8 keys
+// are in flight at once. The warps' shares meet in warp order, the splits' in split order (the last
+// block of a column to finish merges them), so the result does not depend on timing. How many of the
+// grid's splits take part follows the context: one per kGroupedKeysPerSplit positions, at most
+// gridDim.z (the rest return at once), so short contexts pay no empty blocks' merges.
+constexpr int kGroupMaxHeads = 8, kGroupedWarps = 8, kGroupedThreads = 32 * kGroupedWarps, kGroupedTile = 32;
+constexpr int kGroupedKeysPerSplit = kGroupedWarps * kGroupedTile;
 
-// Query heads per block: the largest of 8, 4, 2, 1 that divides the group and keeps hb * head_dim <= 1024.
+// Query heads per block: the largest of 8, 4, 2, 1 that divides the group and keeps hb * head_dim <= 1024
+// (32 accumulators a lane).
 inline int GroupedHeadsPerBlock(int group, int head_dim) {
   for (int hb = kGroupMaxHeads; hb > 1; hb /= 2) {
     if (group % hb == 0 && hb * head_dim <= 1024) return hb;
@@ -421,36 +427,95 @@ inline int GroupedHeadsPerBlock(int group, int head_dim) {
   return 1;
 }
 
-__global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkNormRopeCacheArgs a, float* out,
-                                                                             int hb) {
-  constexpr int kWarps = kAttnThreads / 32;
-  extern __shared__ float sm[];
-  __shared__ float red_max[kWarps][kGroupMaxHeads], red_sum[kWarps][kGroupMaxHeads];
+__device__ int GroupedActiveSplits(int length, int max_splits) {
+  return max(1, min(max_splits, (length + kGroupedKeysPerSplit - 1) / kGroupedKeysPerSplit));
+}
+
+// Floats of the grouped kernel's shared memory: HB query rows, the new key and value, the warps'
+// probabilities ([warp][key][HB]), maxima and sums ([warp][HB]) and sums of V ([warp][HB][hd]).
+inline size_t GroupedSharedFloats(int hb, int hd) {
+  return static_cast<size_t>(hb) * hd + 2 * hd + kGroupedWarps * kGroupedTile * hb + 2 * kGroupedWarps * hb +
+         static_cast<size_t>(kGroupedWarps) * hb * hd;
+}
+
+template <int PL>
+__device__ void LoadLaneDims(const float* p, float (&v)[PL]) {
+  if constexpr (PL % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < PL; i += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(p + i);
+      v[i] = x.x;
+      v[i + 1] = x.y;
+      v[i + 2] = x.z;
+      v[i + 3] = x.w;
+    }
+  } else if constexpr (PL == 2) {
+    const float2 x = *reinterpret_cast<const float2*>(p);
+    v[0] = x.x;
+    v[1] = x.y;
+  } else {
+    v[0] = *p;
+  }
+}
+
+// One key row (hd = 32 * PL floats, 16-byte aligned) against the HB query rows in shared memory.
+template <int HB, int PL>
+__device__ void ScoreRow(const float4* row, const float4* q4, float (&dot)[HB]) {
+  constexpr int kRow4 = PL * 8, kGroup4 = kRow4 < 32 ? kRow4 : 32;
+#pragma unroll 1
+  for (int c0 = 0; c0 < kRow4; c0 += kGroup4) {
+    float4 kv[kGroup4];
+#pragma unroll
+    for (int c = 0; c < kGroup4; ++c) kv[c] = row[c0 + c];
+#pragma unroll
+    for (int c = 0; c < kGroup4; ++c) {
+#pragma unroll
+      for (int j = 0; j < HB; ++j) {
+        const float4 qv = q4[j * kRow4 + c0 + c];
+        dot[j] = fmaf(qv.x, kv[c].x, dot[j]);
+        dot[j] = fmaf(qv.y, kv[c].y, dot[j]);
+        dot[j] = fmaf(qv.z, kv[c].z, dot[j]);
+        dot[j] = fmaf(qv.w, kv[c].w, dot[j]);
+      }
+    }
+  }
+}
+
+template <int HB, int PL>
+__global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKernel(QkNormRopeCacheArgs a, float* out) {
+  constexpr int kWarps = kGroupedWarps, hd = 32 * PL;
+  extern __shared__ float4 sm4[];
+  float* sm = reinterpret_cast<float*>(sm4);
   PdlWait();
   PdlTrigger();
-  const int hd = a.head_dim, group = a.heads / a.kv_heads, columns = group / hb;
-  const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
-  const int g = x / columns, h0 = g * group + (x % columns) * hb;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = hd / 32;
+  const int group = a.heads / a.kv_heads, columns = group / HB;
+  const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
+  const int g = x / columns, h0 = g * group + (x % columns) * HB;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int position = SelectDecodeSequence(b, &a, &out);
-  float* qs = sm;                           // [hb][hd]
-  float* ks = qs + hb * hd;                 // [hd]
-  float* vs = ks + hd;                      // [hd]
-  float* p = vs + hd;                       // [hb][kAttnChunk]
-  float* wsum = p + hb * kAttnChunk;        // [kWarps][hb][hd]
-  for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
+  const int length = position + 1, fresh = position;
+  const int splits = GroupedActiveSplits(length, gridDim.z);
+  if (split >= splits) return;  // the whole block: this context needs fewer splits
+  float* qs = sm;                             // [HB][hd]
+  float* ks = qs + HB * hd;                   // [hd]
+  float* vs = ks + hd;                        // [hd]
+  float* pw = vs + hd;                        // [kWarps][kGroupedTile][HB]
+  float* wm = pw + kWarps * kGroupedTile * HB;  // [kWarps][HB]
+  float* wl = wm + kWarps * HB;               // [kWarps][HB]
+  float* wacc = wl + kWarps * HB;             // [kWarps][HB][hd]
+  for (int i = threadIdx.x; i < HB * hd; i += kGroupedThreads) {
     const int j = i / hd, d = i % hd;
     qs[i] = a.qkv[a.q_offset + static_cast<size_t>(h0 + j) * a.q_head_stride + d];
   }
-  for (int d = threadIdx.x; d < hd; d += kAttnThreads) {
+  for (int d = threadIdx.x; d < hd; d += kGroupedThreads) {
     ks[d] = a.qkv[a.k_offset + static_cast<size_t>(g) * hd + d];
     vs[d] = a.qkv[a.v_offset + static_cast<size_t>(g) * hd + d];
   }
   __syncthreads();
-  // RMS norms: row j < hb is query head h0 + j, row hb the key; a warp per row.
-  for (int j = warp; j <= hb; j += kWarps) {
-    float* row = j < hb ? qs + j * hd : ks;
-    const float* w = j < hb ? a.q_norm : a.k_norm;
+  // RMS norms: row j < HB is query head h0 + j, row HB the key; a warp per row.
+  for (int j = warp; j <= HB; j += kWarps) {
+    float* row = j < HB ? qs + j * hd : ks;
+    const float* w = j < HB ? a.q_norm : a.k_norm;
     float ss = 0.f;
     for (int d = lane; d < hd; d += 32) ss = fmaf(row[d], row[d], ss);
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
@@ -459,9 +524,9 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
   }
   __syncthreads();
   const int half = a.rotary_dim / 2;
-  for (int i = threadIdx.x; i < (hb + 1) * half; i += kAttnThreads) {
+  for (int i = threadIdx.x; i < (HB + 1) * half; i += kGroupedThreads) {
     const int j = i / half, r = i % half;
-    float* row = j < hb ? qs + j * hd : ks;
+    float* row = j < HB ? qs + j * hd : ks;
     const float angle = static_cast<float>(position) * a.inv_freq[r];
     const float c = static_cast<float>(cos(static_cast<double>(angle)));
     const float sn = static_cast<float>(sin(static_cast<double>(angle)));
@@ -470,134 +535,151 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionGroupedKernel(QkN
     row[r + half] = x1 * c + x0 * sn;
   }
   __syncthreads();
-  if (x % columns == 0 && split == 0) AppendToCache(a, position, g, ks, vs);
-  const int length = position + 1, fresh = position;
-  int begin, end;
+  if (x % columns == 0 && split == 0) {
+    const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
+    for (int d = threadIdx.x; d < hd; d += kGroupedThreads) {
+      a.k_cache[off + d] = ks[d];
+      a.v_cache[off + d] = vs[d];
+    }
+  }
+  // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
+  // from shared memory: the block that appends it to the cache runs alongside.
+  int begin, end, wb, we;
   SplitRange(length, split, splits, &begin, &end);
+  SplitRange(end - begin, warp, kWarps, &wb, &we);
+  const int wbegin = begin + wb, wend = begin + we;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  float m[kGroupMaxHeads], l[kGroupMaxHeads], part[kGroupMaxHeads][kGroupMaxPerLane];
+  const size_t key_stride = static_cast<size_t>(a.kv_heads) * hd;
+  const float* k_rows = a.k_cache + static_cast<size_t>(g) * hd;
+  const float* v_rows = a.v_cache + static_cast<size_t>(g) * hd;
+  const float4* q4 = reinterpret_cast<const float4*>(qs);
+  float* my_p = pw + warp * kGroupedTile * HB;
+  float m[HB], l[HB], acc[HB][PL];
 #pragma unroll
-  for (int j = 0; j < kGroupMaxHeads; ++j) {
+  for (int j = 0; j < HB; ++j) {
     m[j] = -FLT_MAX;
     l[j] = 0.f;
 #pragma unroll
-    for (int i = 0; i < kGroupMaxPerLane; ++i) part[j][i] = 0.f;
+    for (int i = 0; i < PL; ++i) acc[j][i] = 0.f;
   }
-  for (int c0 = begin; c0 < end; c0 += kAttnChunk) {
-    const int n = min(kAttnChunk, end - c0), t = threadIdx.x;
-    float score[kGroupMaxHeads];
+  for (int k0 = wbegin; k0 < wend; k0 += kGroupedTile) {
+    const int key = k0 + lane, n = min(kGroupedTile, wend - k0);
+    const bool valid = key < wend;
+    float dot[HB];
 #pragma unroll
-    for (int j = 0; j < kGroupMaxHeads; ++j) score[j] = -FLT_MAX;
-    if (t < n) {
-      const int key = c0 + t;
-      const float4* k4 = reinterpret_cast<const float4*>(
-          key == fresh ? ks : a.k_cache + (static_cast<size_t>(key) * a.kv_heads + g) * hd);
-      float dot[kGroupMaxHeads];
-#pragma unroll
-      for (int j = 0; j < kGroupMaxHeads; ++j) dot[j] = 0.f;
-#pragma unroll 4
-      for (int c = 0; c < hd / 4; ++c) {
-        const float4 kv = k4[c];
-#pragma unroll
-        for (int j = 0; j < kGroupMaxHeads; ++j) {
-          if (j < hb) {
-            const float4 qv = reinterpret_cast<const float4*>(qs + j * hd)[c];
-            dot[j] = fmaf(qv.x, kv.x, dot[j]);
-            dot[j] = fmaf(qv.y, kv.y, dot[j]);
-            dot[j] = fmaf(qv.z, kv.z, dot[j]);
-            dot[j] = fmaf(qv.w, kv.w, dot[j]);
-          }
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kGroupMaxHeads; ++j) score[j] = dot[j] * scale;
+    for (int j = 0; j < HB; ++j) dot[j] = 0.f;
+    if (valid && key != fresh) {
+      ScoreRow<HB, PL>(reinterpret_cast<const float4*>(k_rows + key * key_stride), q4, dot);
+    } else if (valid) {
+      ScoreRow<HB, PL>(reinterpret_cast<const float4*>(ks), q4, dot);
     }
 #pragma unroll
-    for (int j = 0; j < kGroupMaxHeads; ++j) {
-      float v = score[j];
-      for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-      if (lane == 0) red_max[warp][j] = v;
+    for (int j = 0; j < HB; ++j) {
+      const float s = valid ? dot[j] * scale : -FLT_MAX;
+      float top = s;
+      for (int o = 16; o > 0; o >>= 1) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
+      const float new_m = fmaxf(m[j], top);
+      const float rescale = expf(m[j] - new_m);
+      const float e = valid ? expf(s - new_m) : 0.f;
+      l[j] = fmaf(l[j], rescale, e);
+      m[j] = new_m;
+#pragma unroll
+      for (int i = 0; i < PL; ++i) acc[j][i] *= rescale;
+      my_p[lane * HB + j] = e;
     }
-    __syncthreads();
-    float e[kGroupMaxHeads], new_m[kGroupMaxHeads];
+    __syncwarp();
+    // The fresh position, if in this round, is its last key.
+    const int from_cache = fresh < k0 + n ? n - 1 : n;
+#pragma unroll 8
+    for (int t = 0; t < from_cache; ++t) {
+      float v[PL];
+      LoadLaneDims<PL>(v_rows + (k0 + t) * key_stride + lane * PL, v);
 #pragma unroll
-    for (int j = 0; j < kGroupMaxHeads; ++j) {
-      float cm = red_max[0][j];
-      for (int w = 1; w < kWarps; ++w) cm = fmaxf(cm, red_max[w][j]);
-      new_m[j] = fmaxf(m[j], cm);
-      e[j] = t < n ? expf(score[j] - new_m[j]) : 0.f;
-      if (t < n && j < hb) p[j * kAttnChunk + t] = e[j];
-      float v = e[j];
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) red_sum[warp][j] = v;
-    }
-    __syncthreads();  // publishes p and the sums
+      for (int j = 0; j < HB; ++j) {
+        const float pk = my_p[t * HB + j];
 #pragma unroll
-    for (int j = 0; j < kGroupMaxHeads; ++j) {
-      float cs = 0.f;
-      for (int w = 0; w < kWarps; ++w) cs += red_sum[w][j];
-      const float rescale = expf(m[j] - new_m[j]);
-      l[j] = l[j] * rescale + cs;
-      m[j] = new_m[j];
-#pragma unroll
-      for (int i = 0; i < kGroupMaxPerLane; ++i) part[j][i] *= rescale;
-    }
-    for (int k = warp; k < n; k += kWarps) {
-      const int key = c0 + k;
-      const float* vr = key == fresh ? vs : a.v_cache + (static_cast<size_t>(key) * a.kv_heads + g) * hd;
-      float v[kGroupMaxPerLane];
-#pragma unroll
-      for (int i = 0; i < kGroupMaxPerLane; ++i) v[i] = i < per_lane ? vr[lane + 32 * i] : 0.f;
-#pragma unroll
-      for (int j = 0; j < kGroupMaxHeads; ++j) {
-        if (j < hb) {
-          const float pk = p[j * kAttnChunk + k];
-#pragma unroll
-          for (int i = 0; i < kGroupMaxPerLane; ++i) part[j][i] = fmaf(pk, v[i], part[j][i]);
-        }
+        for (int i = 0; i < PL; ++i) acc[j][i] = fmaf(pk, v[i], acc[j][i]);
       }
     }
-    __syncthreads();  // p and the reduction slots are rewritten by the next chunk
+    if (from_cache < n) {
+      float v[PL];
+      LoadLaneDims<PL>(vs + lane * PL, v);
+#pragma unroll
+      for (int j = 0; j < HB; ++j) {
+        const float pk = my_p[(n - 1) * HB + j];
+#pragma unroll
+        for (int i = 0; i < PL; ++i) acc[j][i] = fmaf(pk, v[i], acc[j][i]);
+      }
+    }
+    __syncwarp();  // my_p is rewritten by the next round
   }
-  // This block's share, per query head: the warps' sums in warp order.
+  // The warps' shares, then the block's (in warp order), into this split's slot.
 #pragma unroll
-  for (int j = 0; j < kGroupMaxHeads; ++j) {
-    if (j < hb) {
-#pragma unroll
-      for (int i = 0; i < kGroupMaxPerLane; ++i) {
-        if (i < per_lane) wsum[(warp * hb + j) * hd + lane + 32 * i] = part[j][i];
-      }
+  for (int j = 0; j < HB; ++j) {
+    float s = l[j];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+      wm[warp * HB + j] = m[j];
+      wl[warp * HB + j] = s;
     }
+#pragma unroll
+    for (int i = 0; i < PL; ++i) wacc[(warp * HB + j) * hd + lane * PL + i] = acc[j][i];
   }
   __syncthreads();
   const size_t stride = static_cast<size_t>(hd) + 2;
-  auto parts_of = [&](int j) { return a.split_partials + (static_cast<size_t>(b) * a.heads + h0 + j) * splits * stride; };
-  for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
+  auto parts_of = [&](int j) {
+    return a.split_partials + (static_cast<size_t>(b) * a.heads + h0 + j) * gridDim.z * stride;
+  };
+  for (int i = threadIdx.x; i < HB * hd; i += kGroupedThreads) {
     const int j = i / hd, d = i % hd;
-    float sum = 0.f;
-    for (int w = 0; w < kWarps; ++w) sum += wsum[(w * hb + j) * hd + d];
-    parts_of(j)[split * stride + 2 + d] = sum;
-  }
-  if (threadIdx.x < hb) {
-    float mj = 0.f, lj = 0.f;
-#pragma unroll
-    for (int j = 0; j < kGroupMaxHeads; ++j) {
-      if (j == static_cast<int>(threadIdx.x)) {
-        mj = m[j];
-        lj = l[j];
-      }
+    float top = -FLT_MAX;
+    for (int w = 0; w < kWarps; ++w) top = fmaxf(top, wm[w * HB + j]);
+    float total = 0.f, sum = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = expf(wm[w * HB + j] - top);  // 0 for an empty share unless all are empty
+      total = fmaf(wl[w * HB + j], f, total);
+      sum = fmaf(wacc[(w * HB + j) * hd + d], f, sum);
     }
-    float* mine = parts_of(threadIdx.x) + split * stride;
-    mine[0] = mj;
-    mine[1] = lj;
+    float* mine = parts_of(j) + split * stride;
+    mine[2 + d] = sum;
+    if (d == 0) {
+      mine[0] = top;
+      mine[1] = total;
+    }
   }
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
   if (!LastToArrive(counter, splits)) return;
-  for (int i = threadIdx.x; i < hb * hd; i += kAttnThreads) {
+  for (int i = threadIdx.x; i < HB * hd; i += kGroupedThreads) {
     const int j = i / hd, d = i % hd;
     out[static_cast<size_t>(h0 + j) * hd + d] = MergeShares(parts_of(j), splits, stride, d);
   }
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
+}
+
+template <int HB, int PL>
+cudaError_t LaunchGroupedDecodeAttention(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
+  const int group = a.heads / a.kv_heads;
+  const size_t smem = GroupedSharedFloats(HB, 32 * PL) * sizeof(float);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(DecodeAttentionGroupedKernel<HB, PL>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  return LaunchPdl(DecodeAttentionGroupedKernel<HB, PL>, dim3(a.kv_heads * (group / HB), a.batch, a.splits),
+                   dim3(kGroupedThreads), smem, stream, a, out);
+}
+
+template <int HB>
+cudaError_t LaunchGroupedByDims(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
+  switch (a.head_dim / 32) {
+    case 1: return LaunchGroupedDecodeAttention<HB, 1>(a, out, stream);
+    case 2: return LaunchGroupedDecodeAttention<HB, 2>(a, out, stream);
+    case 4: return LaunchGroupedDecodeAttention<HB, 4>(a, out, stream);
+    case 8:
+      if constexpr (HB * 8 <= 32) return LaunchGroupedDecodeAttention<HB, 8>(a, out, stream);
+      return cudaErrorInvalidValue;
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 __global__ void EmbedKernel(const void* table, bool bf16, const int32_t* ids, int hidden, float* x) {
@@ -780,6 +862,12 @@ cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t str
   return LaunchPdl(AttentionKernel, dim3(a.heads, tokens), dim3(kAttnThreads), a.head_dim * sizeof(float), stream, a);
 }
 
+bool DecodeAttentionGroupedSupports(int heads, int kv_heads, int head_dim) {
+  if (kv_heads <= 0 || heads % kv_heads != 0 || head_dim % 32 != 0) return false;
+  const int pl = head_dim / 32, hb = GroupedHeadsPerBlock(heads / kv_heads, head_dim);
+  return (pl == 1 || pl == 2 || pl == 4 || pl == 8) && hb * pl <= 32;
+}
+
 cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads ||
       a.rotary_dim % 2 != 0 || a.rotary_dim > a.head_dim || a.batch < 1 ||
@@ -790,17 +878,12 @@ cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out,
   }
   if (a.splits >= 1 && a.grouped) {
     const int group = a.heads / a.kv_heads, hb = GroupedHeadsPerBlock(group, a.head_dim);
-    // hb query rows, the key and value, hb rows of probabilities, the warps' sums of hb rows.
-    const size_t smem =
-        (static_cast<size_t>(hb) * a.head_dim + 2 * a.head_dim + static_cast<size_t>(hb) * kAttnChunk +
-         static_cast<size_t>(kAttnThreads / 32) * hb * a.head_dim) * sizeof(float);
-    if (smem > 48 * 1024) {
-      const cudaError_t err = cudaFuncSetAttribute(DecodeAttentionGroupedKernel,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
+    switch (hb) {
+      case 8: return LaunchGroupedByDims<8>(a, out, stream);
+      case 4: return LaunchGroupedByDims<4>(a, out, stream);
+      case 2: return LaunchGroupedByDims<2>(a, out, stream);
+      default: return LaunchGroupedByDims<1>(a, out, stream);
     }
-    return LaunchPdl(DecodeAttentionGroupedKernel, dim3(a.kv_heads * (group / hb), a.batch, a.splits),
-                     dim3(kAttnThreads), smem, stream, a, out, hb);
   }
   // q, k, v of the new token; the split form's per-warp sums after them.
   const size_t smem = static_cast<size_t>(a.splits >= 1 ? 7 : 3) * a.head_dim * sizeof(float);

@@ -46,8 +46,9 @@ struct QkNormRopeCacheArgs {
   // head_dim, splits) floats, split_counters batch * heads counters, zeroed before the first launch (each
   // launch leaves them zeroed); launches sharing them must not overlap.
   int splits = 0;
-  // With splits >= 1: each block serves up to 8 query heads of one kv head, reading each key and value
-  // once for all of them (the grouped split form).
+  // With splits >= 1 (and DecodeAttentionGroupedSupports): each block serves up to 8 query heads of one
+  // kv head, reading each key and value once for all of them, and `splits` is the most blocks per
+  // column of heads: a context of n positions uses one per 256 of them (the grouped split form).
   bool grouped = false;
   float* split_partials = nullptr;
   unsigned int* split_counters = nullptr;
@@ -57,6 +58,9 @@ inline size_t AttnSplitPartialFloats(int batch, int heads, int head_dim, int spl
   return static_cast<size_t>(batch) * heads * splits * (static_cast<size_t>(head_dim) + 2);
 }
 cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& args, int tokens, cudaStream_t stream);
+// Whether the grouped split form serves this shape: head_dim of 32, 64, 128 or 256 (at most 4 query
+// heads a block at 256).
+bool DecodeAttentionGroupedSupports(int heads, int kv_heads, int head_dim);
 
 // Causal grouped-query attention: query token t (at first_position + t) attends cache positions
 // 0..first_position + t. q, out: [tokens, heads, head_dim]; head_dim <= 256.

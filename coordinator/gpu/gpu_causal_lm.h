@@ -76,10 +76,11 @@ class GpuCausalLm : public CausalLm {
   int max_context() const override { return max_context_; }
   const ModelConfig& config() const override { return config_; }
   uint64_t weight_bytes() const { return weights_->bytes(); }
-  // The decode attention's form: 0 one block per head, else blocks per head of the split form (grouped:
-  // each block serving several query heads of one kv head).
+  // The decode attention's form: 0 one block per head, else the most blocks per head (per-head split
+  // form) or per column of query heads (grouped split form); grouped mode -1: by the step's context
+  // (gpu_causal_lm.cc), 0: never, 1: always.
   int attention_splits() const { return attn_splits_; }
-  bool attention_grouped() const { return attn_grouped_; }
+  int attention_grouped_mode() const { return attn_grouped_mode_; }
 
  protected:
   GpuCausalLm() = default;
@@ -168,7 +169,10 @@ class GpuCausalLm : public CausalLm {
   unsigned long long* topk_partial_ = nullptr;  // [TopKPartialKeys(vocab)]
   // The decode attention's splits per head (QkNormRopeCacheArgs::splits) and their scratch.
   int attn_splits_ = 0;
-  bool attn_grouped_ = false;
+  int attn_grouped_mode_ = 0;
+  // This step's form, chosen in Submit (the decode graphs are keyed by it).
+  int step_attn_splits_ = 0;
+  bool step_attn_grouped_ = false;
   float* attn_partials_ = nullptr;
   unsigned int* attn_counters_ = nullptr;
   unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]
@@ -176,8 +180,10 @@ class GpuCausalLm : public CausalLm {
   // Decode graphs, captured on first use.
   struct GraphKey {
     int variant, output, seq, batch, top_k;
+    bool grouped_attention;
     bool operator<(const GraphKey& o) const {
-      return std::tie(variant, output, seq, batch, top_k) < std::tie(o.variant, o.output, o.seq, o.batch, o.top_k);
+      return std::tie(variant, output, seq, batch, top_k, grouped_attention) <
+             std::tie(o.variant, o.output, o.seq, o.batch, o.top_k, o.grouped_attention);
     }
   };
   std::map<GraphKey, cudaGraphExec_t> graphs_;
