@@ -102,13 +102,15 @@ double Seconds(std::chrono::steady_clock::time_point since) {
 }
 
 // The decode attention's form, for the header line.
-std::string AttentionForm(const GpuCausalLm& model) {
+std::string DescribeAttention(const GpuCausalLm& model) {
   const int splits = model.attention_splits();
   if (splits == 0) return ", attention one block per head";
   switch (model.attention_grouped_mode()) {
     case 0: return StrCat(", attention in ", splits, " split(s) per head");
     case 1: return StrCat(", attention grouped in up to ", splits, " split(s)");
-    default: return StrCat(", attention by context (per head in up to 8 splits, grouped in up to ", splits, ")");
+    default:
+      return StrCat(", attention by context (per head in up to ", kAttnShortSplits, " splits below ",
+                    kAttnGroupedMinPositions, " positions, then grouped in up to ", splits, ")");
   }
 }
 
@@ -259,7 +261,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
                          o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
                          o.delta_form == "auto" ? std::string() : StrCat(", DeltaNet ", o.delta_form),
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
-                         AttentionForm(*model),
+                         DescribeAttention(*model),
                          o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),
                          o.workers == 0 ? std::string("in-process")
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));

@@ -6,6 +6,7 @@
 
 #include "common/env.h"
 #include "common/str_cat.h"
+#include "coordinator/attention_form.h"
 #include "coordinator/gpu/flash_attention.h"
 #include "coordinator/layers.h"
 #include "coordinator/model_loading.h"
@@ -16,16 +17,10 @@ namespace {
 // bf16 models run prefill attention on tensor cores from this many tokens per step on.
 constexpr int kFlashMinTokens = 16;
 
-// The decode attention's form (QkNormRopeCacheArgs::splits and grouped). By default each step picks by
-// its longest context: below kAttnGroupedMinPositions the per-head split form in kAttnShortSplits
-// splits, from there on the grouped split form in up to kAttnMaxSplits (where the shape allows it),
-// which reads each key once for all query heads of its kv head (bench/NOTES.md: 11 against 19 µs a
-// layer at 128 positions, 88 against 30 at 4,096). For A/B measurements: PINMOE_ATTN_SPLITS=0 picks one
-// block per head over every position, 1 to kAttnMaxSplits that many splits; PINMOE_ATTN_GROUPED=0 the
+// The decode attention's most splits and grouped mode (PickAttentionForm, coordinator/attention_form.h):
+// by default kAttnMaxSplits and by context. For A/B measurements: PINMOE_ATTN_SPLITS=0 picks one block
+// per head over every position, 1 to kAttnMaxSplits that many splits at most; PINMOE_ATTN_GROUPED=0 the
 // per-head split form, 1 the grouped one, at every context.
-constexpr int kAttnShortSplits = 8;
-constexpr int kAttnGroupedMinPositions = 1024;
-
 int AttnSplits() { return std::clamp(EnvInt("PINMOE_ATTN_SPLITS", kAttnMaxSplits), 0, kAttnMaxSplits); }
 
 // -1: by context, 0: never grouped, 1: always (where supported).
@@ -194,10 +189,7 @@ absl::Status GpuCausalLm::Submit(std::span<const int32_t> ids, int batch, Output
   // The decode attention's form for this step, by the longest context it attends.
   int longest = 0;
   for (int b = 0; b < batch; ++b) longest = std::max(longest, (batch > 1 ? positions_[b] : positions_[seq_]) + 1);
-  step_attn_grouped_ = attn_splits_ >= 1 && (attn_grouped_mode_ == 1 ||
-                                             (attn_grouped_mode_ == -1 && longest >= kAttnGroupedMinPositions));
-  step_attn_splits_ = attn_grouped_mode_ == -1 && !step_attn_grouped_ ? std::min(attn_splits_, kAttnShortSplits)
-                                                                       : attn_splits_;
+  step_attn_ = PickAttentionForm(attn_splits_, attn_grouped_mode_, longest);
   const absl::Status st = Launch(n, output, want_output, variant);
   batch_ = 1;
   RETURN_IF_ERROR(st);
@@ -240,7 +232,7 @@ absl::Status GpuCausalLm::Launch(int n, Output output, bool want_output, int var
   }
   // The graph bakes in the sequence's cache and state addresses (and the top-k's k): one per each.
   const GraphKey key{variant, static_cast<int>(output), batch_ > 1 ? -1 : seq_, batch_,
-                     output == Output::kTopK ? top_k_ : 0, step_attn_grouped_};
+                     output == Output::kTopK ? top_k_ : 0, step_attn_.grouped};
   cudaGraphExec_t& exec = graphs_[key];
   if (exec == nullptr) {
     CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
@@ -350,8 +342,8 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   qa.eps = static_cast<float>(config_.rms_norm_eps);
   qa.position_dev = position_dev_;
   if (n == 1 || batch_ > 1) {
-    qa.splits = step_attn_splits_;
-    qa.grouped = step_attn_grouped_;
+    qa.splits = step_attn_.splits;
+    qa.grouped = step_attn_.grouped;
     qa.split_partials = attn_partials_;
     qa.split_counters = attn_counters_;
     return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");

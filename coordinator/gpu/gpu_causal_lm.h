@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
+#include "coordinator/attention_form.h"
 #include "coordinator/causal_lm.h"
 #include "coordinator/gpu/delta_net.h"
 #include "coordinator/gpu/dense_kernels.h"
@@ -171,8 +172,7 @@ class GpuCausalLm : public CausalLm {
   int attn_splits_ = 0;
   int attn_grouped_mode_ = 0;
   // This step's form, chosen in Submit (the decode graphs are keyed by it).
-  int step_attn_splits_ = 0;
-  bool step_attn_grouped_ = false;
+  AttentionForm step_attn_;
   float* attn_partials_ = nullptr;
   unsigned int* attn_counters_ = nullptr;
   unsigned long long* topk_keys_ = nullptr;     // [kDeviceTopKMax]
