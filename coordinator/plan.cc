@@ -64,6 +64,55 @@ uint64_t CacheBytes(const ModelConfig& c, int context) {
   return bytes;
 }
 
+// Bytes of weights one decode step of `batch` sequences reads: every dense matrix except the embedding
+// (one row each), the routed experts' three matrices once per distinct expert per MoE layer, and
+// lm_head. At batch 1 that is top_k experts; above it the expected number of distinct experts when
+// routes spread uniformly, E (1 - (1 - k/E)^batch) (an estimate: real routers are less even, which
+// reads fewer). (Qwen3-Next: gated attention doubles q_proj; DeltaNet layers read in_proj_qkvz/ba and
+// out_proj instead; every MoE layer adds the shared expert and its gate.)
+uint64_t DecodeWeightBytes(const ModelConfig& c, int bytes_per_weight, int batch) {
+  const double experts = static_cast<double>(c.num_experts);
+  const double distinct =
+      batch == 1 ? c.top_k : experts * (1.0 - std::pow(1.0 - static_cast<double>(c.top_k) / experts, batch));
+  const uint64_t h = c.hidden_size, hd = c.head_dim;
+  const bool next = c.architecture == Architecture::kQwen3Next;
+  uint64_t params = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (next && c.layer_kinds[l] == LayerKind::kLinearAttention) {
+      const uint64_t key_dim = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
+      const uint64_t value_dim = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
+      params += h * (2 * key_dim + 2 * value_dim + 2ull * c.linear_num_value_heads) + value_dim * h;
+    } else {
+      params += h * ((next ? 2ull : 1ull) * c.num_heads + 2ull * c.num_kv_heads) * hd + c.num_heads * hd * h;
+    }
+    if (c.IsMoeLayer(l)) {
+      params += static_cast<uint64_t>(c.num_experts) * h +
+                static_cast<uint64_t>(distinct * 3.0 * static_cast<double>(h * c.moe_intermediate_size));
+      if (next) params += 3ull * h * c.shared_expert_intermediate_size + h;
+    } else {
+      params += 3ull * h * c.intermediate_size;
+    }
+  }
+  params += static_cast<uint64_t>(c.vocab_size) * h;
+  return params * bytes_per_weight;
+}
+
+uint64_t DecodeCacheBytes(const ModelConfig& c, int batch, double context) {
+  double bytes = 0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (c.layer_kinds[l] == LayerKind::kFullAttention) {
+      bytes += 2.0 * c.num_kv_heads * c.head_dim * context * sizeof(float);
+    } else {
+      const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
+      const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
+      const uint64_t state = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_key_head_dim *
+                             c.linear_value_head_dim;
+      bytes += 2.0 * (state + (2 * kd + vd) * (c.linear_conv_kernel_dim - 1)) * sizeof(float);  // read, written
+    }
+  }
+  return static_cast<uint64_t>(std::llround(bytes * batch));
+}
+
 StepBuffers StepBufferBytes(const ModelConfig& c, uint32_t tokens) {
   const uint64_t t = tokens, h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const uint64_t k = std::max(c.top_k, 1), experts = std::max(c.num_experts, 1);

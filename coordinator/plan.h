@@ -44,6 +44,13 @@ uint64_t DenseWeightBytes(const ModelConfig& config);
 // CPU and the GPU path hold them (coordinator/layers.h KvCache, GpuCausalLm's caches).
 uint64_t CacheBytes(const ModelConfig& config, int context);
 
+// What one decode step moves through memory, for the bench's roofline. DecodeWeightBytes: the weights
+// read (`bytes_per_weight` each) by a step of `batch` sequences. DecodeCacheBytes: the per-sequence
+// state the step moves at a context of `context` positions (a mean may be fractional): the fp32 K and V
+// the attention layers read, and the DeltaNet layers' recurrent and conv states, read and written back.
+uint64_t DecodeWeightBytes(const ModelConfig& config, int bytes_per_weight, int batch);
+uint64_t DecodeCacheBytes(const ModelConfig& config, int batch, double context);
+
 // Device memory for one step of up to `tokens` tokens beyond weights and caches, as the GPU path allocates
 // it (fp32 activations; the CUDA context and cuBLAS's workspace are not counted).
 struct StepBuffers {

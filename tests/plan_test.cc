@@ -63,6 +63,25 @@ TEST(Plan, CachesAreCountedInFp32LikeTheModelsHoldThem) {
             12ull * 2 * 2 * 256 * 4096 * 4 + 36ull * (32 * 128 * 128 + (2 * 2048 + 4096) * 3) * 4);
 }
 
+TEST(Plan, DecodeBytesCountTheRoutedExpertsAndWhatTheCachesMove) {
+  const ModelConfig c = Qwen3_30B();
+  // Per layer: q/k/v and o (2048 x 40 x 128, 32 x 128 x 2048), the router (128 x 2048), 8 experts of three
+  // 2048 x 768 matrices; then lm_head (151,936 x 2048); bf16.
+  const uint64_t per_layer = 2048ull * 40 * 128 + 32ull * 128 * 2048 + 128ull * 2048 + 8ull * 3 * 2048 * 768;
+  EXPECT_EQ(DecodeWeightBytes(c, 2, 1), 2 * (48 * per_layer + 151936ull * 2048));
+  // A batch reads more distinct experts, and a large one all 128 of each layer.
+  EXPECT_GT(DecodeWeightBytes(c, 2, 8), DecodeWeightBytes(c, 2, 1));
+  EXPECT_EQ(DecodeWeightBytes(c, 2, 10000), DecodeWeightBytes(c, 2, 1) + 2 * 48ull * 120 * 3 * 2048 * 768);
+  // fp32 K and V of 4 kv heads x 128 per layer and position, for each sequence.
+  EXPECT_EQ(DecodeCacheBytes(c, 1, 8192), 48ull * 2 * 4 * 128 * 8192 * 4);
+  EXPECT_EQ(DecodeCacheBytes(c, 2, 64.5), 48ull * 2 * 4 * 128 * 129 * 4);
+  // Qwen3-Next: 12 attention layers (2 kv heads x 256) and 36 DeltaNet layers whose 32 x 128 x 128 state
+  // and conv state (3 positions of 2 x 2048 + 4096) are read and written back, whatever the context.
+  const uint64_t states = 36ull * 2 * (32 * 128 * 128 + (2 * 2048 + 4096) * 3) * 4;
+  EXPECT_EQ(DecodeCacheBytes(Qwen3Next80B(), 1, 0), states);
+  EXPECT_EQ(DecodeCacheBytes(Qwen3Next80B(), 1, 1000), states + 12ull * 2 * 2 * 256 * 1000 * 4);
+}
+
 TEST(Plan, StepBuffersAreCountedOnTheDenseDeviceAndExpertScratchOnEachGpu) {
   const ModelConfig c = Qwen3_30B();
   const uint64_t t = 2048;

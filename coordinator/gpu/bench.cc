@@ -19,6 +19,7 @@
 #include "coordinator/gpu/gpu_qwen3_moe.h"
 #include "coordinator/gpu/gpu_qwen3_next.h"
 #include "coordinator/hand_over_table.h"
+#include "coordinator/plan.h"
 #include "coordinator/sampler.h"
 #include "coordinator/worker_pool.h"
 #include "worker/gpu/cuda_check.h"
@@ -52,39 +53,6 @@ absl::StatusOr<std::string> PresetConfig(const std::string& name, int layers) {
   }
   return absl::InvalidArgumentError(
       StrCat("--synthetic ", name, ": known shapes are qwen3-30b-a3b and qwen3-next-80b-a3b"));
-}
-
-// Bytes of weights one decode step of `batch` sequences reads: every dense matrix except the embedding
-// (one row each), the routed experts' three matrices once per distinct expert per MoE layer, and
-// lm_head. At batch 1 that is top_k experts; above it the expected number of distinct experts when
-// routes spread uniformly, E (1 - (1 - k/E)^batch) (an estimate: real routers are less even, which
-// reads fewer). (Qwen3-Next: gated attention doubles q_proj; DeltaNet layers read in_proj_qkvz/ba and
-// out_proj instead; every MoE layer adds the shared expert and its gate.)
-uint64_t DecodeWeightBytes(const ModelConfig& c, int bytes_per_weight, int batch) {
-  const double experts = static_cast<double>(c.num_experts);
-  const double distinct =
-      batch == 1 ? c.top_k : experts * (1.0 - std::pow(1.0 - static_cast<double>(c.top_k) / experts, batch));
-  const uint64_t h = c.hidden_size, hd = c.head_dim;
-  const bool next = c.architecture == Architecture::kQwen3Next;
-  uint64_t params = 0;
-  for (int l = 0; l < c.num_layers; ++l) {
-    if (next && c.layer_kinds[l] == LayerKind::kLinearAttention) {
-      const uint64_t key_dim = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
-      const uint64_t value_dim = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
-      params += h * (2 * key_dim + 2 * value_dim + 2ull * c.linear_num_value_heads) + value_dim * h;
-    } else {
-      params += h * ((next ? 2ull : 1ull) * c.num_heads + 2ull * c.num_kv_heads) * hd + c.num_heads * hd * h;
-    }
-    if (c.IsMoeLayer(l)) {
-      params += static_cast<uint64_t>(c.num_experts) * h +
-                static_cast<uint64_t>(distinct * 3.0 * static_cast<double>(h * c.moe_intermediate_size));
-      if (next) params += 3ull * h * c.shared_expert_intermediate_size + h;
-    } else {
-      params += 3ull * h * c.intermediate_size;
-    }
-  }
-  params += static_cast<uint64_t>(c.vocab_size) * h;
-  return params * bytes_per_weight;
 }
 
 double PeakBandwidth(int device, std::string* name) {
@@ -254,7 +222,10 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   std::string card;
   const double peak = PeakBandwidth(device, &card);
   const int bytes_per_weight = seed != 0 ? 2 : (config.weight_dtype == DType::kF32 ? 4 : 2);
-  const uint64_t bytes = DecodeWeightBytes(config, bytes_per_weight, o.batch);
+  const uint64_t weights = DecodeWeightBytes(config, bytes_per_weight, o.batch);
+  // The timed steps attend depth + 1 to depth + decode_tokens positions: their mean, for the caches.
+  const uint64_t caches = DecodeCacheBytes(config, o.batch, o.depth + (o.decode_tokens + 1) / 2.0);
+  const uint64_t bytes = weights + caches;
   const double roofline = o.batch * peak / static_cast<double>(bytes);
   out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
   out << absl::StrFormat("model: %s, %d layers%s, decode %s%s%s, experts %s\n",
@@ -267,20 +238,21 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
                                         : StrCat(o.workers, " worker process(es) on ", o.worker_device));
   out << absl::StrFormat("prefill %5d tokens: %9.1f tokens/s  (%.1f ms)\n", o.prompt_tokens,
                          o.prompt_tokens / best_prefill, best_prefill * 1e3);
-  // The weights only: at a depth the caches are read too (not counted in the GB/s or the roofline).
+  // The GB/s and the roofline count the weights and the caches and states the steps move.
   const std::string at_depth = o.depth > 0 ? StrCat(" at depth ", o.depth) : std::string();
   if (o.batch == 1) {
     out << absl::StrFormat(
-        "decode  %5d tokens%s: %9.1f tokens/s  (%.3f ms/token; %.2f GB of weights per token = %.0f GB/s, %.1f%% "
-        "of peak; roofline %.0f tokens/s)\n",
-        o.decode_tokens, at_depth, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9, bytes / best_decode / 1e9,
-        100.0 * bytes / best_decode / peak, roofline);
+        "decode  %5d tokens%s: %9.1f tokens/s  (%.3f ms/token; %.2f GB of weights + %.2f GB of caches per token = "
+        "%.0f GB/s, %.1f%% of peak; roofline %.0f tokens/s)\n",
+        o.decode_tokens, at_depth, 1.0 / best_decode, best_decode * 1e3, weights / 1e9, caches / 1e9,
+        bytes / best_decode / 1e9, 100.0 * bytes / best_decode / peak, roofline);
   } else {
     out << absl::StrFormat(
         "decode  %5d tokens x %d sequences%s: %9.1f tokens/s (%.1f per sequence; %.3f ms/step; ~%.2f GB of "
-        "weights per step if routes spread uniformly = %.0f GB/s, %.1f%% of peak; roofline ~%.0f tokens/s)\n",
-        o.decode_tokens, o.batch, at_depth, o.batch / best_decode, 1.0 / best_decode, best_decode * 1e3, bytes / 1e9,
-        bytes / best_decode / 1e9, 100.0 * bytes / best_decode / peak, roofline);
+        "weights if routes spread uniformly + %.2f GB of caches per step = %.0f GB/s, %.1f%% of peak; roofline "
+        "~%.0f tokens/s)\n",
+        o.decode_tokens, o.batch, at_depth, o.batch / best_decode, 1.0 / best_decode, best_decode * 1e3,
+        weights / 1e9, caches / 1e9, bytes / best_decode / 1e9, 100.0 * bytes / best_decode / peak, roofline);
   }
   if (o.timeline && pool != nullptr) {
     RETURN_IF_ERROR(start_decode());
