@@ -49,19 +49,35 @@ uint64_t DenseWeightBytes(const ModelConfig& c) {
   return params * DTypeSize(c.weight_dtype);
 }
 
-uint64_t CacheBytes(const ModelConfig& c, int context) {
-  uint64_t bytes = 0;
+namespace {
+
+// One sequence's fp32 caches, in two parts: the K and V of every attention layer for one position, and
+// the recurrent and conv states of every DeltaNet layer (whatever the context).
+struct SequenceCacheBytes {
+  uint64_t per_position = 0;
+  uint64_t states = 0;
+};
+
+SequenceCacheBytes CacheParts(const ModelConfig& c) {
+  SequenceCacheBytes b;
   for (int l = 0; l < c.num_layers; ++l) {
     if (c.layer_kinds[l] == LayerKind::kFullAttention) {
-      bytes += 2ull * c.num_kv_heads * c.head_dim * static_cast<uint64_t>(context) * sizeof(float);
+      b.per_position += 2ull * c.num_kv_heads * c.head_dim * sizeof(float);
     } else {
       const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
       const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
-      bytes += (static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_key_head_dim * c.linear_value_head_dim +
-                (2 * kd + vd) * (c.linear_conv_kernel_dim - 1)) * 4;
+      b.states += (static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_key_head_dim * c.linear_value_head_dim +
+                   (2 * kd + vd) * (c.linear_conv_kernel_dim - 1)) * sizeof(float);
     }
   }
-  return bytes;
+  return b;
+}
+
+}  // namespace
+
+uint64_t CacheBytes(const ModelConfig& c, int context) {
+  const SequenceCacheBytes b = CacheParts(c);
+  return b.per_position * static_cast<uint64_t>(context) + b.states;
 }
 
 // Bytes of weights one decode step of `batch` sequences reads: every dense matrix except the embedding
@@ -98,19 +114,10 @@ uint64_t DecodeWeightBytes(const ModelConfig& c, int bytes_per_weight, int batch
 }
 
 uint64_t DecodeCacheBytes(const ModelConfig& c, int batch, double context) {
-  double bytes = 0;
-  for (int l = 0; l < c.num_layers; ++l) {
-    if (c.layer_kinds[l] == LayerKind::kFullAttention) {
-      bytes += 2.0 * c.num_kv_heads * c.head_dim * context * sizeof(float);
-    } else {
-      const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
-      const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
-      const uint64_t state = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_key_head_dim *
-                             c.linear_value_head_dim;
-      bytes += 2.0 * (state + (2 * kd + vd) * (c.linear_conv_kernel_dim - 1)) * sizeof(float);  // read, written
-    }
-  }
-  return static_cast<uint64_t>(std::llround(bytes * batch));
+  const SequenceCacheBytes b = CacheParts(c);
+  // K and V read up to `context`; the states read and written back.
+  return static_cast<uint64_t>(
+      std::llround(batch * (static_cast<double>(b.per_position) * context + 2.0 * static_cast<double>(b.states))));
 }
 
 StepBuffers StepBufferBytes(const ModelConfig& c, uint32_t tokens) {

@@ -337,10 +337,11 @@ __device__ int SelectDecodeSequence(int b, QkNormRopeCacheArgs* a, float** out) 
   return a->position_dev != nullptr ? a->position_dev[b] : a->first_position;
 }
 
-// The new token's key and value of kv head g (normalised and rotated, in shared memory) into the cache.
+// The new token's key and value of kv head g (normalised and rotated, in shared memory) into the cache,
+// by the whole block.
 __device__ void AppendToCache(const QkNormRopeCacheArgs& a, int position, int g, const float* ks, const float* vs) {
   const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * a.head_dim;
-  for (int d = threadIdx.x; d < a.head_dim; d += kAttnThreads) {
+  for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
     a.k_cache[off + d] = ks[d];
     a.v_cache[off + d] = vs[d];
   }
@@ -535,13 +536,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
     row[r + half] = x1 * c + x0 * sn;
   }
   __syncthreads();
-  if (x % columns == 0 && split == 0) {
-    const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * hd;
-    for (int d = threadIdx.x; d < hd; d += kGroupedThreads) {
-      a.k_cache[off + d] = ks[d];
-      a.v_cache[off + d] = vs[d];
-    }
-  }
+  if (x % columns == 0 && split == 0) AppendToCache(a, position, g, ks, vs);
   // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
   // from shared memory: the block that appends it to the cache runs alongside.
   int begin, end, wb, we;
