@@ -17,6 +17,7 @@
 #include "common/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/device_name.h"
+#include "common/env.h"
 #include "common/status.h"
 #if PINMOE_WITH_CUDA
 #include <cuda_runtime.h>
@@ -58,9 +59,11 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // Buffer ids in Assign and Work messages.
 constexpr uint32_t kHostBuffer = 0;
 constexpr uint32_t kDeviceBuffer = 1;
-// The GPU-ordered path's counters live in the first 4 KiB of the buffers, one per 64-byte line.
+// The GPU-ordered path's counters live in the first 4 KiB of the buffers, one per 64-byte line: ready,
+// each worker's done, and soon in the last line.
 constexpr uint64_t kCounterBytes = 4096;
 constexpr uint64_t kCounterStride = 64;
+constexpr uint64_t kSoonOffset = kCounterBytes - kCounterStride;
 constexpr uint32_t kParityBase = 1u << 20;
 uint32_t ParityBase(int parity) { return parity == 0 ? 0u : kParityBase; }
 
@@ -110,8 +113,8 @@ absl::Status WorkerPool::Launch() {
 
   // One buffer per kind of worker in use: input [T, H] f32 | routing [T, K] i32 | output [T, K, H] f32.
   const uint64_t t = options_.max_tokens_per_step, h = config_.hidden_size, k = config_.top_k;
-  if (static_cast<uint64_t>(options_.num_workers + 1) * kCounterStride > kCounterBytes) {
-    return absl::InvalidArgumentError(StrCat("at most ", kCounterBytes / kCounterStride - 1, " workers"));
+  if (static_cast<uint64_t>(options_.num_workers + 1) * kCounterStride > kSoonOffset) {
+    return absl::InvalidArgumentError(StrCat("at most ", kSoonOffset / kCounterStride - 1, " workers"));
   }
   moe_index_.assign(config_.num_layers, -1);
   for (int l = 0; l < config_.num_layers; ++l) {
@@ -476,6 +479,30 @@ bool WorkerPool::all_gpu() const {
 
 #if PINMOE_WITH_CUDA
 
+namespace {
+
+// The early forms of the GPU hand-over, only where waits are gate kernels (MPS; stream_sync.h), off by
+// default: measured, they gained nothing (bench/NOTES.md, "The early hand-over"); kept behind knobs for
+// A/B measurements of their successors:
+//  - experts (PINMOE_EARLY_EXPERTS=1 turns it on): the router also stores the layer's tick at `soon`
+//    as its last block starts; a worker's gate waits for that and lets its expert kernels in, whose
+//    blocks wait for the real tick themselves, so their launch overlaps the router;
+//  - combine (PINMOE_EARLY_COMBINE=1): in one-token steps, the coordinator's gate on the workers' done
+//    counters lets the next kernel (the combine, a block per 128 of hidden) in as it starts waiting, so
+//    that it is resident when the experts are done. Not in larger steps: the blocks of a prefill's
+//    combine, parked in their wait, filled every SM and left the workers' experts none (a deadlock
+//    until the gate's spin limit; measured under MPS with a 300-token prompt).
+bool EarlyExperts() {
+  static const bool on = KernelWaitsCounters() && EnvInt("PINMOE_EARLY_EXPERTS", 0) != 0;
+  return on;
+}
+bool EarlyCombine() {
+  static const bool on = KernelWaitsCounters() && EnvInt("PINMOE_EARLY_COMBINE", 0) != 0;
+  return on;
+}
+
+}  // namespace
+
 absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
   if (device_buffer_ == nullptr || !all_gpu()) {
     return absl::FailedPreconditionError("the GPU-ordered path needs every worker on a GPU");
@@ -495,6 +522,7 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
   step_sequence_ = ++sequence_;
   const int parity = static_cast<int>(step_sequence_ & 1);
   step_base_ = ParityBase(parity);
+  step_tokens_ = tokens;
   step_pending_.assign(workers_.size(), false);
   const uint64_t h = config_.hidden_size, k = config_.top_k;
   auto slice = [](proto::Slice* s, uint64_t off, uint64_t len) {
@@ -520,6 +548,7 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
     slice(step->mutable_output(), output_offset_, tokens * k * h * sizeof(float));
     slice(step->mutable_ready(), 0, sizeof(uint32_t));
     slice(step->mutable_done(), kCounterStride * (w + 1), sizeof(uint32_t));
+    if (EarlyExperts()) slice(step->mutable_soon(), kSoonOffset, sizeof(uint32_t));
     if (timeline_bytes_ > 0) {
       slice(step->mutable_timeline(), TimelineOffset(static_cast<int>(w) + 1, 0),
             static_cast<uint64_t>(step->layers_size()) * 2 * sizeof(uint64_t));
@@ -538,6 +567,9 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
 
 absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream, int parity) {
   ASSIGN_OR_RETURN(GpuTick tick, GpuLayerTick(layer, parity));
+  if (tick.soon != nullptr) {
+    RETURN_IF_ERROR(EnqueueWriteCounter(static_cast<cudaStream_t>(stream), tick.soon, tick.value));
+  }
   RETURN_IF_ERROR(EnqueueWriteCounter(static_cast<cudaStream_t>(stream), tick.counter, tick.value));
   return AwaitGpuLayer(layer, stream, parity);
 }
@@ -552,6 +584,7 @@ absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int layer, int pari
   tick.value = ParityBase(parity) + 1 + static_cast<uint32_t>(moe_index_[layer]);
   tick.system_scope = layer_cross_gpu_[layer];
   tick.stamp = CoordinatorStamps(moe_index_[layer]);
+  if (EarlyExperts()) tick.soon = reinterpret_cast<uint32_t*>(device_buffer_->data() + kSoonOffset);
   return tick;
 }
 
@@ -569,7 +602,8 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   std::vector<const uint32_t*> done;
   for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
   uint64_t* stamps = CoordinatorStamps(moe_index_[layer]);
-  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, stamps != nullptr ? stamps + 1 : nullptr);
+  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, stamps != nullptr ? stamps + 1 : nullptr,
+                             EarlyCombine() && step_tokens_ == 1);
 }
 
 absl::Status WorkerPool::FinishGpuStep(void* event) {

@@ -94,6 +94,9 @@ class WorkerPool : public ExpertBackend {
     uint32_t value = 0;
     bool system_scope = false;
     uint64_t* stamp = nullptr;  // with options.timeline: for the GPU clock when the tick is stored
+    // The early form (EarlyExperts in worker_pool.cc): the router also stores `value` here as its last
+    // block starts, on which the workers let their expert kernels in; null otherwise.
+    uint32_t* soon = nullptr;
   };
   absl::StatusOr<GpuTick> GpuLayerTick(int layer, int parity);
   // Then wait for the workers' (work may be enqueued in between).
@@ -168,9 +171,10 @@ class WorkerPool : public ExpertBackend {
   // The coordinator's stamp pair of MoE layer `moe` in device memory; null without a timeline.
   uint64_t* CoordinatorStamps(int moe);
   // The GPU-ordered path's state: counters at the start of the device buffer (ready at 0, worker w's
-  // done at kCounterStride * (w + 1)), the current step's tick base, and which workers own experts in
-  // each layer.
+  // done at kCounterStride * (w + 1), soon in the last line), the current step's tick base, and which
+  // workers own experts in each layer.
   uint32_t step_base_ = 0;  // the current step's parity base
+  uint32_t step_tokens_ = 0;
   uint64_t step_sequence_ = 0;
   std::vector<int> moe_index_;                 // layer -> index among the MoE layers, or -1
   int num_moe_layers_ = 0;

@@ -301,18 +301,34 @@ class Worker {
         }
         stamps = reinterpret_cast<uint64_t*>(tl);
       }
+      // The early form (the coordinator sent a `soon` counter, which its router stores as it starts):
+      // our gate waits for that one and lets the expert kernels in, whose blocks then wait for the real
+      // tick themselves, so their launch overlaps the router. Only where waits are gate kernels.
+      const uint32_t* soon = nullptr;
+      if (step.has_soon() && KernelWaitsCounters()) {
+        ASSIGN_OR_RETURN(uint8_t* soon_ptr, Resolve(step.soon(), sizeof(uint32_t), "soon counter"));
+        soon = reinterpret_cast<const uint32_t*>(soon_ptr);
+      }
       RETURN_IF_ERROR(gpu_store_->Reserve(static_cast<uint32_t>(t), static_cast<uint32_t>(k)));
       auto enqueue = [&]() -> absl::Status {
         for (int i = 0; i < step.layers_size(); ++i) {
           const uint32_t* ready_counter = reinterpret_cast<const uint32_t*>(ready);
-          RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1), step.ticks(i),
-                                              stamps != nullptr ? stamps + 2 * i : nullptr));
+          uint64_t* open_stamp = stamps != nullptr ? stamps + 2 * i : nullptr;
+          CounterWait before;
+          if (soon != nullptr) {
+            RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&soon, 1), step.ticks(i)));
+            before = CounterWait{ready_counter, step.ticks(i), open_stamp};
+          } else {
+            RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1),
+                                                step.ticks(i), open_stamp));
+          }
           RETURN_IF_ERROR(gpu_store_->Enqueue(static_cast<int>(step.layers(i)), reinterpret_cast<const float*>(in),
                                               static_cast<uint32_t>(t), static_cast<uint32_t>(k),
                                               reinterpret_cast<const int32_t*>(routing),
                                               reinterpret_cast<float*>(out), stream, /*allow_grouped=*/true,
                                               CounterStore{done, step.ticks(i), system_scope,
-                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr}));
+                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr},
+                                              before));
         }
         return absl::OkStatus();
       };

@@ -200,8 +200,9 @@ absl::Status GpuCausalLm::EnqueueRoutedMoe(int layer, const DeviceMatrix& router
                                            int variant, Between between) {
   const GpuExperts::Buffers moe = experts_->buffers();
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  ASSIGN_OR_RETURN(const CounterStore ready, experts_->InputsReady(layer, variant));
-  const GemvTopK topk{config_.top_k, config_.norm_topk_prob, moe.routing, route_weights_, router_blocks_done_, ready};
+  ASSIGN_OR_RETURN(const GpuExperts::RouterStores stores, experts_->InputsReady(layer, variant));
+  const GemvTopK topk{config_.top_k,        config_.norm_topk_prob, moe.routing, route_weights_,
+                      router_blocks_done_,  stores.ready,           stores.soon};
   RETURN_IF_ERROR(linear_->RunRouter(router, x_, GemvNorm{post_norm, eps, moe.input}, n, router_logits_, topk));
   RETURN_IF_ERROR(experts_->StartLayer(layer, static_cast<uint32_t>(n), stream_, variant));
   RETURN_IF_ERROR(between());

@@ -45,9 +45,15 @@ class GpuExperts {
   virtual absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) = 0;
   // The same in parts, so that the hand-over starts inside the router and independent work (Qwen3-Next's
   // shared expert) can be enqueued between StartLayer and FinishLayer to overlap experts that run
-  // elsewhere. InputsReady: a counter that the kernel writing the layer's routing stores once the input
-  // and routing are written (none: nothing to store); after FinishLayer the slots are ready.
-  virtual absl::StatusOr<CounterStore> InputsReady(int layer, int variant) { return CounterStore(); }
+  // elsewhere. InputsReady: the counters that the kernel writing the layer's routing stores: `ready`
+  // once the input and routing are written (none: nothing to store) and, optionally, `soon` as it
+  // starts (before ready; its value may be read by nothing but a wait); after FinishLayer the slots
+  // are ready.
+  struct RouterStores {
+    CounterStore ready;
+    CounterStore soon;
+  };
+  virtual absl::StatusOr<RouterStores> InputsReady(int layer, int variant) { return RouterStores(); }
   virtual absl::Status StartLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) {
     return EnqueueLayer(layer, tokens, stream, variant);
   }
@@ -90,9 +96,12 @@ class PooledGpuExperts : public GpuExperts {
     return pool_->EnqueueGpuLayer(layer, stream, variant);
   }
   // The router stores the tick (InputsReady); the workers start on it.
-  absl::StatusOr<CounterStore> InputsReady(int layer, int variant) override {
+  absl::StatusOr<RouterStores> InputsReady(int layer, int variant) override {
     ASSIGN_OR_RETURN(WorkerPool::GpuTick tick, pool_->GpuLayerTick(layer, variant));
-    return CounterStore{tick.counter, tick.value, tick.system_scope, tick.stamp};
+    RouterStores stores;
+    stores.ready = CounterStore{tick.counter, tick.value, tick.system_scope, tick.stamp};
+    if (tick.soon != nullptr) stores.soon = CounterStore{tick.soon, tick.value, tick.system_scope};
+    return stores;
   }
   absl::Status StartLayer(int, uint32_t, cudaStream_t, int) override { return absl::OkStatus(); }
   absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) override {

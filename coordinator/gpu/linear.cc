@@ -63,7 +63,7 @@ absl::Status LinearRunner::RunRouter(const DeviceMatrix& w, const float* x, cons
                                      float* y, const GemvTopK& topk) {
   if (tokens <= kGemvMaxTokens && w.rows <= kGemvRouterMaxExperts) {
     GemvTopK fused = topk;
-    if (!KernelsStoreCounters()) fused.ready = CounterStore();
+    if (!KernelsStoreCounters()) fused.ready = fused.soon = CounterStore();
     RETURN_IF_ERROR(CudaStatus(LaunchGemv(w, x, tokens, y, /*accumulate=*/false, &norm, stream_, &fused),
                                "router launch"));
     if (fused.ready.counter != nullptr) return absl::OkStatus();
@@ -73,6 +73,7 @@ absl::Status LinearRunner::RunRouter(const DeviceMatrix& w, const float* x, cons
                                                topk.ids, topk.weights, stream_),
                                "route top-k launch"));
   }
+  if (topk.soon.counter != nullptr) RETURN_IF_ERROR(EnqueueWriteCounter(stream_, topk.soon.counter, topk.soon.value));
   if (topk.ready.counter == nullptr) return absl::OkStatus();
   return EnqueueWriteCounter(stream_, topk.ready.counter, topk.ready.value);
 }

@@ -12,6 +12,7 @@ namespace pinmoe {
 namespace {
 
 constexpr int kGroupRows = 4;  // rows per block and step: the loads each thread keeps in flight
+constexpr unsigned int kBlockStarted = 1u << 16;  // a router block's start in its blocks_done counter
 
 static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_topk.cuh disagree");
 
@@ -52,6 +53,14 @@ __global__ void __launch_bounds__(kRowThreads)
   if (g < groups && threadIdx.x < chunks) load(g, threadIdx.x);
   PdlWait();
   PdlTrigger();
+  if constexpr (kTopK) {
+    // The last block to start stores `soon` (linear.h); starts count in the high half of blocks_done,
+    // finishes in the low half.
+    if (topk.soon.counter != nullptr && threadIdx.x == 0 &&
+        atomicAdd(topk.blocks_done, kBlockStarted) / kBlockStarted == gridDim.x - 1) {
+      StoreCounterRelease(topk.soon);
+    }
+  }
   if constexpr (kNorm) {
     float ss[T];
 #pragma unroll
@@ -145,7 +154,7 @@ __global__ void __launch_bounds__(kRowThreads)
     __shared__ bool last;
     FenceForStore(topk.ready);
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(topk.blocks_done, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) last = atomicAdd(topk.blocks_done, 1u) % kBlockStarted == gridDim.x - 1;
     __syncthreads();
     if (last) {
       __threadfence();
@@ -154,7 +163,7 @@ __global__ void __launch_bounds__(kRowThreads)
                       topk.ids + static_cast<size_t>(t) * topk.top_k,
                       topk.weights + static_cast<size_t>(t) * topk.top_k);
       }
-      if (threadIdx.x == 0) *topk.blocks_done = 0u;
+      if (threadIdx.x == 0) *topk.blocks_done = 0u;  // every block has started and finished
       if (topk.ready.counter != nullptr) {
         FenceForStore(topk.ready);
         __syncthreads();
@@ -182,6 +191,7 @@ cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens,
   int grid = 0;  // at most one resident wave (see the kernel)
   const cudaError_t err = ResidentGrid(kernel, threads, smem, (rows + kGroupRows - 1) / kGroupRows, &grid);
   if (err != cudaSuccess) return err;
+  if (kTopK && grid >= static_cast<int>(kBlockStarted)) return cudaErrorInvalidValue;
   return LaunchPdl(kernel, dim3(grid), dim3(threads), smem, stream, w, x, rows, cols, tokens, y, acc,
                    kNorm ? norm->weight : static_cast<const float*>(nullptr), kNorm ? norm->eps : 0.f,
                    kNorm ? norm->normed_out : static_cast<float*>(nullptr), kTopK ? *topk : GemvTopK{});

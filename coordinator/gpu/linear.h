@@ -42,7 +42,10 @@ struct GemvNorm {
 // A router's softmax top-k fused behind its GEMV (y are the logits, rows the experts <= 512): the last
 // block to finish routes each token. blocks_done is a zeroed counter the kernel leaves zeroed. When
 // `ready` names a counter, the last block stores it once the routing and the normalised rows are
-// written (the hand-over to expert workers; counter_kernels.h).
+// written (the hand-over to expert workers; counter_kernels.h). When `soon` names one, the last block
+// to start (after the wait for the earlier kernels) stores it: the workers may then let their expert
+// kernels in, which wait for `ready` themselves (every router block is resident by then, so the
+// experts' blocks take only the slots left over).
 struct GemvTopK {
   int top_k = 0;
   bool norm = false;  // renormalise the picked probabilities
@@ -50,6 +53,7 @@ struct GemvTopK {
   float* weights = nullptr;   // [tokens, top_k]
   unsigned int* blocks_done = nullptr;
   CounterStore ready;
+  CounterStore soon;
 };
 
 // The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8; `norm` may be null; `topk`
@@ -74,7 +78,8 @@ class LinearRunner {
                          bool accumulate);
   // A router: the normed product into logits y, then softmax top-k into topk.ids / topk.weights (fused
   // into the GEMV for decode batches, a separate kernel otherwise), then topk.ready stored (by the
-  // GEMV's last block where KernelsStoreCounters(), else by a write enqueued behind the kernels).
+  // GEMV's last block where KernelsStoreCounters(), else by a write enqueued behind the kernels);
+  // topk.soon by the GEMV's last block to start, or by a write enqueued just before ready's.
   absl::Status RunRouter(const DeviceMatrix& w, const float* x, const GemvNorm& norm, int tokens, float* y,
                          const GemvTopK& topk);
   // Sizes the bf16 activation scratch for `elements` (tokens x cols), so that Run never allocates.

@@ -284,17 +284,21 @@ TEST(DenseKernelsGpu, FusedRouterTopK) {
       RouteTopK(logits.data() + t * experts, experts, k, norm, ref_ids.data() + t * k, ref_w.data() + t * k);
     }
     Dev dw(w), dx(x), dnw(nw), dy(logits.size() * 4), di(tokens * k * 4), dwt(tokens * k * 4), counter(4),
-        ready(4);
+        ready(4), soon(4);
     ASSERT_CUDA(cudaMemset(counter.p, 0, 4));
     ASSERT_CUDA(cudaMemset(ready.p, 0, 4));
+    ASSERT_CUDA(cudaMemset(soon.p, 0, 4));
     DeviceMatrix m{dw.p, false, experts, cols};
     GemvNorm gn{dnw.as<float>(), 1e-6f, nullptr};
-    GemvTopK topk{k, norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>(), {}};
+    GemvTopK topk{k, norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>(), {}, {}};
     for (int call = 0; call < 2; ++call) {
       topk.ready = CounterStore{ready.as<uint32_t>(), 77u + call, call == 1};
+      // The second call also stores `soon` as its last block starts (the early hand-over).
+      if (call == 1) topk.soon = CounterStore{soon.as<uint32_t>(), 55u, false};
       ASSERT_CUDA(LaunchGemv(m, dx.as<float>(), tokens, dy.as<float>(), false, &gn, nullptr, &topk));
       ASSERT_CUDA(cudaDeviceSynchronize());
       EXPECT_EQ(ready.get<uint32_t>()[0], 77u + call);
+      EXPECT_EQ(soon.get<uint32_t>()[0], call == 1 ? 55u : 0u);
       EXPECT_EQ(di.get<int32_t>(), ref_ids) << experts << " experts, call " << call;
       auto got = dwt.get<float>();
       for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], ref_w[i], 2e-5f) << i;

@@ -2,12 +2,14 @@
 // several shapes, token counts and top-k, with some experts owned elsewhere (their outputs must be left
 // untouched): the decode kernels (fp32 activations) and the grouped tensor-core prefill kernels (bf16
 // activations, so the reference rounds x and the SwiGLU output to bf16 as they do); the decode kernels'
-// in-kernel counter store too. Runs on a machine with a GPU: scripts/device-test.
+// in-kernel counter store and wait too. Runs on a machine with a GPU: scripts/device-test.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "common/dtype.h"
@@ -255,6 +257,92 @@ TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
       EXPECT_EQ(untouched, foreign * hidden);
     }
   }
+}
+
+// The early hand-over (ExpertFfnArgs::ready): launched before its inputs exist, the decode kernels wait
+// for the counter, then read the x and routing written meanwhile (by copies on another stream) and give
+// the results of a launch after them, bit for bit.
+TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
+  using testing::Dev;
+  using testing::Random;
+  for (const int tokens : {1, 5}) {
+    const int hidden = 256, inter = 96, experts = 8, top_k = 4;
+    const size_t pairs = static_cast<size_t>(tokens) * top_k;
+    std::vector<std::unique_ptr<Dev>> mats;
+    std::vector<GpuExpert> table(experts);
+    for (int e = 0; e < experts; ++e) {
+      const void* m[3];
+      for (int p = 0; p < 3; ++p) {
+        const std::vector<float> v = Random(static_cast<size_t>(hidden) * inter, 10 * e + p, 0.05f);
+        std::vector<uint16_t> b(v.size());
+        for (size_t i = 0; i < v.size(); ++i) b[i] = F32ToBf16(v[i]);
+        mats.push_back(std::make_unique<Dev>(b));
+        m[p] = mats.back()->p;
+      }
+      table[e] = {m[0], m[1], m[2]};
+    }
+    std::vector<int32_t> routing(pairs);
+    for (size_t i = 0; i < pairs; ++i) routing[i] = static_cast<int32_t>((i * 3 + i / top_k) % experts);
+    const std::vector<float> x = Random(static_cast<size_t>(tokens) * hidden, 3);
+    Dev dx(x), dr(routing), dt(table), act(pairs * inter * 4), out(pairs * hidden * 4);
+    Dev counter(4), stamp(8);
+    ASSERT_CUDA(cudaMemset(counter.p, 0, 4));
+    ASSERT_CUDA(cudaMemset(stamp.p, 0, 8));
+    ExpertFfnArgs a;
+    a.x = dx.as<float>();
+    a.routing = dr.as<int32_t>();
+    a.experts = dt.as<GpuExpert>();
+    a.num_experts = experts;
+    a.tokens = tokens;
+    a.top_k = top_k;
+    a.hidden = hidden;
+    a.inter = inter;
+    a.act = act.as<float>();
+    a.out = out.as<float>();
+    ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<uint32_t> expected = out.get<uint32_t>();
+
+    // Inputs poisoned (an expert id out of range is skipped, so a kernel that read them early would
+    // leave pairs unwritten), outputs poisoned, then the launch behind a counter that is not there yet.
+    ASSERT_CUDA(cudaMemset(dx.p, 0x7f, dx.bytes));
+    ASSERT_CUDA(cudaMemset(dr.p, 0x7f, dr.bytes));
+    ASSERT_CUDA(cudaMemset(out.p, 0xff, out.bytes));
+    cudaStream_t run = nullptr, writer = nullptr;
+    ASSERT_CUDA(cudaStreamCreateWithFlags(&run, cudaStreamNonBlocking));
+    ASSERT_CUDA(cudaStreamCreateWithFlags(&writer, cudaStreamNonBlocking));
+    a.ready = CounterWait{counter.as<uint32_t>(), 42u, stamp.as<uint64_t>()};
+    ASSERT_CUDA(LaunchExpertFfnDecode(a, run));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(cudaStreamQuery(run), cudaErrorNotReady) << "the kernels did not wait";
+    const uint32_t wrong = 41u;  // a value that is not the one waited for changes nothing
+    ASSERT_CUDA(cudaMemcpyAsync(counter.p, &wrong, 4, cudaMemcpyHostToDevice, writer));
+    ASSERT_CUDA(cudaMemcpyAsync(dx.p, x.data(), dx.bytes, cudaMemcpyHostToDevice, writer));
+    ASSERT_CUDA(cudaMemcpyAsync(dr.p, routing.data(), dr.bytes, cudaMemcpyHostToDevice, writer));
+    ASSERT_CUDA(cudaStreamSynchronize(writer));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_EQ(cudaStreamQuery(run), cudaErrorNotReady) << "the kernels did not wait for the value";
+    const uint32_t value = 42u;
+    ASSERT_CUDA(cudaMemcpyAsync(counter.p, &value, 4, cudaMemcpyHostToDevice, writer));
+    ASSERT_CUDA(cudaStreamSynchronize(writer));
+    ASSERT_CUDA(cudaStreamSynchronize(run));
+    EXPECT_EQ(out.get<uint32_t>(), expected) << tokens << " tokens";
+    EXPECT_NE(stamp.get<uint64_t>()[0], 0u);
+    cudaStreamDestroy(run);
+    cudaStreamDestroy(writer);
+  }
+}
+
+// The grouped kernels take no in-kernel wait (the caller gates the stream).
+TEST(ExpertFfnGpu, GroupedRejectsAnInKernelWait) {
+  ExpertFfnArgs a;
+  a.hidden = 64;
+  a.inter = 32;
+  a.tokens = 1;
+  a.top_k = 1;
+  uint32_t dummy = 0;
+  a.ready.counter = &dummy;
+  EXPECT_EQ(LaunchExpertFfnGrouped(a, GroupedFfnScratch(), nullptr), cudaErrorInvalidValue);
 }
 
 TEST(ExpertFfnGpu, RejectsUnalignedShapes) {

@@ -6,17 +6,13 @@
 namespace pinmoe {
 namespace {
 
-__device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
-  uint32_t v;
-  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
 // One thread per counter polls until it holds `value` (at most kCounterSpinLimitNs); then the block
 // lets the next kernel in the stream start (its blocks were not resident while this one waited, so a
-// waiting gate holds one block slot of one SM and nothing else).
-__global__ void WaitCountersKernel(CounterSet set, uint32_t value, uint64_t* stamp) {
+// waiting gate holds one block slot of one SM and nothing else), or, with let_next_in, lets it in at
+// once (its blocks wait in their PdlWait for this grid to end).
+__global__ void WaitCountersKernel(CounterSet set, uint32_t value, uint64_t* stamp, bool let_next_in) {
   PdlWait();  // ordered after the stream's earlier work, like a stream wait
+  if (let_next_in) PdlTrigger();
   if (threadIdx.x < set.count) {
     const uint32_t* c = set.counters[threadIdx.x];
     const uint64_t start = GlobalTimerNs();
@@ -38,9 +34,10 @@ __global__ void WriteCounterKernel(uint32_t* counter, uint32_t value) {
 
 }  // namespace
 
-cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream, uint64_t* stamp) {
+cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream, uint64_t* stamp,
+                               bool let_next_in) {
   if (set.count <= 0 || set.count > kMaxCounters) return cudaErrorInvalidValue;
-  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value, stamp);
+  return LaunchPdl(WaitCountersKernel, dim3(1), dim3(32), 0, stream, set, value, stamp, let_next_in);
 }
 
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream) {

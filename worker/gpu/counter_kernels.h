@@ -35,15 +35,28 @@ struct CounterStore {
   uint64_t* stamp = nullptr;    // optional: receives the GPU's %globaltimer (ns) just before the store
 };
 
+// The in-kernel form of a gate: a kernel's blocks wait until *counter == value before reading their
+// inputs (one thread of each block polls with acquire loads, at most kCounterSpinLimitNs, then the block
+// meets at a barrier), so the kernel may be launched behind an earlier signal and be resident when the
+// real one comes. Inputs written by the peer must then be read with ordinary (coherent) loads, never
+// through the read-only path. `stamp`, when set, receives block 0's GPU clock (ns) when its wait is over.
+struct CounterWait {
+  const uint32_t* counter = nullptr;  // null: no wait
+  uint32_t value = 0;
+  uint64_t* stamp = nullptr;
+};
+
 struct CounterSet {
   const uint32_t* counters[kMaxCounters] = {};
   int count = 0;
 };
 
 // Enqueues a wait until every counter of `set` equals `value`; `stamp`, when set, receives the GPU's
-// %globaltimer (ns, one clock for every process on the GPU) when the wait is over.
+// %globaltimer (ns, one clock for every process on the GPU) when the wait is over. `let_next_in`: the
+// next kernel may be scheduled as soon as the wait starts (its blocks then sit in their PdlWait, which
+// still returns only once the wait is over) instead of when it ends, sparing its launch behind the gate.
 cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream,
-                               uint64_t* stamp = nullptr);
+                               uint64_t* stamp = nullptr, bool let_next_in = false);
 // Enqueues "*counter = value" after all earlier work on the stream (system-scope release).
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream);
 

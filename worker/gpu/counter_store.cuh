@@ -13,6 +13,28 @@ __device__ __forceinline__ uint64_t GlobalTimerNs() {
   return t;
 }
 
+__device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Every thread of every block, before its first read of what the peer wrote (CounterWait,
+// counter_kernels.h): thread 0 polls (bounded, like the gate kernel: a dead peer cannot wedge the GPU;
+// the host's bounded waits report it), then the block meets. The acquire and the barrier order the
+// block's later loads after the peer's release.
+__device__ __forceinline__ void BlockWaitsCounter(const CounterWait& w) {
+  if (w.counter == nullptr) return;
+  if (threadIdx.x == 0) {
+    const uint64_t start = GlobalTimerNs();
+    while (LoadAcquireSys(w.counter) != w.value) {
+      if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
+    }
+    if (w.stamp != nullptr && blockIdx.x == 0) *w.stamp = GlobalTimerNs();
+  }
+  __syncthreads();
+}
+
 // Every thread of the block: its earlier writes become visible at the store's scope.
 __device__ __forceinline__ void FenceForStore(const CounterStore& s) {
   if (s.system) {

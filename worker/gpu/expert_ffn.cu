@@ -49,6 +49,9 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   __shared__ int listed, runs;
   PdlWait();
   PdlTrigger();
+  // x and the routing table may still be being written (ExpertFfnArgs::ready): wait for them; they
+  // and act are read with ordinary loads below, only the weights through the read-only path.
+  if constexpr (kGateUp) BlockWaitsCounter(a.ready);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int rows = kGateUp ? a.inter : a.hidden, cols = kGateUp ? a.hidden : a.inter;
   const int chunks = cols / kElems, per_pair = (rows + R - 1) / R;

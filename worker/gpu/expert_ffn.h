@@ -42,6 +42,9 @@ struct ExpertFfnArgs {
   // another process); `arrivals` is a zeroed counter for it (left zeroed).
   CounterStore done;
   unsigned int* arrivals = nullptr;
+  // Optional: the gate/up kernel's blocks wait for this before they read x and the routing table (which
+  // the peer writes while they are resident), so the kernel may be enqueued behind an earlier gate.
+  CounterWait ready;
 };
 
 // Experts at most for which a batch's pairs are sorted by expert (in shared memory); with more, each pair
@@ -82,7 +85,8 @@ inline int GroupedMaxTiles(int pairs, int num_experts) {
   return (pairs + kGroupedTileRows - 1) / kGroupedTileRows + num_experts;
 }
 
-// args.act is unused here (scratch.act holds the activations); args.fp32_weights must be false.
+// args.act is unused here (scratch.act holds the activations); args.fp32_weights must be false, and
+// args.ready unset (gate the stream instead).
 cudaError_t LaunchExpertFfnGrouped(const ExpertFfnArgs& args, const GroupedFfnScratch& scratch,
                                    cudaStream_t stream);
 

@@ -184,7 +184,9 @@ __global__ void __launch_bounds__(kThreads) GroupedDownKernel(ExpertFfnArgs a, G
 }  // namespace
 
 cudaError_t LaunchExpertFfnGrouped(const ExpertFfnArgs& a, const GroupedFfnScratch& s, cudaStream_t stream) {
-  if (a.fp32_weights || a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) {
+  // No in-kernel wait here (ExpertFfnArgs::ready): the caller gates the stream.
+  if (a.fp32_weights || a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0 ||
+      a.ready.counter != nullptr) {
     return cudaErrorInvalidValue;
   }
   const int pairs = a.tokens * a.top_k;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <span>
 
 #include "common/status.h"
 #include "common/str_cat.h"
@@ -178,14 +179,26 @@ absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k, bool g
 
 absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k,
                                      const int32_t* routing, float* out, cudaStream_t stream, bool allow_grouped,
-                                     const CounterStore& after) {
+                                     const CounterStore& after, const CounterWait& before) {
   // `after` in the form this process uses: by the decode down kernel's last block, else a write enqueued
   // behind the kernels.
   auto write_after = [&]() -> absl::Status {
     return after.counter == nullptr ? absl::OkStatus() : EnqueueWriteCounter(stream, after.counter, after.value);
   };
+  // `before` where no kernel of ours polls it: a gate on the stream.
+  auto wait_before = [&]() -> absl::Status {
+    if (before.counter == nullptr) return absl::OkStatus();
+    return EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&before.counter, 1), before.value,
+                               before.stamp);
+  };
+  if (before.counter != nullptr && !KernelWaitsCounters()) {
+    return absl::FailedPreconditionError("an in-kernel counter wait needs gate kernels (MPS)");
+  }
   auto table = tables_.find(layer);
-  if (table == tables_.end()) return write_after();  // no experts of this layer here
+  if (table == tables_.end()) {  // no experts of this layer here
+    RETURN_IF_ERROR(wait_before());
+    return write_after();
+  }
   if (static_cast<size_t>(tokens) * top_k * config_.moe_intermediate_size > act_capacity_) {
     return absl::InternalError(StrCat("expert scratch reserved for fewer than ", tokens, " tokens"));
   }
@@ -203,9 +216,11 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
     if (static_cast<size_t>(tokens) * top_k > grouped_pairs_) {
       return absl::InternalError(StrCat("grouped expert scratch reserved for fewer than ", tokens, " tokens"));
     }
+    RETURN_IF_ERROR(wait_before());
     RETURN_IF_ERROR(CudaStatus(LaunchExpertFfnGrouped(a, grouped_, stream), "grouped expert FFN launch"));
     return write_after();
   }
+  a.ready = before;
   a.act = act_;
   a.fp32_weights = fp32_;
   const bool fused = after.counter != nullptr && KernelsStoreCounters();

@@ -47,9 +47,12 @@ class GpuExpertStore {
   // `allow_grouped`: false keeps fp32 activations at any batch size (the CPU coordinator's per-layer
   // Work, which is held to the fp32 references). `after`, when it names a counter, is stored once the
   // layer's outputs are written (also when nothing of the layer is here): a hand-over to another process.
+  // `before`, when it names a counter, is waited for before x and routing are read: by the decode
+  // kernels' blocks themselves (CounterWait; the stream's earlier gate lets them in early), else by a
+  // gate enqueued first. Only where KernelWaitsCounters() (stream_sync.h).
   absl::Status Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k, const int32_t* routing,
                        float* out, cudaStream_t stream, bool allow_grouped = true,
-                       const CounterStore& after = CounterStore());
+                       const CounterStore& after = CounterStore(), const CounterWait& before = CounterWait());
   cudaStream_t stream() const { return stream_; }
   bool HasLayer(int layer) const { return tables_.count(layer) != 0; }
 

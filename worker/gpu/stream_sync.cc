@@ -109,8 +109,10 @@ int ResidentGridMargin() {
   return margin;
 }
 
+bool KernelWaitsCounters() { return KernelWaits(); }
+
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
-                                 uint64_t* stamp) {
+                                 uint64_t* stamp, bool let_next_in) {
   if (!KernelWaits()) {
     for (const uint32_t* c : counters) RETURN_IF_ERROR(StreamWaitCounter(stream, c, value));
     return absl::OkStatus();
@@ -119,7 +121,7 @@ absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* 
     CounterSet set;
     for (size_t j = i; j < counters.size() && set.count < kMaxCounters; ++j) set.counters[set.count++] = counters[j];
     const bool last = i + kMaxCounters >= counters.size();
-    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream, last ? stamp : nullptr));
+    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream, last ? stamp : nullptr, last && let_next_in));
   }
   return absl::OkStatus();
 }

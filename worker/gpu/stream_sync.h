@@ -32,9 +32,14 @@ absl::Status StreamWaitCounter(cudaStream_t stream, const uint32_t* counter, uin
 // form, PINMOE_COUNTER_WRITE = fused | stream | kernel (a one-thread kernel) the write's (bench/NOTES.md).
 // `counters` holds at most kMaxCounters (counter_kernels.h) for the kernel form; the wait is for all of
 // them to equal value.
-// `stamp` (kernel form only) receives the GPU's clock when the wait is over (LaunchWaitCounters).
+// `stamp` (kernel form only) receives the GPU's clock when the wait is over; `let_next_in` (kernel form
+// only) schedules the next kernel as the wait starts (LaunchWaitCounters).
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
-                                 uint64_t* stamp = nullptr);
+                                 uint64_t* stamp = nullptr, bool let_next_in = false);
+// Whether EnqueueWaitCounters enqueues gate kernels (under MPS, or PINMOE_COUNTER_WAIT=kernel): only then
+// may a kernel poll a counter itself (CounterWait), since a spinning kernel of a time-sliced process
+// would hold the GPU from the process it waits for.
+bool KernelWaitsCounters();
 absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_t value);
 
 // Whether the kernel that finishes a hand-over's work stores its counter itself from its last block
