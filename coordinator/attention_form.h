@@ -14,18 +14,25 @@ struct AttentionForm {
 };
 
 // By default (grouped_mode -1) a step whose longest context is below kAttnGroupedMinPositions takes
-// the per-head split form in up to kAttnShortSplits splits, and from there on the grouped form in up to
-// `max_splits`. grouped_mode 0 / 1 forces the per-head / grouped split form in `max_splits` (A/B
+// the per-head split form, and from there on the grouped form in up to `max_splits`. The per-head form
+// takes kAttnShortSplits splits (never more than max_splits), and one from kAttnOneSplitBatch sequences
+// on: a batch multiplies the form's blocks and merges. Measured on the H200 at contexts of 128-192
+// (Qwen3-30B-A3B, in-process, tok/s, 8 splits against 1): batch 4 586.2 against 571.0, batch 16 859.6
+// against 905.5, batch 64 1,117.4 against 1,218.8 (bench/NOTES.md; batches between 4 and 16 not
+// measured, so they keep 8). Such batches (past kGemvMaxTokens) take cuBLAS for their linear layers
+// anyway, so the results of batches up to 8 still equal those of one sequence alone, bit for bit.
+// grouped_mode 0 / 1 forces the per-head / grouped split form in `max_splits` at any batch (A/B
 // measurements, or 0 where the shape has no grouped form); max_splits 0 gives one block per head.
 constexpr int kAttnShortSplits = 8;
+constexpr int kAttnOneSplitBatch = 16;
 constexpr int kAttnGroupedMinPositions = 1024;
 
-inline AttentionForm PickAttentionForm(int max_splits, int grouped_mode, int longest_context) {
+inline AttentionForm PickAttentionForm(int max_splits, int grouped_mode, int longest_context, int batch = 1) {
   if (max_splits <= 0) return {};
   if (grouped_mode == 1) return {max_splits, true};
   if (grouped_mode == 0) return {max_splits, false};
   if (longest_context >= kAttnGroupedMinPositions) return {max_splits, true};
-  return {std::min(max_splits, kAttnShortSplits), false};
+  return {std::min(max_splits, batch >= kAttnOneSplitBatch ? 1 : kAttnShortSplits), false};
 }
 
 }  // namespace pinmoe

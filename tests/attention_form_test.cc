@@ -21,6 +21,23 @@ TEST(AttentionForm, ByContextSplitsPerHeadBelowTheThresholdAndGroupsFromIt) {
   EXPECT_EQ(PickAttentionForm(4, -1, 5000).splits, 4);
 }
 
+TEST(AttentionForm, ShortContextsTakeOneSplitPerHeadInLargeBatches) {
+  for (int batch : {1, 2, 4, 8, 15}) {
+    EXPECT_EQ(PickAttentionForm(32, -1, 200, batch).splits, kAttnShortSplits) << batch;
+  }
+  for (int batch : {16, 33, 64, 256}) {
+    const AttentionForm f = PickAttentionForm(32, -1, 200, batch);
+    EXPECT_EQ(f.splits, 1) << batch;
+    EXPECT_FALSE(f.grouped) << batch;
+  }
+  // From the grouped threshold on, and in the forced forms, the batch changes nothing.
+  EXPECT_EQ(PickAttentionForm(32, -1, 4096, 64).splits, 32);
+  EXPECT_TRUE(PickAttentionForm(32, -1, 4096, 64).grouped);
+  EXPECT_EQ(PickAttentionForm(16, 0, 200, 64).splits, 16);
+  EXPECT_EQ(PickAttentionForm(16, 1, 200, 64).splits, 16);
+  EXPECT_EQ(PickAttentionForm(2, -1, 200, 4).splits, 2);
+}
+
 TEST(AttentionForm, ForcedFormsHoldAtEveryContext) {
   for (int context : {1, 1000, 1024, 50000}) {
     EXPECT_TRUE(PickAttentionForm(16, 1, context).grouped) << context;

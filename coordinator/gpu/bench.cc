@@ -77,7 +77,8 @@ std::string DescribeAttention(const GpuCausalLm& model) {
     case 0: return StrCat(", attention in ", splits, " split(s) per head");
     case 1: return StrCat(", attention grouped in up to ", splits, " split(s)");
     default:
-      return StrCat(", attention by context (per head in up to ", kAttnShortSplits, " splits below ",
+      return StrCat(", attention by context (per head in up to ", kAttnShortSplits,
+                    " splits, 1 from batch ", kAttnOneSplitBatch, ", below ",
                     kAttnGroupedMinPositions, " positions, then grouped in up to ", splits, ")");
   }
 }

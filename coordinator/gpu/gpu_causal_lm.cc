@@ -12,6 +12,9 @@
 #include "coordinator/model_loading.h"
 
 namespace pinmoe {
+
+// attention_form.h counts on batches that change the attention's splits taking cuBLAS anyway.
+static_assert(kAttnOneSplitBatch > kGemvMaxTokens, "a GEMV-sized batch would change its attention's splits");
 namespace {
 
 // bf16 models run prefill attention on tensor cores from this many tokens per step on.
@@ -189,7 +192,7 @@ absl::Status GpuCausalLm::Submit(std::span<const int32_t> ids, int batch, Output
   // The decode attention's form for this step, by the longest context it attends.
   int longest = 0;
   for (int b = 0; b < batch; ++b) longest = std::max(longest, (batch > 1 ? positions_[b] : positions_[seq_]) + 1);
-  step_attn_ = PickAttentionForm(attn_splits_, attn_grouped_mode_, longest);
+  step_attn_ = PickAttentionForm(attn_splits_, attn_grouped_mode_, longest, batch);
   const absl::Status st = Launch(n, output, want_output, variant);
   batch_ = 1;
   RETURN_IF_ERROR(st);
