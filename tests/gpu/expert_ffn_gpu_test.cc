@@ -191,6 +191,26 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertFfnGpuTest,
 // Batches of more than one token run each expert's pairs together (sorted by expert; 320 pairs: one pass
 // of the 512-pair form): every pair's output must be bit-identical to the same token computed alone, for bf16
 // and fp32 weights, all experts owned or every third one elsewhere.
+// Seeded random experts in device memory (fp32 values, or the same rounded to bf16), owned by
+// `mats`; the table names the matrices of the experts `owned` picks and leaves the others null.
+template <typename Owned>
+std::vector<GpuExpert> RandomExperts(int hidden, int inter, int experts, bool fp32, Owned owned,
+                                     std::vector<std::unique_ptr<testing::Dev>>* mats) {
+  std::vector<GpuExpert> table(experts);
+  for (int e = 0; e < experts; ++e) {
+    const void* m[3];
+    for (int p = 0; p < 3; ++p) {
+      const std::vector<float> v = testing::Random(static_cast<size_t>(hidden) * inter, 100 * e + p, 0.05f);
+      std::vector<uint16_t> b(v.size());
+      for (size_t i = 0; i < v.size(); ++i) b[i] = F32ToBf16(v[i]);
+      mats->push_back(fp32 ? std::make_unique<testing::Dev>(v) : std::make_unique<testing::Dev>(b));
+      m[p] = mats->back()->p;
+    }
+    if (owned(e)) table[e] = {m[0], m[1], m[2]};
+  }
+  return table;
+}
+
 TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
   using testing::Dev;
   using testing::Random;
@@ -199,18 +219,8 @@ TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
       const int hidden = 256, inter = 96, experts = 6, tokens = 80, top_k = 4;
       const size_t pairs = static_cast<size_t>(tokens) * top_k;
       std::vector<std::unique_ptr<Dev>> mats;
-      std::vector<GpuExpert> table(experts);
-      for (int e = 0; e < experts; ++e) {
-        const void* m[3];
-        for (int p = 0; p < 3; ++p) {
-          const std::vector<float> v = Random(static_cast<size_t>(hidden) * inter, 100 * e + p, 0.05f);
-          std::vector<uint16_t> b(v.size());
-          for (size_t i = 0; i < v.size(); ++i) b[i] = F32ToBf16(v[i]);
-          mats.push_back(fp32 ? std::make_unique<Dev>(v) : std::make_unique<Dev>(b));
-          m[p] = mats.back()->p;
-        }
-        if (!split || e % 3 != 1) table[e] = {m[0], m[1], m[2]};
-      }
+      const std::vector<GpuExpert> table =
+          RandomExperts(hidden, inter, experts, fp32, [&](int e) { return !split || e % 3 != 1; }, &mats);
       std::mt19937 rng(9);
       std::vector<int32_t> routing(pairs);
       for (int t = 0; t < tokens; ++t) {
@@ -269,18 +279,8 @@ TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
     const int hidden = 256, inter = 96, experts = 8, top_k = 4;
     const size_t pairs = static_cast<size_t>(tokens) * top_k;
     std::vector<std::unique_ptr<Dev>> mats;
-    std::vector<GpuExpert> table(experts);
-    for (int e = 0; e < experts; ++e) {
-      const void* m[3];
-      for (int p = 0; p < 3; ++p) {
-        const std::vector<float> v = Random(static_cast<size_t>(hidden) * inter, 10 * e + p, 0.05f);
-        std::vector<uint16_t> b(v.size());
-        for (size_t i = 0; i < v.size(); ++i) b[i] = F32ToBf16(v[i]);
-        mats.push_back(std::make_unique<Dev>(b));
-        m[p] = mats.back()->p;
-      }
-      table[e] = {m[0], m[1], m[2]};
-    }
+    const std::vector<GpuExpert> table =
+        RandomExperts(hidden, inter, experts, /*fp32=*/false, [](int) { return true; }, &mats);
     std::vector<int32_t> routing(pairs);
     for (size_t i = 0; i < pairs; ++i) routing[i] = static_cast<int32_t>((i * 3 + i / top_k) % experts);
     const std::vector<float> x = Random(static_cast<size_t>(tokens) * hidden, 3);
