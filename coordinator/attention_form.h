@@ -23,6 +23,9 @@ struct AttentionForm {
 // anyway, so the results of batches up to 8 still equal those of one sequence alone, bit for bit.
 // grouped_mode 0 / 1 forces the per-head / grouped split form in `max_splits` at any batch (A/B
 // measurements, or 0 where the shape has no grouped form); max_splits 0 gives one block per head.
+// The most splits of the decode attention's split forms (the GPU model's default cap, and what its
+// scratch and the plan's step buffers are sized for).
+constexpr int kAttnMaxSplits = 32;
 constexpr int kAttnShortSplits = 8;
 constexpr int kAttnOneSplitBatch = 16;
 constexpr int kAttnGroupedMinPositions = 1024;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 #include "common/str_cat.h"
+#include "coordinator/attention_form.h"
 
 namespace pinmoe {
 namespace {
@@ -126,8 +127,9 @@ StepBuffers StepBufferBytes(const ModelConfig& c, uint32_t tokens) {
   StepBuffers b;
   // GpuCausalLm: x, router logits and weights (ids and positions are a few KB), one row of logits.
   uint64_t floats = t * (h + experts + k) + static_cast<uint64_t>(c.vocab_size);
-  // The decode attention's split shares and counters (kAttnMaxSplits = 32 per head, dense_kernels.h).
-  if (hd % 32 == 0) floats += nh * 32 * (hd + 2) + nh;
+  // The decode attention's split shares and counters (kAttnMaxSplits per head; AttnSplitPartialFloats,
+  // dense_kernels.h), where the split forms apply (head_dim a multiple of a warp).
+  if (hd % 32 == 0) floats += nh * kAttnMaxSplits * (hd + 2) + nh;
   uint64_t widest_gemm = std::max(h, nh * hd);  // LinearRunner::Reserve's width
   if (c.architecture == Architecture::kQwen3Next) {
     const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "coordinator/attention_form.h"  // kAttnMaxSplits
+
 namespace pinmoe {
 
 // y[r, :] = weight * x[r, :] / sqrt(mean(x[r, :]^2) + eps), rows x dim.
@@ -53,7 +55,6 @@ struct QkNormRopeCacheArgs {
   float* split_partials = nullptr;
   unsigned int* split_counters = nullptr;
 };
-constexpr int kAttnMaxSplits = 32;
 inline size_t AttnSplitPartialFloats(int batch, int heads, int head_dim, int splits) {
   return static_cast<size_t>(batch) * heads * splits * (static_cast<size_t>(head_dim) + 2);
 }
