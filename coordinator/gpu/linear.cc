@@ -66,7 +66,7 @@ absl::Status LinearRunner::RunRouter(const DeviceMatrix& w, const float* x, cons
     if (!KernelsStoreCounters()) fused.ready = fused.soon = CounterStore();
     RETURN_IF_ERROR(CudaStatus(LaunchGemv(w, x, tokens, y, /*accumulate=*/false, &norm, stream_, &fused),
                                "router launch"));
-    if (fused.ready.counter != nullptr) return absl::OkStatus();
+    if (KernelsStoreCounters()) return absl::OkStatus();  // the kernel stored soon and ready
   } else {
     RETURN_IF_ERROR(RunNormed(w, x, norm, tokens, y, /*accumulate=*/false));
     RETURN_IF_ERROR(CudaStatus(LaunchRouteTopK(y, tokens, static_cast<int>(w.rows), topk.top_k, topk.norm,

@@ -188,9 +188,6 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertFfnGpuTest,
                                            Shape{1032, 136, 6, 70, 2, false, true},
                                            Shape{256, 512, 128, 300, 8, false, true}));
 
-// Batches of more than one token run each expert's pairs together (sorted by expert; 320 pairs: one pass
-// of the 512-pair form): every pair's output must be bit-identical to the same token computed alone, for bf16
-// and fp32 weights, all experts owned or every third one elsewhere.
 // Seeded random experts in device memory (fp32 values, or the same rounded to bf16), owned by
 // `mats`; the table names the matrices of the experts `owned` picks and leaves the others null.
 template <typename Owned>
@@ -211,6 +208,9 @@ std::vector<GpuExpert> RandomExperts(int hidden, int inter, int experts, bool fp
   return table;
 }
 
+// Batches of more than one token run each expert's pairs together (sorted by expert; 320 pairs: one pass
+// of the 512-pair form): every pair's output must be bit-identical to the same token computed alone, for bf16
+// and fp32 weights, all experts owned or every third one elsewhere.
 TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
   using testing::Dev;
   using testing::Random;

@@ -13,13 +13,7 @@ namespace {
 __global__ void WaitCountersKernel(CounterSet set, uint32_t value, uint64_t* stamp, bool let_next_in) {
   PdlWait();  // ordered after the stream's earlier work, like a stream wait
   if (let_next_in) PdlTrigger();
-  if (threadIdx.x < set.count) {
-    const uint32_t* c = set.counters[threadIdx.x];
-    const uint64_t start = GlobalTimerNs();
-    while (LoadAcquireSys(c) != value) {
-      if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
-    }
-  }
+  if (threadIdx.x < set.count) SpinUntilEquals(set.counters[threadIdx.x], value);
   __syncthreads();
   if (stamp != nullptr && threadIdx.x == 0) *stamp = GlobalTimerNs();
   PdlTrigger();

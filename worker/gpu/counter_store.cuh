@@ -19,17 +19,22 @@ __device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
   return v;
 }
 
+// One thread: polls *counter with acquire loads until it holds `value`, for at most kCounterSpinLimitNs
+// (a dead peer cannot wedge the GPU; the host's bounded waits report it).
+__device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_t value) {
+  const uint64_t start = GlobalTimerNs();
+  while (LoadAcquireSys(counter) != value) {
+    if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
+  }
+}
+
 // Every thread of every block, before its first read of what the peer wrote (CounterWait,
-// counter_kernels.h): thread 0 polls (bounded, like the gate kernel: a dead peer cannot wedge the GPU;
-// the host's bounded waits report it), then the block meets. The acquire and the barrier order the
+// counter_kernels.h): thread 0 polls, then the block meets. The acquire and the barrier order the
 // block's later loads after the peer's release.
 __device__ __forceinline__ void BlockWaitsCounter(const CounterWait& w) {
   if (w.counter == nullptr) return;
   if (threadIdx.x == 0) {
-    const uint64_t start = GlobalTimerNs();
-    while (LoadAcquireSys(w.counter) != w.value) {
-      if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
-    }
+    SpinUntilEquals(w.counter, w.value);
     if (w.stamp != nullptr && blockIdx.x == 0) *w.stamp = GlobalTimerNs();
   }
   __syncthreads();
