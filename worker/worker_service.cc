@@ -317,7 +317,7 @@ class Worker {
           CounterWait before;
           if (soon != nullptr) {
             RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&soon, 1), step.ticks(i)));
-            before = CounterWait{ready_counter, step.ticks(i), open_stamp};
+            before = CounterWait{ready_counter, step.ticks(i), open_stamp, EarlyPollSleepNs()};
           } else {
             RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1),
                                                 step.ticks(i), open_stamp));

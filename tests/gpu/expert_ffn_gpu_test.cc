@@ -10,6 +10,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/dtype.h"
@@ -275,7 +276,8 @@ TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
 TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
   using testing::Dev;
   using testing::Random;
-  for (const int tokens : {1, 5}) {
+  // Back-to-back polls, and polls with a back-off (the early hand-over's PINMOE_EARLY_POLL_NS).
+  for (const auto [tokens, max_sleep_ns] : {std::pair{1, 0u}, std::pair{5, 0u}, std::pair{1, 1024u}, std::pair{5, 256u}}) {
     const int hidden = 256, inter = 96, experts = 8, top_k = 4;
     const size_t pairs = static_cast<size_t>(tokens) * top_k;
     std::vector<std::unique_ptr<Dev>> mats;
@@ -311,7 +313,7 @@ TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
     cudaStream_t run = nullptr, writer = nullptr;
     ASSERT_CUDA(cudaStreamCreateWithFlags(&run, cudaStreamNonBlocking));
     ASSERT_CUDA(cudaStreamCreateWithFlags(&writer, cudaStreamNonBlocking));
-    a.ready = CounterWait{counter.as<uint32_t>(), 42u, stamp.as<uint64_t>()};
+    a.ready = CounterWait{counter.as<uint32_t>(), 42u, stamp.as<uint64_t>(), max_sleep_ns};
     ASSERT_CUDA(LaunchExpertFfnDecode(a, run));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(cudaStreamQuery(run), cudaErrorNotReady) << "the kernels did not wait";
@@ -326,7 +328,7 @@ TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
     ASSERT_CUDA(cudaMemcpyAsync(counter.p, &value, 4, cudaMemcpyHostToDevice, writer));
     ASSERT_CUDA(cudaStreamSynchronize(writer));
     ASSERT_CUDA(cudaStreamSynchronize(run));
-    EXPECT_EQ(out.get<uint32_t>(), expected) << tokens << " tokens";
+    EXPECT_EQ(out.get<uint32_t>(), expected) << tokens << " tokens, back-off " << max_sleep_ns << " ns";
     EXPECT_NE(stamp.get<uint64_t>()[0], 0u);
     cudaStreamDestroy(run);
     cudaStreamDestroy(writer);

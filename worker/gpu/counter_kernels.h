@@ -40,11 +40,17 @@ struct CounterStore {
 // meets at a barrier), so the kernel may be launched behind an earlier signal and be resident when the
 // real one comes. Inputs written by the peer must then be read with ordinary (coherent) loads, never
 // through the read-only path. `stamp`, when set, receives block 0's GPU clock (ns) when its wait is over.
+// `max_sleep_ns`: the pollers' back-off ceiling (SpinUntilEquals, counter_store.cuh), 0 for none.
 struct CounterWait {
   const uint32_t* counter = nullptr;  // null: no wait
   uint32_t value = 0;
   uint64_t* stamp = nullptr;
+  uint32_t max_sleep_ns = 0;
 };
+
+// The back-off ceiling of the in-kernel waits (CounterWait::max_sleep_ns) that the worker's expert
+// kernels use in the early hand-over: PINMOE_EARLY_POLL_NS, default 0 (back-to-back polls), for A/B.
+uint32_t EarlyPollSleepNs();
 
 struct CounterSet {
   const uint32_t* counters[kMaxCounters] = {};

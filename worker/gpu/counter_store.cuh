@@ -20,11 +20,19 @@ __device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
 }
 
 // One thread: polls *counter with acquire loads until it holds `value`, for at most kCounterSpinLimitNs
-// (a dead peer cannot wedge the GPU; the host's bounded waits report it).
-__device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_t value) {
+// (a dead peer cannot wedge the GPU; the host's bounded waits report it). With `max_sleep_ns` > 0 the
+// warp sleeps between polls (__nanosleep, 32 ns doubling up to that ceiling), which leaves the SM's
+// issue slots and the counter's line to the kernels it waits for; 0 polls back to back (a gate alone).
+__device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_t value,
+                                                uint32_t max_sleep_ns = 0) {
   const uint64_t start = GlobalTimerNs();
+  uint32_t sleep_ns = 32;
   while (LoadAcquireSys(counter) != value) {
     if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
+    if (max_sleep_ns != 0) {
+      __nanosleep(sleep_ns);
+      sleep_ns = sleep_ns * 2 < max_sleep_ns ? sleep_ns * 2 : max_sleep_ns;
+    }
   }
 }
 
@@ -34,7 +42,7 @@ __device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_
 __device__ __forceinline__ void BlockWaitsCounter(const CounterWait& w) {
   if (w.counter == nullptr) return;
   if (threadIdx.x == 0) {
-    SpinUntilEquals(w.counter, w.value);
+    SpinUntilEquals(w.counter, w.value, w.max_sleep_ns);
     if (w.stamp != nullptr && blockIdx.x == 0) *w.stamp = GlobalTimerNs();
   }
   __syncthreads();

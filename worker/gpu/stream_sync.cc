@@ -111,6 +111,11 @@ int ResidentGridMargin() {
 
 bool KernelWaitsCounters() { return KernelWaits(); }
 
+uint32_t EarlyPollSleepNs() {
+  static const uint32_t ns = static_cast<uint32_t>(std::clamp(EnvInt("PINMOE_EARLY_POLL_NS", 0), 0, 1 << 20));
+  return ns;
+}
+
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
                                  uint64_t* stamp, bool let_next_in) {
   if (!KernelWaits()) {
