@@ -317,7 +317,7 @@ class Worker {
           CounterWait before;
           if (soon != nullptr) {
             RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&soon, 1), step.ticks(i)));
-            before = CounterWait{ready_counter, step.ticks(i), open_stamp, EarlyPollSleepNs()};
+            before = CounterWait{ready_counter, step.ticks(i), open_stamp, EarlyPoll()};
           } else {
             RETURN_IF_ERROR(EnqueueWaitCounters(stream, std::span<const uint32_t* const>(&ready_counter, 1),
                                                 step.ticks(i), open_stamp));
@@ -327,7 +327,8 @@ class Worker {
                                               reinterpret_cast<const int32_t*>(routing),
                                               reinterpret_cast<float*>(out), stream, /*allow_grouped=*/true,
                                               CounterStore{done, step.ticks(i), system_scope,
-                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr},
+                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr,
+                                                           StoreFencesEveryThread()},
                                               before));
         }
         return absl::OkStatus();

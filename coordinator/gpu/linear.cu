@@ -54,11 +54,11 @@ __global__ void __launch_bounds__(kRowThreads)
   PdlWait();
   PdlTrigger();
   if constexpr (kTopK) {
-    // The last block to start stores `soon` (linear.h); starts count in the high half of blocks_done,
-    // finishes in the low half.
+    // The last block to start stores `soon` (linear.h), a hint without data, so without a fence;
+    // starts count in the high half of blocks_done, finishes in the low half.
     if (topk.soon.counter != nullptr && threadIdx.x == 0 &&
         atomicAdd(topk.blocks_done, kBlockStarted) / kBlockStarted == gridDim.x - 1) {
-      StoreCounterRelease(topk.soon);
+      StoreCounterRelaxed(topk.soon);
     }
   }
   if constexpr (kNorm) {

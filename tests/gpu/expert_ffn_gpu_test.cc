@@ -112,7 +112,8 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
     ASSERT_CUDA(LaunchExpertFfnGrouped(a, g, nullptr));
   } else {
     // The decode kernels also hand over: the down kernel's last block stores a counter (system scope
-    // on every other shape), leaving its arrival counter zeroed.
+    // on every other shape; one fence per block rather than one per thread on every third), leaving its
+    // arrival counter zeroed.
     for (auto [ptr, bytes] : {std::pair<void*, size_t>{&a.done.counter, 4ul}, {&a.arrivals, 4ul}}) {
       ASSERT_CUDA(cudaMalloc(static_cast<void**>(ptr), bytes));
       ASSERT_CUDA(cudaMemset(*static_cast<void**>(ptr), 0, bytes));
@@ -120,6 +121,7 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
     }
     a.done.value = 1000u + s.tokens;
     a.done.system = s.tokens % 2 == 1;
+    a.done.fence_every_thread = s.tokens % 3 != 0;
     ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
   }
   ASSERT_CUDA(cudaDeviceSynchronize());
@@ -276,8 +278,10 @@ TEST(ExpertFfnGpu, GroupedDecodeEqualsOneTokenAtATime) {
 TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
   using testing::Dev;
   using testing::Random;
-  // Back-to-back polls, and polls with a back-off (the early hand-over's PINMOE_EARLY_POLL_NS).
-  for (const auto [tokens, max_sleep_ns] : {std::pair{1, 0u}, std::pair{5, 0u}, std::pair{1, 1024u}, std::pair{5, 256u}}) {
+  // Back-to-back acquire polls, and the other poll forms (PollForm: relaxed loads, a back-off).
+  for (const auto& [tokens, poll] : {std::pair{1, PollForm{}}, std::pair{5, PollForm{}},
+                                     std::pair{1, PollForm{1024, false}}, std::pair{5, PollForm{256, true}},
+                                     std::pair{1, PollForm{0, true}}}) {
     const int hidden = 256, inter = 96, experts = 8, top_k = 4;
     const size_t pairs = static_cast<size_t>(tokens) * top_k;
     std::vector<std::unique_ptr<Dev>> mats;
@@ -313,7 +317,7 @@ TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
     cudaStream_t run = nullptr, writer = nullptr;
     ASSERT_CUDA(cudaStreamCreateWithFlags(&run, cudaStreamNonBlocking));
     ASSERT_CUDA(cudaStreamCreateWithFlags(&writer, cudaStreamNonBlocking));
-    a.ready = CounterWait{counter.as<uint32_t>(), 42u, stamp.as<uint64_t>(), max_sleep_ns};
+    a.ready = CounterWait{counter.as<uint32_t>(), 42u, stamp.as<uint64_t>(), poll};
     ASSERT_CUDA(LaunchExpertFfnDecode(a, run));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(cudaStreamQuery(run), cudaErrorNotReady) << "the kernels did not wait";
@@ -328,7 +332,8 @@ TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
     ASSERT_CUDA(cudaMemcpyAsync(counter.p, &value, 4, cudaMemcpyHostToDevice, writer));
     ASSERT_CUDA(cudaStreamSynchronize(writer));
     ASSERT_CUDA(cudaStreamSynchronize(run));
-    EXPECT_EQ(out.get<uint32_t>(), expected) << tokens << " tokens, back-off " << max_sleep_ns << " ns";
+    EXPECT_EQ(out.get<uint32_t>(), expected)
+        << tokens << " tokens, back-off " << poll.max_sleep_ns << " ns, relaxed " << poll.relaxed;
     EXPECT_NE(stamp.get<uint64_t>()[0], 0u);
     cudaStreamDestroy(run);
     cudaStreamDestroy(writer);

@@ -33,24 +33,40 @@ struct CounterStore {
   uint32_t value = 0;
   bool system = false;
   uint64_t* stamp = nullptr;    // optional: receives the GPU's %globaltimer (ns) just before the store
+  // LastBlockStoresCounter's form: every thread fences its own writes before the block's arrival, or
+  // (false) only the thread that arrives, after the block's barrier (as cooperative groups' grid sync).
+  bool fence_every_thread = true;
 };
+
+// CounterStore::fence_every_thread for the worker's done counters: PINMOE_STORE_FENCE=one turns it off
+// (A/B knob).
+bool StoreFencesEveryThread();
 
 // The in-kernel form of a gate: a kernel's blocks wait until *counter == value before reading their
 // inputs (one thread of each block polls with acquire loads, at most kCounterSpinLimitNs, then the block
 // meets at a barrier), so the kernel may be launched behind an earlier signal and be resident when the
 // real one comes. Inputs written by the peer must then be read with ordinary (coherent) loads, never
 // through the read-only path. `stamp`, when set, receives block 0's GPU clock (ns) when its wait is over.
-// `max_sleep_ns`: the pollers' back-off ceiling (SpinUntilEquals, counter_store.cuh), 0 for none.
+// How a poller reads its counter (SpinUntilEquals, counter_store.cuh). `relaxed`: relaxed loads, then
+// one acquire fence once the value is there, instead of an acquire load every time (each may invalidate
+// the SM's L1, in the way of the kernels that share the SM); `max_sleep_ns`: a back-off ceiling between
+// polls (__nanosleep, 32 ns doubling), 0 for back-to-back polls.
+struct PollForm {
+  uint32_t max_sleep_ns = 0;
+  bool relaxed = false;
+};
+
+// The polls of gate kernels (LaunchWaitCounters) and of the worker's in-kernel waits in the early
+// hand-over, from PINMOE_POLL_RELAXED and PINMOE_GATE_POLL_NS / PINMOE_EARLY_POLL_NS (A/B knobs).
+PollForm GatePoll();
+PollForm EarlyPoll();
+
 struct CounterWait {
   const uint32_t* counter = nullptr;  // null: no wait
   uint32_t value = 0;
   uint64_t* stamp = nullptr;
-  uint32_t max_sleep_ns = 0;
+  PollForm poll;
 };
-
-// The back-off ceiling of the in-kernel waits (CounterWait::max_sleep_ns) that the worker's expert
-// kernels use in the early hand-over: PINMOE_EARLY_POLL_NS, default 0 (back-to-back polls), for A/B.
-uint32_t EarlyPollSleepNs();
 
 struct CounterSet {
   const uint32_t* counters[kMaxCounters] = {};
@@ -62,7 +78,7 @@ struct CounterSet {
 // next kernel may be scheduled as soon as the wait starts (its blocks then sit in their PdlWait, which
 // still returns only once the wait is over) instead of when it ends, sparing its launch behind the gate.
 cudaError_t LaunchWaitCounters(const CounterSet& set, uint32_t value, cudaStream_t stream,
-                               uint64_t* stamp = nullptr, bool let_next_in = false);
+                               uint64_t* stamp = nullptr, bool let_next_in = false, PollForm poll = PollForm());
 // Enqueues "*counter = value" after all earlier work on the stream (system-scope release).
 cudaError_t LaunchWriteCounter(uint32_t* counter, uint32_t value, cudaStream_t stream);
 

@@ -19,21 +19,27 @@ __device__ __forceinline__ uint32_t LoadAcquireSys(const uint32_t* p) {
   return v;
 }
 
-// One thread: polls *counter with acquire loads until it holds `value`, for at most kCounterSpinLimitNs
-// (a dead peer cannot wedge the GPU; the host's bounded waits report it). With `max_sleep_ns` > 0 the
-// warp sleeps between polls (__nanosleep, 32 ns doubling up to that ceiling), which leaves the SM's
-// issue slots and the counter's line to the kernels it waits for; 0 polls back to back (a gate alone).
-__device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_t value,
-                                                uint32_t max_sleep_ns = 0) {
+__device__ __forceinline__ uint32_t LoadRelaxedSys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.relaxed.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// One thread: polls *counter until it holds `value`, for at most kCounterSpinLimitNs (a dead peer cannot
+// wedge the GPU; the host's bounded waits report it), with acquire semantics either way (PollForm,
+// counter_kernels.h): acquire loads, or relaxed loads and then an acquire fence (the PTX memory model's
+// acquire pattern). With a back-off ceiling the warp sleeps between polls.
+__device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_t value, PollForm poll = PollForm()) {
   const uint64_t start = GlobalTimerNs();
   uint32_t sleep_ns = 32;
-  while (LoadAcquireSys(counter) != value) {
+  while ((poll.relaxed ? LoadRelaxedSys(counter) : LoadAcquireSys(counter)) != value) {
     if (GlobalTimerNs() - start > kCounterSpinLimitNs) break;
-    if (max_sleep_ns != 0) {
+    if (poll.max_sleep_ns != 0) {
       __nanosleep(sleep_ns);
-      sleep_ns = sleep_ns * 2 < max_sleep_ns ? sleep_ns * 2 : max_sleep_ns;
+      sleep_ns = sleep_ns * 2 < poll.max_sleep_ns ? sleep_ns * 2 : poll.max_sleep_ns;
     }
   }
+  if (poll.relaxed) asm volatile("fence.acq_rel.sys;" ::: "memory");
 }
 
 // Every thread of every block, before its first read of what the peer wrote (CounterWait,
@@ -42,7 +48,7 @@ __device__ __forceinline__ void SpinUntilEquals(const uint32_t* counter, uint32_
 __device__ __forceinline__ void BlockWaitsCounter(const CounterWait& w) {
   if (w.counter == nullptr) return;
   if (threadIdx.x == 0) {
-    SpinUntilEquals(w.counter, w.value, w.max_sleep_ns);
+    SpinUntilEquals(w.counter, w.value, w.poll);
     if (w.stamp != nullptr && blockIdx.x == 0) *w.stamp = GlobalTimerNs();
   }
   __syncthreads();
@@ -68,14 +74,29 @@ __device__ __forceinline__ void StoreCounterRelease(const CounterStore& s) {
   }
 }
 
+// One thread: *counter = value with no ordering of the thread's earlier accesses (no fence), for a hint
+// that carries no data, such as the router's `soon`: its reader waits for a released counter before it
+// reads anything. A release would stall the storing warp on the fence, in the kernel's way.
+__device__ __forceinline__ void StoreCounterRelaxed(const CounterStore& s) {
+  if (s.stamp != nullptr) *s.stamp = GlobalTimerNs();
+  if (s.system) {
+    asm volatile("st.relaxed.sys.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
+  } else {
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
+  }
+}
+
 // Every thread of every block, as the kernel's last act: the last block to arrive stores the counter.
 // `arrivals` is a zeroed counter of this kernel's own, left zeroed (the next kernel that uses it must
 // be ordered after this one, e.g. by programmatic dependent launch's wait).
+// The barrier orders the block's writes before thread 0's fence, whose cumulativity then covers them.
 __device__ __forceinline__ void LastBlockStoresCounter(const CounterStore& s, unsigned int* arrivals) {
   if (s.counter == nullptr) return;
-  FenceForStore(s);
+  if (s.fence_every_thread) FenceForStore(s);
   __syncthreads();
-  if (threadIdx.x == 0 && atomicAdd(arrivals, 1u) == gridDim.x - 1) {
+  if (threadIdx.x != 0) return;
+  if (!s.fence_every_thread) FenceForStore(s);
+  if (atomicAdd(arrivals, 1u) == gridDim.x - 1) {
     *arrivals = 0u;
     FenceForStore(s);  // acquires the other blocks' arrivals (and so their writes) before the release
     StoreCounterRelease(s);

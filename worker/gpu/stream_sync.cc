@@ -111,9 +111,31 @@ int ResidentGridMargin() {
 
 bool KernelWaitsCounters() { return KernelWaits(); }
 
-uint32_t EarlyPollSleepNs() {
-  static const uint32_t ns = static_cast<uint32_t>(std::clamp(EnvInt("PINMOE_EARLY_POLL_NS", 0), 0, 1 << 20));
-  return ns;
+namespace {
+PollForm PollFrom(const char* sleep_knob) {
+  PollForm p;
+  p.relaxed = EnvInt("PINMOE_POLL_RELAXED", 0) != 0;
+  p.max_sleep_ns = static_cast<uint32_t>(std::clamp(EnvInt(sleep_knob, 0), 0, 1 << 20));
+  return p;
+}
+}  // namespace
+
+bool StoreFencesEveryThread() {
+  static const bool every = [] {
+    const char* v = std::getenv("PINMOE_STORE_FENCE");
+    return v == nullptr || std::string_view(v) != "one";
+  }();
+  return every;
+}
+
+PollForm GatePoll() {
+  static const PollForm p = PollFrom("PINMOE_GATE_POLL_NS");
+  return p;
+}
+
+PollForm EarlyPoll() {
+  static const PollForm p = PollFrom("PINMOE_EARLY_POLL_NS");
+  return p;
 }
 
 absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* const> counters, uint32_t value,
@@ -126,7 +148,8 @@ absl::Status EnqueueWaitCounters(cudaStream_t stream, std::span<const uint32_t* 
     CounterSet set;
     for (size_t j = i; j < counters.size() && set.count < kMaxCounters; ++j) set.counters[set.count++] = counters[j];
     const bool last = i + kMaxCounters >= counters.size();
-    CUDA_RETURN_IF_ERROR(LaunchWaitCounters(set, value, stream, last ? stamp : nullptr, last && let_next_in));
+    CUDA_RETURN_IF_ERROR(
+        LaunchWaitCounters(set, value, stream, last ? stamp : nullptr, last && let_next_in, GatePoll()));
   }
   return absl::OkStatus();
 }
