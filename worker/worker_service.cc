@@ -327,8 +327,7 @@ class Worker {
                                               reinterpret_cast<const int32_t*>(routing),
                                               reinterpret_cast<float*>(out), stream, /*allow_grouped=*/true,
                                               CounterStore{done, step.ticks(i), system_scope,
-                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr,
-                                                           StoreFencesEveryThread()},
+                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr},
                                               before));
         }
         return absl::OkStatus();

@@ -112,8 +112,7 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
     ASSERT_CUDA(LaunchExpertFfnGrouped(a, g, nullptr));
   } else {
     // The decode kernels also hand over: the down kernel's last block stores a counter (system scope
-    // on every other shape; one fence per block rather than one per thread on every third), leaving its
-    // arrival counter zeroed.
+    // on every other shape), leaving its arrival counter zeroed.
     for (auto [ptr, bytes] : {std::pair<void*, size_t>{&a.done.counter, 4ul}, {&a.arrivals, 4ul}}) {
       ASSERT_CUDA(cudaMalloc(static_cast<void**>(ptr), bytes));
       ASSERT_CUDA(cudaMemset(*static_cast<void**>(ptr), 0, bytes));
@@ -121,7 +120,6 @@ TEST_P(ExpertFfnGpuTest, MatchesCpuReference) {
     }
     a.done.value = 1000u + s.tokens;
     a.done.system = s.tokens % 2 == 1;
-    a.done.fence_every_thread = s.tokens % 3 != 0;
     ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
   }
   ASSERT_CUDA(cudaDeviceSynchronize());

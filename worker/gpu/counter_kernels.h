@@ -33,14 +33,7 @@ struct CounterStore {
   uint32_t value = 0;
   bool system = false;
   uint64_t* stamp = nullptr;    // optional: receives the GPU's %globaltimer (ns) just before the store
-  // LastBlockStoresCounter's form: every thread fences its own writes before the block's arrival, or
-  // (false) only the thread that arrives, after the block's barrier (as cooperative groups' grid sync).
-  bool fence_every_thread = true;
 };
-
-// CounterStore::fence_every_thread for the worker's done counters: PINMOE_STORE_FENCE=one turns it off
-// (A/B knob).
-bool StoreFencesEveryThread();
 
 // The in-kernel form of a gate: a kernel's blocks wait until *counter == value before reading their
 // inputs (one thread of each block polls with acquire loads, at most kCounterSpinLimitNs, then the block

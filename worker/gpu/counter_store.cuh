@@ -89,14 +89,11 @@ __device__ __forceinline__ void StoreCounterRelaxed(const CounterStore& s) {
 // Every thread of every block, as the kernel's last act: the last block to arrive stores the counter.
 // `arrivals` is a zeroed counter of this kernel's own, left zeroed (the next kernel that uses it must
 // be ordered after this one, e.g. by programmatic dependent launch's wait).
-// The barrier orders the block's writes before thread 0's fence, whose cumulativity then covers them.
 __device__ __forceinline__ void LastBlockStoresCounter(const CounterStore& s, unsigned int* arrivals) {
   if (s.counter == nullptr) return;
-  if (s.fence_every_thread) FenceForStore(s);
+  FenceForStore(s);
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  if (!s.fence_every_thread) FenceForStore(s);
-  if (atomicAdd(arrivals, 1u) == gridDim.x - 1) {
+  if (threadIdx.x == 0 && atomicAdd(arrivals, 1u) == gridDim.x - 1) {
     *arrivals = 0u;
     FenceForStore(s);  // acquires the other blocks' arrivals (and so their writes) before the release
     StoreCounterRelease(s);

@@ -120,14 +120,6 @@ PollForm PollFrom(const char* sleep_knob) {
 }
 }  // namespace
 
-bool StoreFencesEveryThread() {
-  static const bool every = [] {
-    const char* v = std::getenv("PINMOE_STORE_FENCE");
-    return v == nullptr || std::string_view(v) != "one";
-  }();
-  return every;
-}
-
 PollForm GatePoll() {
   static const PollForm p = PollFrom("PINMOE_GATE_POLL_NS");
   return p;
