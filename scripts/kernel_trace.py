@@ -3,6 +3,8 @@
 per process and kernel, the count and median / p90 duration in microseconds, and the median / p90 gap
 between the end of the kernel ahead of it on its stream and its start (negative: it started before that
 one ended, as programmatic dependent launch allows); kernels run fewer than --min-count times are left out.
+Then, on each process's busiest stream after its last prefill kernel (the decode steps), each kernel's
+end minus the end of the kernel before it: what the kernel adds to a step, where launches overlap.
 
   scripts/kernel_trace.py DIR [--min-count N]
 """
@@ -47,6 +49,31 @@ def summarise(path, min_count):
         if stream in last_end:
             gaps[name].append((start - last_end[stream]) / 1e3)
         last_end[stream] = max(end, last_end.get(stream, 0))
+    print_rows(path, rows, durations, gaps, min_count)
+    print_end_to_end(rows, min_count)
+
+
+PREFILL_KERNELS = ("GroupedGateUpKernel", "GroupedDownKernel", "FlashAttentionKernel")
+
+
+def print_end_to_end(rows, min_count):
+    streams = collections.Counter(stream for _, _, stream, _ in rows)
+    if not streams:
+        return
+    busiest = streams.most_common(1)[0][0]
+    on = [r for r in rows if r[2] == busiest]
+    last_prefill = max((i for i, r in enumerate(on) if r[3].startswith(PREFILL_KERNELS)), default=-1)
+    on = on[last_prefill + 1:]
+    adds = collections.defaultdict(list)
+    for before, kernel in zip(on, on[1:]):
+        adds[kernel[3]].append((kernel[1] - before[1]) / 1e3)
+    print(f"  decode on stream {busiest}: {len(on)} kernels; end minus the previous kernel's end, us")
+    for name, d in sorted(adds.items(), key=lambda x: -sum(x[1])):
+        if len(d) >= min_count:
+            print(f"    {name[:70]:70s} {len(d):7d} {statistics.median(d):8.2f} / {quantile(d, 0.9):8.2f}")
+
+
+def print_rows(path, rows, durations, gaps, min_count):
     span = (rows[-1][1] - rows[0][0]) / 1e3 if rows else 0.0
     print(f"{os.path.basename(path)}: {len(rows)} kernels over {span / 1e3:.1f} ms")
     print(f"  {'kernel':72s} {'count':>7s} {'median':>8s} / {'p90':>8s} us  gap before it {'median':>8s} / {'p90':>8s} us")
