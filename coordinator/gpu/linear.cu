@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kRowThreads)
     // starts count in the high half of blocks_done, finishes in the low half.
     if (topk.soon.counter != nullptr && threadIdx.x == 0 &&
         atomicAdd(topk.blocks_done, kBlockStarted) / kBlockStarted == gridDim.x - 1) {
-      StoreCounterRelaxed(topk.soon);
+      StoreCounter(topk.soon, StoreOrder::kRelaxed);
     }
   }
   if constexpr (kNorm) {
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kRowThreads)
       if (topk.ready.counter != nullptr) {
         FenceForStore(topk.ready);
         __syncthreads();
-        if (threadIdx.x == 0) StoreCounterRelease(topk.ready);
+        if (threadIdx.x == 0) StoreCounter(topk.ready);
       }
     }
   }

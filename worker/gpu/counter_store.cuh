@@ -63,26 +63,25 @@ __device__ __forceinline__ void FenceForStore(const CounterStore& s) {
   }
 }
 
-// One thread, after FenceForStore by every writer and whatever synchronisation made their writes its
-// own (a __syncthreads, the arrival counter): *counter = value with release semantics.
-__device__ __forceinline__ void StoreCounterRelease(const CounterStore& s) {
+enum class StoreOrder { kRelease, kRelaxed };
+
+// One thread: *counter = value. kRelease, after FenceForStore by every writer and whatever
+// synchronisation made their writes its own (a __syncthreads, the arrival counter): with release
+// semantics. kRelaxed: with no ordering of the thread's earlier accesses (no fence), for a hint that
+// carries no data, such as the router's `soon`, whose reader waits for a released counter before it
+// reads anything (a release would stall the storing warp on the fence, in the kernel's way).
+__device__ __forceinline__ void StoreCounter(const CounterStore& s, StoreOrder order = StoreOrder::kRelease) {
   if (s.stamp != nullptr) *s.stamp = GlobalTimerNs();
-  if (s.system) {
+  if (order == StoreOrder::kRelaxed) {
+    if (s.system) {
+      asm volatile("st.relaxed.sys.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
+    } else {
+      asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
+    }
+  } else if (s.system) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
   } else {
     asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
-  }
-}
-
-// One thread: *counter = value with no ordering of the thread's earlier accesses (no fence), for a hint
-// that carries no data, such as the router's `soon`: its reader waits for a released counter before it
-// reads anything. A release would stall the storing warp on the fence, in the kernel's way.
-__device__ __forceinline__ void StoreCounterRelaxed(const CounterStore& s) {
-  if (s.stamp != nullptr) *s.stamp = GlobalTimerNs();
-  if (s.system) {
-    asm volatile("st.relaxed.sys.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
-  } else {
-    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(s.counter), "r"(s.value) : "memory");
   }
 }
 
@@ -96,7 +95,7 @@ __device__ __forceinline__ void LastBlockStoresCounter(const CounterStore& s, un
   if (threadIdx.x == 0 && atomicAdd(arrivals, 1u) == gridDim.x - 1) {
     *arrivals = 0u;
     FenceForStore(s);  // acquires the other blocks' arrivals (and so their writes) before the release
-    StoreCounterRelease(s);
+    StoreCounter(s);
   }
 }
 
