@@ -28,6 +28,7 @@ struct Kernel {
 
 std::mutex mu;
 std::vector<Kernel>* kernels = nullptr;  // left allocated: the exit handler runs after static destructors
+size_t dropped = 0;                      // records CUPTI could not keep (a trace missing them says so)
 
 void Report(const char* what, CUptiResult r) {
   const char* text = nullptr;
@@ -41,10 +42,12 @@ void CUPTIAPI BufferRequested(uint8_t** buffer, size_t* size, size_t* max_record
   *max_records = 0;
 }
 
-void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
+void CUPTIAPI BufferCompleted(CUcontext context, uint32_t stream, uint8_t* buffer, size_t, size_t valid) {
   CUpti_Activity* record = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu);
+    size_t lost = 0;
+    if (cuptiActivityGetNumDroppedRecords(context, stream, &lost) == CUPTI_SUCCESS) dropped += lost;
     while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
       if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) continue;
       const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
@@ -81,7 +84,8 @@ void WriteTrace() {
                  Demangle(k.name).c_str());
   }
   std::fclose(f);
-  std::fprintf(stderr, "kernel_trace: %zu kernels -> %s\n", kernels->size(), path.c_str());
+  std::fprintf(stderr, "kernel_trace: %zu kernels -> %s%s\n", kernels->size(), path.c_str(),
+               dropped == 0 ? "" : (" (" + std::to_string(dropped) + " records dropped by CUPTI)").c_str());
 }
 
 }  // namespace
