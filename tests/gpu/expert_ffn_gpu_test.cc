@@ -338,25 +338,26 @@ TEST(ExpertFfnGpu, DecodeKernelsWaitForTheReadyCounter) {
   }
 }
 
-// The grouped kernels take no in-kernel wait (the caller gates the stream).
-TEST(ExpertFfnGpu, GroupedRejectsAnInKernelWait) {
+// Arguments with a shape and no buffers, for the launchers' checks that come before any launch.
+ExpertFfnArgs ShapeOnly(int hidden, int inter) {
   ExpertFfnArgs a;
-  a.hidden = 64;
-  a.inter = 32;
+  a.hidden = hidden;
+  a.inter = inter;
   a.tokens = 1;
   a.top_k = 1;
+  return a;
+}
+
+// The grouped kernels take no in-kernel wait (the caller gates the stream).
+TEST(ExpertFfnGpu, GroupedRejectsAnInKernelWait) {
+  ExpertFfnArgs a = ShapeOnly(64, 32);
   uint32_t dummy = 0;
   a.ready.counter = &dummy;
   EXPECT_EQ(LaunchExpertFfnGrouped(a, GroupedFfnScratch(), nullptr), cudaErrorInvalidValue);
 }
 
 TEST(ExpertFfnGpu, RejectsUnalignedShapes) {
-  ExpertFfnArgs a;
-  a.hidden = 60;
-  a.inter = 32;
-  a.tokens = 1;
-  a.top_k = 1;
-  EXPECT_EQ(LaunchExpertFfnDecode(a, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchExpertFfnDecode(ShapeOnly(60, 32), nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace

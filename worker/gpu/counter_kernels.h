@@ -35,11 +35,6 @@ struct CounterStore {
   uint64_t* stamp = nullptr;    // optional: receives the GPU's %globaltimer (ns) just before the store
 };
 
-// The in-kernel form of a gate: a kernel's blocks wait until *counter == value before reading their
-// inputs (one thread of each block polls with acquire loads, at most kCounterSpinLimitNs, then the block
-// meets at a barrier), so the kernel may be launched behind an earlier signal and be resident when the
-// real one comes. Inputs written by the peer must then be read with ordinary (coherent) loads, never
-// through the read-only path. `stamp`, when set, receives block 0's GPU clock (ns) when its wait is over.
 // How a poller reads its counter (SpinUntilEquals, counter_store.cuh). `relaxed`: relaxed loads, then
 // one acquire fence once the value is there, instead of an acquire load every time (each may invalidate
 // the SM's L1, in the way of the kernels that share the SM); `max_sleep_ns`: a back-off ceiling between
@@ -54,6 +49,12 @@ struct PollForm {
 PollForm GatePoll();
 PollForm EarlyPoll();
 
+// The in-kernel form of a gate: a kernel's blocks wait until *counter == value before reading their
+// inputs (one thread of each block polls as `poll` says, with acquire semantics, at most
+// kCounterSpinLimitNs, then the block meets at a barrier), so the kernel may be launched behind an
+// earlier signal and be resident when the real one comes. Inputs written by the peer must then be read
+// with ordinary (coherent) loads, never through the read-only path. `stamp`, when set, receives block
+// 0's GPU clock (ns) when its wait is over.
 struct CounterWait {
   const uint32_t* counter = nullptr;  // null: no wait
   uint32_t value = 0;
