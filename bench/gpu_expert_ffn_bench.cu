@@ -59,7 +59,9 @@ double DatasheetGBs(const cudaDeviceProp& prop) {
 int main(int argc, char** argv) {
   int hidden = 2048, inter = 768, experts = 256, top_k = 8, tokens = 1, layers = 48, reps = 20;
   bool grouped = false;
-  bool done_store = false;  // each layer's down kernel stores a done counter, as a worker's does
+  // Each layer's down kernel publishes a done counter, as a worker's does: 1, its last block stores it;
+  // 2, every block adds its share (the add form, CounterStore::add).
+  int done_store = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -69,11 +71,11 @@ int main(int argc, char** argv) {
     else if (a == "--experts") experts = v;
     else if (a == "--top-k") top_k = v;
     else if (a == "--tokens") tokens = v;
-    else if (a == "--done-store") done_store = v != 0;
+    else if (a == "--done-store") done_store = v;
     else {
       std::fprintf(stderr,
                    "usage: gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]"
-                   " [--kernel decode|grouped] [--done-store 0|1]\n");
+                   " [--kernel decode|grouped] [--done-store 0|1|2]\n");
       return 2;
     }
   }
@@ -165,9 +167,13 @@ int main(int argc, char** argv) {
     a.inter = inter;
     a.act = act;
     a.out = out;
-    if (done_store) {
-      a.done = pinmoe::CounterStore{done, static_cast<uint32_t>(l + 1)};
-      a.arrivals = arrivals;
+    if (done_store != 0) {
+      a.done = pinmoe::CounterStore{done, pinmoe::DoneValue(static_cast<uint32_t>(l + 1))};
+      if (done_store == 2) {
+        a.done.add = pinmoe::kDoneUnits;
+      } else {
+        a.arrivals = arrivals;
+      }
     }
     CHECK_CUDA(grouped ? pinmoe::LaunchExpertFfnGrouped(a, scratch, stream) : pinmoe::LaunchExpertFfnDecode(a, stream));
   }
@@ -202,7 +208,10 @@ int main(int argc, char** argv) {
               hidden, inter, top_k, experts, tokens, distinct / layers, layers,
               grouped ? "grouped tensor-core" : "decode");
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
-  if (done_store) std::printf("each layer's down kernel stores a done counter (its last block, as in a worker)\n");
+  if (done_store != 0) {
+    std::printf("each layer's down kernel publishes a done counter, as in a worker: %s\n",
+                done_store == 2 ? "every block adds its share" : "its last block stores it");
+  }
   std::printf("expert FFN: %.1f us per layer, %.0f GB/s of distinct weights = %.0f%% of the copy",
               ms * 1e3 / layers, gbs, 100 * gbs / copy_gbs);
   if (peak > 0) std::printf(", %.0f%% of the %.0f GB/s datasheet bandwidth", 100 * gbs / peak, peak);

@@ -22,6 +22,7 @@
 #if PINMOE_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "worker/gpu/counter_kernels.h"
 #include "worker/gpu/cuda_check.h"
 #include "worker/gpu/stream_sync.h"
 #endif
@@ -65,6 +66,9 @@ constexpr uint64_t kCounterBytes = 4096;
 constexpr uint64_t kCounterStride = 64;
 constexpr uint64_t kSoonOffset = kCounterBytes - kCounterStride;
 constexpr uint32_t kParityBase = 1u << 20;
+#if PINMOE_WITH_CUDA
+static_assert(static_cast<uint64_t>(2 * kParityBase) * kDoneUnits <= (1ull << 32), "done values must fit 32 bits");
+#endif
 uint32_t ParityBase(int parity) { return parity == 0 ? 0u : kParityBase; }
 
 }  // namespace
@@ -602,7 +606,8 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   std::vector<const uint32_t*> done;
   for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
   uint64_t* stamps = CoordinatorStamps(moe_index_[layer]);
-  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, tick, stamps != nullptr ? stamps + 1 : nullptr,
+  return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, DoneValue(tick),
+                             stamps != nullptr ? stamps + 1 : nullptr,
                              EarlyCombine() && step_tokens_ == 1);
 }
 
@@ -643,7 +648,9 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
       cudaMemcpy(&done, device_buffer_->data() + kCounterStride * (w + 1), sizeof(done), cudaMemcpyDeviceToHost);
       int last_layer = -1;
       for (int l = 0; l < config_.num_layers; ++l) {
-        if (moe_index_[l] >= 0 && step_base_ + 1 + static_cast<uint32_t>(moe_index_[l]) == done) last_layer = l;
+        if (moe_index_[l] >= 0 && DoneValue(step_base_ + 1 + static_cast<uint32_t>(moe_index_[l])) == done) {
+          last_layer = l;
+        }
       }
       late = StrCat(late, late.empty() ? "" : "; ", Describe(workers_[w]),
                     last_layer < 0 ? std::string(" finished no layer of it")
@@ -659,9 +666,9 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
     const auto give_up = Clock::now() + std::chrono::seconds(5);
     while (cudaEventQuery(static_cast<cudaEvent_t>(event)) == cudaErrorNotReady && Clock::now() < give_up) {
       for (int i = 1; i <= num_moe_layers_; ++i) {
-        const uint32_t tick = step_base_ + static_cast<uint32_t>(i);
+        const uint32_t value = DoneValue(step_base_ + static_cast<uint32_t>(i));
         for (size_t w = 0; w < workers_.size(); ++w) {
-          cudaMemcpy(device_buffer_->data() + kCounterStride * (w + 1), &tick, sizeof(tick), cudaMemcpyHostToDevice);
+          cudaMemcpy(device_buffer_->data() + kCounterStride * (w + 1), &value, sizeof(value), cudaMemcpyHostToDevice);
         }
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }

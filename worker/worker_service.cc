@@ -20,6 +20,7 @@
 #include "common/transport.h"
 #include "worker/expert_store.h"
 #if PINMOE_WITH_CUDA
+#include "worker/gpu/counter_kernels.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/cuda_check.h"
 #include "worker/gpu/gpu_expert_store.h"
@@ -39,6 +40,15 @@ std::chrono::milliseconds HotPoll() {
   static const std::chrono::milliseconds poll{std::max(0, EnvInt("PINMOE_WORKER_HOT_POLL_MS", 50))};
   return poll;
 }
+
+#if PINMOE_WITH_CUDA
+// Whether the down kernels after a step's first layer add to the done counter (CounterStore::add) rather
+// than have their last block store it; PINMOE_DONE_ADD=0 turns it off (A/B measurements).
+bool DoneAddForm() {
+  static const bool on = EnvInt("PINMOE_DONE_ADD", 1) != 0;
+  return on;
+}
+#endif
 
 class Worker {
  public:
@@ -310,6 +320,10 @@ class Worker {
         soon = reinterpret_cast<const uint32_t*>(soon_ptr);
       }
       RETURN_IF_ERROR(gpu_store_->Reserve(static_cast<uint32_t>(t), static_cast<uint32_t>(k)));
+      // Every layer leaves the done counter at DoneValue(its tick), so after the step's first layer (whose
+      // down kernel stores the value: the counter may hold anything from an earlier step) each may add
+      // the difference instead (CounterStore::add).
+      const bool add_form = DoneAddForm();
       auto enqueue = [&]() -> absl::Status {
         for (int i = 0; i < step.layers_size(); ++i) {
           const uint32_t* ready_counter = reinterpret_cast<const uint32_t*>(ready);
@@ -326,8 +340,11 @@ class Worker {
                                               static_cast<uint32_t>(t), static_cast<uint32_t>(k),
                                               reinterpret_cast<const int32_t*>(routing),
                                               reinterpret_cast<float*>(out), stream, /*allow_grouped=*/true,
-                                              CounterStore{done, step.ticks(i), system_scope,
-                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr},
+                                              CounterStore{done, DoneValue(step.ticks(i)), system_scope,
+                                                           stamps != nullptr ? stamps + 2 * i + 1 : nullptr,
+                                                           add_form && i > 0
+                                                               ? DoneValue(step.ticks(i)) - DoneValue(step.ticks(i - 1))
+                                                               : 0u},
                                               before));
         }
         return absl::OkStatus();
@@ -370,7 +387,8 @@ class Worker {
       // Release the coordinator, whose stream waits for one of our ticks: write each in turn, held
       // long enough for its poll to see it.
       for (uint32_t tick : step.ticks()) {
-        cudaMemcpy(done, &tick, sizeof(tick), cudaMemcpyHostToDevice);
+        const uint32_t value = DoneValue(tick);
+        cudaMemcpy(done, &value, sizeof(value), cudaMemcpyHostToDevice);
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
     }

@@ -28,12 +28,23 @@ int ResidentGridMargin();
 // form of EnqueueWriteCounter (stream_sync.h), which spares the stream operation behind the kernel.
 // `system` when a reader runs on another GPU (its writes are then fenced at system scope, else at GPU
 // scope: processes sharing one GPU, MPS or not, see each other's stores through its L2).
+// `add` != 0 (the add form, BlocksAddToCounter): the counter already holds value - add, and every block
+// adds its share of `add` with a release instead, so the counter reaches `value` as the last block's
+// writes are done, without that block's round trip to learn it is the last (shares are at least 1: the
+// kernel's grid must be at most `add`).
 struct CounterStore {
   uint32_t* counter = nullptr;  // null: nothing to store
   uint32_t value = 0;
   bool system = false;
   uint64_t* stamp = nullptr;    // optional: receives the GPU's %globaltimer (ns) just before the store
+  uint32_t add = 0;
 };
+
+// The values of the workers' done counters: a layer's tick times kDoneUnits, so that a layer's down
+// kernel can reach it in the add form from the worker's previous layer's value (a grid of at most
+// kDoneUnits blocks). Ticks stay below 2^21 (WorkerPool's parity bases), so the values fit 32 bits.
+constexpr uint32_t kDoneUnits = 2048;
+constexpr uint32_t DoneValue(uint32_t tick) { return tick * kDoneUnits; }
 
 // How a poller reads its counter (SpinUntilEquals, counter_store.cuh). `relaxed`: relaxed loads, then
 // one acquire fence once the value is there, instead of an acquire load every time (each may invalidate

@@ -99,4 +99,32 @@ __device__ __forceinline__ void LastBlockStoresCounter(const CounterStore& s, un
   }
 }
 
+// Every thread of every block, as the kernel's last act, in the add form (CounterStore::add): the block
+// meets, and one thread adds the block's share of s.add with a release (which, after the barrier, covers
+// every thread's writes of the block). The shares add up to s.add exactly, and none is 0 while
+// gridDim.x <= s.add, so the counter reaches s.value only after every block's writes. With a stamp,
+// each block raises it to its clock first (the stamp keeps the latest: the last block's).
+__device__ __forceinline__ void BlocksAddToCounter(const CounterStore& s) {
+  if (s.counter == nullptr) return;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  const uint64_t b = blockIdx.x, g = gridDim.x;
+  const uint32_t share = static_cast<uint32_t>((b + 1) * s.add / g - b * s.add / g);
+  if (s.stamp != nullptr) atomicMax(reinterpret_cast<unsigned long long*>(s.stamp), GlobalTimerNs());
+  if (s.system) {
+    asm volatile("red.release.sys.global.add.u32 [%0], %1;" ::"l"(s.counter), "r"(share) : "memory");
+  } else {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(s.counter), "r"(share) : "memory");
+  }
+}
+
+// The kernel's last act for a CounterStore of either form.
+__device__ __forceinline__ void PublishCounter(const CounterStore& s, unsigned int* arrivals) {
+  if (s.add != 0) {
+    BlocksAddToCounter(s);
+  } else {
+    LastBlockStoresCounter(s, arrivals);
+  }
+}
+
 }  // namespace pinmoe

@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       at = next;
     }
   }
-  if constexpr (!kGateUp) LastBlockStoresCounter(a.done, a.arrivals);
+  if constexpr (!kGateUp) PublishCounter(a.done, a.arrivals);
 }
 
 template <typename W, bool kGateUp, int R, bool kSorted, int kPass>
@@ -259,6 +259,7 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   int grid = 0;
   const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
   if (err != cudaSuccess) return err;
+  if (!kGateUp && a.done.counter != nullptr && a.done.add != 0) grid = static_cast<int>(std::min<long>(grid, a.done.add));
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }
 
@@ -287,7 +288,7 @@ cudaError_t LaunchTyped(const ExpertFfnArgs& a, cudaStream_t stream) {
 
 cudaError_t LaunchExpertFfnDecode(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (a.hidden % 8 != 0 || a.inter % 8 != 0 || a.tokens <= 0 || a.top_k <= 0) return cudaErrorInvalidValue;
-  if (a.done.counter != nullptr && a.arrivals == nullptr) return cudaErrorInvalidValue;
+  if (a.done.counter != nullptr && a.done.add == 0 && a.arrivals == nullptr) return cudaErrorInvalidValue;
   return a.fp32_weights ? LaunchTyped<float>(a, stream) : LaunchTyped<__nv_bfloat16>(a, stream);
 }
 

@@ -39,7 +39,8 @@ struct ExpertFfnArgs {
   float* out = nullptr;               // [tokens, top_k, hidden]; pairs not owned are left untouched
   bool fp32_weights = false;          // weights are fp32 (checked against references) instead of bf16
   // Optional: the down kernel's last block stores this once every output is written (a hand-over to
-  // another process); `arrivals` is a zeroed counter for it (left zeroed).
+  // another process); `arrivals` is a zeroed counter for it (left zeroed). In the add form (done.add)
+  // every block adds its share instead (no `arrivals`; the grid is then at most done.add blocks).
   CounterStore done;
   unsigned int* arrivals = nullptr;
   // Optional: the gate/up kernel's blocks wait for this before they read x and the routing table (which
