@@ -56,6 +56,8 @@ ABSL_FLAG(int, sample_top_k, 0, "bench: decode by sampling from the top k (devic
 ABSL_FLAG(bool, cuda_graphs, true, "bench: replay decode steps as CUDA graphs");
 ABSL_FLAG(std::string, delta_form, "auto",
           "bench: Qwen3-Next's DeltaNet form: auto (chunked for prompts), recurrent or chunked");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "the GPU path's KV cache elements: auto (bf16 for bf16 weights, else f32), f32 or bf16");
 ABSL_FLAG(bool, timeline, false, "bench, with workers: also time each layer's hand-over on the GPU's clock");
 ABSL_FLAG(std::string, out, "", "make-demo: output directory (default: the demo model directory)");
 ABSL_FLAG(std::string, tokenizer, "", "make-demo: tokenizer.json to ship with the demo model");
@@ -108,6 +110,9 @@ run: generates a continuation of the prompt and streams it to stdout (notes go t
                         reasoning (the thinking, apart from the answer in text)
   --top-logprobs K      with --json: the K most likely ids and log-probabilities at each position
   --context N           context length (default: max_position_embeddings)
+  --kv-cache-dtype T    the GPU path's KV cache: auto (default: bf16 for bf16 weights, as transformers
+                        keeps it; else f32), f32 or bf16 (half the bytes, each key and value rounded
+                        as it is stored); the CPU path's cache is always f32
   --ignore-eos          do not stop at end-of-sequence ids
   --worker-binary PATH  the pinmoe-worker to start (default: the one beside pinmoe)
   --step-timeout-ms MS  longest wait for the workers on one MoE layer (default 60000)
@@ -127,7 +132,8 @@ bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --promp
   decodes B sequences together (aggregate tokens/s); --delta-form recurrent runs Qwen3-Next's prompt
   through the token-by-token DeltaNet instead of the chunked form (for comparison); with --workers,
   --timeline adds a decode run that stamps every layer's hand-over with the GPU's clock (gate kernels
-  and kernel-stored counters, so MPS) and prints where a layer's time goes. --device, --workers
+  and kernel-stored counters, so MPS) and prints where a layer's time goes. --device, --workers,
+  --kv-cache-dtype
   and --worker-device as for run (here cpu means cuda:0: bench measures the GPU path). Start MPS
   (nvidia-cuda-mps-control -d) when workers share the coordinator's GPU: without it the GPU time-slices
   between the processes and every layer's hand-over costs ~0.3 ms.
@@ -135,7 +141,8 @@ bench: prefill and decode speed on a GPU (like llama-bench's pp and tg): --promp
 plan: from config.json alone (no weights are read), prints how the model splits over the devices:
   the dense part and its caches on the first, every MoE layer's experts spread over the GPUs in
   proportion to their free budget, system memory (--cpu-mem) only for what the GPUs cannot hold;
-  refuses (exit 1) when the budgets cannot hold the model.
+  refuses (exit 1) when the budgets cannot hold the model. The caches count --context tokens in
+  --kv-cache-dtype.
 
 tokenize: prints the token ids of --text as a JSON list.
 make-demo: writes the demo model (random weights) to --out, with --tokenizer's vocabulary if given.
@@ -239,6 +246,9 @@ int main(int argc, char** argv) {
     b.sample_top_k = absl::GetFlag(FLAGS_sample_top_k);
     b.graphs = absl::GetFlag(FLAGS_cuda_graphs);
     b.delta_form = absl::GetFlag(FLAGS_delta_form);
+    auto kv = pinmoe::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+    if (!kv.ok()) return Fail(kv.status());
+    b.kv_cache_dtype = *kv;
     b.timeline = absl::GetFlag(FLAGS_timeline);
     absl::Status st = pinmoe::RunBench(b, std::cout, std::cerr);
     return st.ok() ? 0 : Fail(st);
@@ -255,7 +265,9 @@ int main(int argc, char** argv) {
     if (!devices.ok()) return Fail(devices.status());
     int context = absl::GetFlag(FLAGS_context);
     if (context <= 0 || context > config->max_position_embeddings) context = config->max_position_embeddings;
-    auto plan = pinmoe::PlanMemory(*config, *devices, context);
+    auto kv = pinmoe::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+    if (!kv.ok()) return Fail(kv.status());
+    auto plan = pinmoe::PlanMemory(*config, *devices, context, *kv);
     if (!plan.ok()) return Fail(plan.status());
     std::fputs(pinmoe::FormatMemoryPlan(*config, *plan, context).c_str(), stdout);
     return 0;
@@ -300,6 +312,9 @@ int main(int argc, char** argv) {
     return UsageError("--gpus needs --gpu-mem with a budget for each GPU (e.g. --gpu-mem 0=70GiB)");
   }
   o.session.context = absl::GetFlag(FLAGS_context);
+  auto kv = pinmoe::ParseKvCacheDtype(absl::GetFlag(FLAGS_kv_cache_dtype));
+  if (!kv.ok()) return Fail(kv.status());
+  o.session.kv_cache_dtype = *kv;
   o.session.step_timeout_ms = absl::GetFlag(FLAGS_step_timeout_ms);
   o.prompt = absl::GetFlag(FLAGS_prompt);
   if (!absl::GetFlag(FLAGS_chat).empty()) o.chat = absl::GetFlag(FLAGS_chat);

@@ -52,18 +52,19 @@ uint64_t DenseWeightBytes(const ModelConfig& c) {
 
 namespace {
 
-// One sequence's fp32 caches, in two parts: the K and V of every attention layer for one position, and
-// the recurrent and conv states of every DeltaNet layer (whatever the context).
+// One sequence's caches, in two parts: the K and V of every attention layer for one position (elements
+// of kv_bytes), and the fp32 recurrent and conv states of every DeltaNet layer (whatever the context).
 struct SequenceCacheBytes {
   uint64_t per_position = 0;
   uint64_t states = 0;
 };
 
-SequenceCacheBytes CacheParts(const ModelConfig& c) {
+SequenceCacheBytes CacheParts(const ModelConfig& c, KvCacheDtype kv) {
+  const uint64_t kv_bytes = static_cast<uint64_t>(KvCacheElementBytes(kv));
   SequenceCacheBytes b;
   for (int l = 0; l < c.num_layers; ++l) {
     if (c.layer_kinds[l] == LayerKind::kFullAttention) {
-      b.per_position += 2ull * c.num_kv_heads * c.head_dim * sizeof(float);
+      b.per_position += 2ull * c.num_kv_heads * c.head_dim * kv_bytes;
     } else {
       const uint64_t kd = static_cast<uint64_t>(c.linear_num_key_heads) * c.linear_key_head_dim;
       const uint64_t vd = static_cast<uint64_t>(c.linear_num_value_heads) * c.linear_value_head_dim;
@@ -76,8 +77,8 @@ SequenceCacheBytes CacheParts(const ModelConfig& c) {
 
 }  // namespace
 
-uint64_t CacheBytes(const ModelConfig& c, int context) {
-  const SequenceCacheBytes b = CacheParts(c);
+uint64_t CacheBytes(const ModelConfig& c, int context, KvCacheDtype kv) {
+  const SequenceCacheBytes b = CacheParts(c, kv);
   return b.per_position * static_cast<uint64_t>(context) + b.states;
 }
 
@@ -114,8 +115,8 @@ uint64_t DecodeWeightBytes(const ModelConfig& c, int bytes_per_weight, int batch
   return params * bytes_per_weight;
 }
 
-uint64_t DecodeCacheBytes(const ModelConfig& c, int batch, double context) {
-  const SequenceCacheBytes b = CacheParts(c);
+uint64_t DecodeCacheBytes(const ModelConfig& c, int batch, double context, KvCacheDtype kv) {
+  const SequenceCacheBytes b = CacheParts(c, kv);
   // K and V read up to `context`; the states read and written back.
   return static_cast<uint64_t>(
       std::llround(batch * (static_cast<double>(b.per_position) * context + 2.0 * static_cast<double>(b.states))));
@@ -157,11 +158,14 @@ StepBuffers StepBufferBytes(const ModelConfig& c, uint32_t tokens) {
   return b;
 }
 
-absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<DeviceBudget>& devices, int context) {
+absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<DeviceBudget>& devices, int context,
+                                      KvCacheDtype kv) {
   if (devices.empty()) return absl::InvalidArgumentError("no devices to plan for (--gpus/--gpu-mem/--cpu-mem)");
   MemoryPlan plan;
   plan.dense_bytes = DenseWeightBytes(c);
-  plan.cache_bytes = CacheBytes(c, context);
+  plan.kv_cache_dtype =
+      devices[0].name == "cpu" ? KvCacheDtype::kF32 : ResolveKvCacheDtype(kv, c.weight_dtype == DType::kBF16);
+  plan.cache_bytes = CacheBytes(c, context, plan.kv_cache_dtype);
   const StepBuffers step = StepBufferBytes(c, kGpuStepTokens);
   plan.step_bytes = step.model + step.linear + step.expert_io;
   plan.expert_scratch_bytes = step.expert_scratch;
@@ -274,10 +278,10 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<De
 std::string FormatMemoryPlan(const ModelConfig& c, const MemoryPlan& plan, int context) {
   std::string out = absl::StrFormat(
       "%s: %d layers, %d experts per MoE layer (top-%d), %s weights; context %d tokens\n"
-      "dense %s, caches %s, step buffers %s (%u tokens), routed experts %s (%s each) and %s of their scratch on "
-      "each GPU\n\n",
+      "dense %s, caches %s (%s KV), step buffers %s (%u tokens), routed experts %s (%s each) and %s of their "
+      "scratch on each GPU\n\n",
       c.architecture_name, c.num_layers, c.num_experts, c.top_k, std::string(DTypeName(c.weight_dtype)), context,
-      Size(plan.dense_bytes), Size(plan.cache_bytes), Size(plan.step_bytes), kGpuStepTokens, Size(plan.expert_bytes),
+      Size(plan.dense_bytes), Size(plan.cache_bytes), KvCacheDtypeName(plan.kv_cache_dtype), Size(plan.step_bytes), kGpuStepTokens, Size(plan.expert_bytes),
       Size(c.ExpertBytes()), Size(plan.expert_scratch_bytes));
   // "dense part": weights, caches and step buffers; "scratch": the experts' step scratch.
   out += absl::StrFormat("%-8s %8s %12s %12s %12s %12s %12s %6s\n", "device", "experts", "experts", "scratch",

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "coordinator/kv_cache_dtype.h"
 #include "coordinator/placement.h"
 
 namespace pinmoe {
@@ -34,22 +35,25 @@ struct MemoryPlan {
   uint64_t step_bytes = 0;    // the first device's step buffers (StepBuffers: model, linear, expert_io)
   uint64_t expert_scratch_bytes = 0;  // on every GPU that holds experts
   uint64_t expert_bytes = 0;  // all routed experts
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kF32;  // the caches' elements, resolved
   std::vector<DevicePlan> devices;
   Placement placement;        // per_worker index = device index
 };
 
 // Bytes of everything but the routed experts, in the config's weight dtype.
 uint64_t DenseWeightBytes(const ModelConfig& config);
-// KV cache for `context` tokens plus the recurrent and conv states of one sequence, all fp32 as both the
-// CPU and the GPU path hold them (coordinator/layers.h KvCache, GpuCausalLm's caches).
-uint64_t CacheBytes(const ModelConfig& config, int context);
+// KV cache for `context` tokens plus the recurrent and conv states of one sequence: the states fp32, the
+// KV cache in `kv` (resolved; the CPU path's is fp32: coordinator/layers.h KvCache; GpuCausalLm's
+// follows --kv-cache-dtype).
+uint64_t CacheBytes(const ModelConfig& config, int context, KvCacheDtype kv = KvCacheDtype::kF32);
 
 // What one decode step moves through memory, for the bench's roofline. DecodeWeightBytes: the weights
 // read (`bytes_per_weight` each) by a step of `batch` sequences. DecodeCacheBytes: the per-sequence
-// state the step moves at a context of `context` positions (a mean may be fractional): the fp32 K and V
-// the attention layers read, and the DeltaNet layers' recurrent and conv states, read and written back.
+// state the step moves at a context of `context` positions (a mean may be fractional): the K and V (in
+// `kv`) the attention layers read, and the DeltaNet layers' fp32 recurrent and conv states, read and
+// written back.
 uint64_t DecodeWeightBytes(const ModelConfig& config, int bytes_per_weight, int batch);
-uint64_t DecodeCacheBytes(const ModelConfig& config, int batch, double context);
+uint64_t DecodeCacheBytes(const ModelConfig& config, int batch, double context, KvCacheDtype kv = KvCacheDtype::kF32);
 
 // Device memory for one step of up to `tokens` tokens beyond weights and caches, as the GPU path allocates
 // it (fp32 activations; the CUDA context and cuBLAS's workspace are not counted).
@@ -64,9 +68,10 @@ StepBuffers StepBufferBytes(const ModelConfig& config, uint32_t tokens);
 constexpr uint32_t kGpuStepTokens = 2048;
 
 // Fails with a message that says how much is missing when the budgets cannot hold the model. The first
-// device holds the dense part, its caches and the step buffers; every GPU also the experts' scratch.
+// device holds the dense part, its caches (in `kv`, resolved against the weights' dtype; fp32 when that
+// device is the CPU) and the step buffers; every GPU also the experts' scratch.
 absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& config, const std::vector<DeviceBudget>& devices,
-                                      int context);
+                                      int context, KvCacheDtype kv = KvCacheDtype::kF32);
 std::string FormatMemoryPlan(const ModelConfig& config, const MemoryPlan& plan, int context);
 
 // "70GiB", "14.5GB", "512MiB", "1024" (bytes).

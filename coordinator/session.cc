@@ -41,7 +41,9 @@ absl::StatusOr<WorkerPoolOptions> PoolOptions(const ModelConfig& config, const S
   if (!options.devices.empty()) {
     const int context = options.context > 0 ? std::min(options.context, config.max_position_embeddings)
                                             : config.max_position_embeddings;
-    ASSIGN_OR_RETURN(MemoryPlan plan, PlanMemory(config, options.devices, context));
+    // The caches are the GPU path's when the dense part runs on a GPU.
+    const KvCacheDtype kv = options.device == "cpu" ? KvCacheDtype::kF32 : options.kv_cache_dtype;
+    ASSIGN_OR_RETURN(MemoryPlan plan, PlanMemory(config, options.devices, context, kv));
     if (log != nullptr) *log << "pinmoe: memory plan\n" << FormatMemoryPlan(config, plan, context);
     po.num_workers = static_cast<int>(options.devices.size());
     for (const auto& d : options.devices) po.worker_devices.push_back(d.name);
@@ -69,6 +71,7 @@ absl::StatusOr<std::unique_ptr<Session>> Session::OpenOnGpu(std::unique_ptr<Sess
   GpuModelOptions mo;
   mo.device = device;
   mo.max_context = options.context;
+  mo.kv_cache_dtype = options.kv_cache_dtype;
   std::unique_ptr<GpuCausalLm> model;
   switch (s->config_.architecture) {
     case Architecture::kQwen3Moe: {

@@ -24,6 +24,7 @@ struct SessionOptions {
   std::string worker_binary;
   std::vector<std::string> extra_worker_args;
   int context = 0;  // 0: the model's max_position_embeddings
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kAuto;  // the GPU path's KV cache (the CPU path's is fp32)
   int step_timeout_ms = 60000;
   int register_timeout_ms = 10000;
   // "cpu" or "cuda:N" for every worker, or one device per worker ("cuda:0,cpu,cuda:1": CPU and GPU

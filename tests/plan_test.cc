@@ -63,6 +63,46 @@ TEST(Plan, CachesAreCountedInFp32LikeTheModelsHoldThem) {
             12ull * 2 * 2 * 256 * 4096 * 4 + 36ull * (32 * 128 * 128 + (2 * 2048 + 4096) * 3) * 4);
 }
 
+// --kv-cache-dtype: a bf16 KV cache counts half the bytes (the DeltaNet states stay fp32); auto follows
+// the weights (bf16 here), except where the dense part is on the CPU, whose cache is fp32.
+TEST(Plan, Bf16KvCacheHalvesTheKvBytes) {
+  EXPECT_EQ(CacheBytes(Qwen3_30B(), 4096, KvCacheDtype::kBf16), 48ull * 2 * 4 * 128 * 4096 * 2);
+  EXPECT_EQ(CacheBytes(Qwen3Next80B(), 4096, KvCacheDtype::kBf16),
+            12ull * 2 * 2 * 256 * 4096 * 2 + 36ull * (32 * 128 * 128 + (2 * 2048 + 4096) * 3) * 4);
+  EXPECT_EQ(DecodeCacheBytes(Qwen3_30B(), 2, 64.5, KvCacheDtype::kBf16), 48ull * 2 * 4 * 128 * 129 * 2);
+  const ModelConfig c = Qwen3_30B();
+  const uint64_t budget = 200ull << 30;
+  auto gpu = PlanMemory(c, {{"cuda:0", budget}}, 4096, KvCacheDtype::kAuto);
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  EXPECT_EQ(gpu->kv_cache_dtype, KvCacheDtype::kBf16);
+  EXPECT_EQ(gpu->cache_bytes, CacheBytes(c, 4096, KvCacheDtype::kBf16));
+  EXPECT_NE(FormatMemoryPlan(c, *gpu, 4096).find("(bf16 KV)"), std::string::npos);
+  auto forced = PlanMemory(c, {{"cuda:0", budget}}, 4096, KvCacheDtype::kF32);
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_EQ(forced->cache_bytes, CacheBytes(c, 4096));
+  auto cpu = PlanMemory(c, {{"cpu", budget}}, 4096, KvCacheDtype::kAuto);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_EQ(cpu->kv_cache_dtype, KvCacheDtype::kF32);
+  ModelConfig fp32 = c;
+  fp32.weight_dtype = DType::kF32;
+  auto wide = PlanMemory(fp32, {{"cuda:0", budget}}, 4096, KvCacheDtype::kAuto);
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  EXPECT_EQ(wide->kv_cache_dtype, KvCacheDtype::kF32);
+}
+
+TEST(Plan, KvCacheDtypeNamesParse) {
+  for (const char* name : {"auto", "f32", "bf16"}) {
+    auto d = ParseKvCacheDtype(name);
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_STREQ(KvCacheDtypeName(*d), name);
+  }
+  EXPECT_EQ(*ParseKvCacheDtype("bfloat16"), KvCacheDtype::kBf16);
+  EXPECT_EQ(*ParseKvCacheDtype("fp32"), KvCacheDtype::kF32);
+  auto bad = ParseKvCacheDtype("fp8");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--kv-cache-dtype fp8"), std::string_view::npos) << bad.status();
+}
+
 TEST(Plan, DecodeBytesCountTheRoutedExpertsAndWhatTheCachesMove) {
   const ModelConfig c = Qwen3_30B();
   // Per layer: q/k/v and o (2048 x 40 x 128, 32 x 128 x 2048), the router (128 x 2048), 8 experts of three

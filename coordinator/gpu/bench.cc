@@ -127,6 +127,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   mo.graphs = o.graphs;
   mo.max_step_tokens = static_cast<uint32_t>(std::max(std::min(o.prompt_tokens, 2048), o.batch));
   mo.max_batch = o.batch;
+  mo.kv_cache_dtype = o.kv_cache_dtype;
   if (o.delta_form == "recurrent") {
     mo.delta_form = DeltaForm::kRecurrent;
   } else if (o.delta_form == "chunked") {
@@ -225,13 +226,15 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   const int bytes_per_weight = seed != 0 ? 2 : (config.weight_dtype == DType::kF32 ? 4 : 2);
   const uint64_t weights = DecodeWeightBytes(config, bytes_per_weight, o.batch);
   // The timed steps attend depth + 1 to depth + decode_tokens positions: their mean, for the caches.
-  const uint64_t caches = DecodeCacheBytes(config, o.batch, o.depth + (o.decode_tokens + 1) / 2.0);
+  const KvCacheDtype kv = ResolveKvCacheDtype(o.kv_cache_dtype, seed != 0 || config.weight_dtype == DType::kBF16);
+  const uint64_t caches = DecodeCacheBytes(config, o.batch, o.depth + (o.decode_tokens + 1) / 2.0, kv);
   const uint64_t bytes = weights + caches;
   const double roofline = o.batch * peak / static_cast<double>(bytes);
   out << absl::StrFormat("card: %s, peak memory bandwidth %.0f GB/s (memory clock x bus width)\n", card, peak / 1e9);
-  out << absl::StrFormat("model: %s, %d layers%s, decode %s%s%s, experts %s\n",
+  out << absl::StrFormat("model: %s, %d layers%s, %s KV cache, decode %s%s%s, experts %s\n",
                          o.synthetic.empty() ? o.model_dir : o.synthetic, config.num_layers,
                          o.delta_form == "auto" ? std::string() : StrCat(", DeltaNet ", o.delta_form),
+                         KvCacheDtypeName(kv),
                          o.graphs ? "as CUDA graphs" : "launching each kernel",
                          DescribeAttention(*model),
                          o.sample_top_k > 0 ? StrCat(", sampling from the top ", o.sample_top_k) : std::string(),

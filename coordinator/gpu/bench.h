@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "coordinator/kv_cache_dtype.h"
 
 namespace pinmoe {
 
@@ -31,6 +32,7 @@ struct BenchOptions {
   bool graphs = true;         // decode steps as CUDA graph replays
   int sample_top_k = 0;       // > 0: decode draws from the top k (temperature 0.7) instead of greedily
   std::string delta_form = "auto";  // Qwen3-Next's DeltaNet: auto, recurrent or chunked
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kAuto;
   // With workers: after the timed runs, one more decode run stamping every hand-over with the GPU's
   // clock, and a table of where a layer's time goes (WorkerPool::GpuStepTimeline).
   bool timeline = false;

@@ -1,5 +1,6 @@
 #include "coordinator/gpu/dense_kernels.h"
 
+#include "coordinator/gpu/kv_cache.cuh"
 #include "coordinator/gpu/route_topk.cuh"
 #include "worker/gpu/pdl.cuh"
 
@@ -7,6 +8,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 namespace pinmoe {
 namespace {
@@ -60,7 +62,9 @@ __global__ void RmsNormKernel(const float* x, const float* w, float* y, int dim,
 
 // One block per (token, head slot): slots [0, heads) are query heads, [heads, heads + kv_heads) key heads
 // and the rest value heads. Query and key heads get the per-head RMSNorm and RoPE; keys and values go to
-// the cache at their position, queries to q_out [tokens, heads, head_dim]. blockDim.x == head_dim.
+// the cache at their position (elements of type C), queries to q_out [tokens, heads, head_dim].
+// blockDim.x == head_dim.
+template <typename C>
 __global__ void QkNormRopeCacheKernel(QkNormRopeCacheArgs a) {
   PdlWait();
   PdlTrigger();
@@ -69,25 +73,33 @@ __global__ void QkNormRopeCacheKernel(QkNormRopeCacheArgs a) {
   const int t = blockIdx.x, slot = blockIdx.y, d = threadIdx.x, hd = a.head_dim;
   const int position = (a.position_dev != nullptr ? *a.position_dev : a.first_position) + t;
   const float* in = a.qkv + static_cast<size_t>(t) * a.row_stride;
-  float* dst;
+  float* q_dst = nullptr;  // a query head's row, else the cache's
+  C* cache_dst = nullptr;
   const float* norm = nullptr;
   if (slot < a.heads) {
     in += a.q_offset + static_cast<size_t>(slot) * a.q_head_stride;
-    dst = a.q_out + (static_cast<size_t>(t) * a.heads + slot) * hd;
+    q_dst = a.q_out + (static_cast<size_t>(t) * a.heads + slot) * hd;
     norm = a.q_norm;
   } else if (slot < a.heads + a.kv_heads) {
     const int g = slot - a.heads;
     in += a.k_offset + static_cast<size_t>(g) * hd;
-    dst = a.k_cache + (static_cast<size_t>(position) * a.kv_heads + g) * hd;
+    cache_dst = static_cast<C*>(a.k_cache) + (static_cast<size_t>(position) * a.kv_heads + g) * hd;
     norm = a.k_norm;
   } else {
     const int g = slot - a.heads - a.kv_heads;
     in += a.v_offset + static_cast<size_t>(g) * hd;
-    dst = a.v_cache + (static_cast<size_t>(position) * a.kv_heads + g) * hd;
+    cache_dst = static_cast<C*>(a.v_cache) + (static_cast<size_t>(position) * a.kv_heads + g) * hd;
   }
+  auto store = [&](float v) {
+    if (q_dst != nullptr) {
+      q_dst[d] = v;
+    } else {
+      CacheStore(cache_dst + d, v);
+    }
+  };
   float x = in[d];
   if (norm == nullptr) {  // a value head: copied as is
-    dst[d] = x;
+    store(x);
     return;
   }
   const float ss = BlockSum(x * x, red);
@@ -102,7 +114,7 @@ __global__ void QkNormRopeCacheKernel(QkNormRopeCacheArgs a) {
     const float s = static_cast<float>(sin(static_cast<double>(angle)));
     x = d < half ? row[d] * c - row[d + half] * s : row[d] * c + row[d - half] * s;
   }
-  dst[d] = x;
+  store(x);
 }
 
 constexpr int kAttnThreads = 128;
@@ -115,8 +127,10 @@ constexpr int kAttnMaxDims = 2;  // head_dim <= 2 * kAttnThreads
 // exponentials `l` and the unnormalised sums acc[i] (dimension threadIdx.x + i * kAttnThreads), the same
 // in every thread for m and l. The key and value at position `fresh` (if any: -1 for none) are read from
 // shared memory instead of the cache (the decode kernel's own new token, not yet visible to other
-// blocks). p / red: shared scratch. An empty range leaves m = -FLT_MAX, l = 0, acc = 0.
-__device__ void AttendRange(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g, int hd,
+// blocks). p / red: shared scratch. An empty range leaves m = -FLT_MAX, l = 0, acc = 0. Cache elements
+// are of type C (kv_cache.cuh).
+template <typename C>
+__device__ void AttendRange(const float* qs, const C* k_cache, const C* v_cache, int kv_heads, int g, int hd,
                             int begin, int end, int fresh, const float* fresh_k, const float* fresh_v, float* p,
                             float* red, float& m, float& l, float (&acc)[kAttnMaxDims]) {
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
@@ -128,9 +142,13 @@ __device__ void AttendRange(const float* qs, const float* k_cache, const float* 
     const int n = min(kAttnChunk, end - c0);
     for (int j = warp; j < n; j += warps) {
       const int key = c0 + j;
-      const float* kr = key == fresh ? fresh_k : k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
       float dot = 0.f;
-      for (int d = lane; d < hd; d += 32) dot = fmaf(qs[d], kr[d], dot);
+      if (key == fresh) {
+        for (int d = lane; d < hd; d += 32) dot = fmaf(qs[d], fresh_k[d], dot);
+      } else {
+        const C* kr = k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
+        for (int d = lane; d < hd; d += 32) dot = fmaf(qs[d], CacheLoad(kr + d), dot);
+      }
       for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
       if (lane == 0) p[j] = dot * scale;
     }
@@ -151,7 +169,8 @@ __device__ void AttendRange(const float* qs, const float* k_cache, const float* 
       float acc_d = acc[i] * rescale;
       for (int j = 0; j < n; ++j) {
         const int key = c0 + j;
-        const float v = key == fresh ? fresh_v[d] : v_cache[(static_cast<size_t>(key) * kv_heads + g) * hd + d];
+        const float v =
+            key == fresh ? fresh_v[d] : CacheLoad(v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd + d);
         acc_d = fmaf(p[j], v, acc_d);
       }
       acc[i] = acc_d;
@@ -163,7 +182,8 @@ __device__ void AttendRange(const float* qs, const float* k_cache, const float* 
 
 // Causal attention of one query over cache positions [0, length): AttendRange, normalised; out[d] = the
 // result.
-__device__ void AttendOneQuery(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g,
+template <typename C>
+__device__ void AttendOneQuery(const float* qs, const C* k_cache, const C* v_cache, int kv_heads, int g,
                                int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
                                float* out, float* p, float* red) {
   float m, l, acc[kAttnMaxDims];
@@ -179,7 +199,8 @@ __device__ void AttendOneQuery(const float* qs, const float* k_cache, const floa
 // scores it (its row read 16 bytes at a time), and in the V pass each warp takes every fourth key with
 // each lane holding head_dim / 32 dimensions; the warps' sums meet in `wsum` ([4][hd] shared floats) in
 // warp order. head_dim % 32 == 0. Same outputs and layout of acc as AttendRange.
-__device__ void AttendRangeWide(const float* qs, const float* k_cache, const float* v_cache, int kv_heads, int g,
+template <typename C>
+__device__ void AttendRangeWide(const float* qs, const C* k_cache, const C* v_cache, int kv_heads, int g,
                                 int hd, int begin, int end, int fresh, const float* fresh_k, const float* fresh_v,
                                 float* p, float* red, float* wsum, float& m, float& l, float (&acc)[kAttnMaxDims]) {
   constexpr int kWarps = kAttnThreads / 32, kMaxPerLane = kAttnMaxDims * kAttnThreads / 32;
@@ -197,17 +218,20 @@ __device__ void AttendRangeWide(const float* qs, const float* k_cache, const flo
     float score = -FLT_MAX;
     if (j < n) {
       const int key = c0 + j;
-      const float4* k4 = reinterpret_cast<const float4*>(
-          key == fresh ? fresh_k : k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd);
-      float dot = 0.f;
+      auto row_dot = [&](const auto* row) {
+        float dot = 0.f;
 #pragma unroll 8
-      for (int c = 0; c < hd / 4; ++c) {
-        const float4 kv = k4[c], qv = q4[c];
-        dot = fmaf(qv.x, kv.x, dot);
-        dot = fmaf(qv.y, kv.y, dot);
-        dot = fmaf(qv.z, kv.z, dot);
-        dot = fmaf(qv.w, kv.w, dot);
-      }
+        for (int c = 0; c < hd / 4; ++c) {
+          const float4 kv = CacheLoad4(row + 4 * c), qv = q4[c];
+          dot = fmaf(qv.x, kv.x, dot);
+          dot = fmaf(qv.y, kv.y, dot);
+          dot = fmaf(qv.z, kv.z, dot);
+          dot = fmaf(qv.w, kv.w, dot);
+        }
+        return dot;
+      };
+      const float dot =
+          key == fresh ? row_dot(fresh_k) : row_dot(k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd);
       score = dot * scale;
     }
     const float new_m = fmaxf(m, BlockMax(score, red));
@@ -222,10 +246,17 @@ __device__ void AttendRangeWide(const float* qs, const float* k_cache, const flo
     for (int k = warp; k < n; k += kWarps) {
       const int key = c0 + k;
       const float pk = p[k];
-      const float* vr = key == fresh ? fresh_v : v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
+      if (key == fresh) {
 #pragma unroll
-      for (int i = 0; i < kMaxPerLane; ++i) {
-        if (i < per_lane) part[i] = fmaf(pk, vr[lane + 32 * i], part[i]);
+        for (int i = 0; i < kMaxPerLane; ++i) {
+          if (i < per_lane) part[i] = fmaf(pk, fresh_v[lane + 32 * i], part[i]);
+        }
+      } else {
+        const C* vr = v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
+#pragma unroll
+        for (int i = 0; i < kMaxPerLane; ++i) {
+          if (i < per_lane) part[i] = fmaf(pk, CacheLoad(vr + lane + 32 * i), part[i]);
+        }
       }
     }
     m = new_m;
@@ -285,7 +316,8 @@ __device__ float MergeShares(const float* head_parts, int splits, size_t stride,
 // share of the positions (AttendRangeWide) and stores (m, l, acc) in args.split_partials; the last of the
 // head's blocks to finish (a counter per head and sequence, reset by it) merges the shares in split
 // order, so the result does not depend on which block finishes last.
-__device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const float* k_cache, const float* v_cache,
+template <typename C>
+__device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const C* k_cache, const C* v_cache,
                             int g, int hd, int length, int fresh, const float* fresh_k, const float* fresh_v,
                             float* out, float* p, float* red, float* wsum) {
   const int h = blockIdx.x, b = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
@@ -312,6 +344,7 @@ __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const
 }
 
 // One block per (head, query token).
+template <typename C>
 __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a) {
   PdlWait();
   PdlTrigger();
@@ -324,26 +357,41 @@ __global__ void __launch_bounds__(kAttnThreads) AttentionKernel(AttentionArgs a)
   const float* q = a.q + (static_cast<size_t>(t) * a.heads + h) * hd;
   for (int d = threadIdx.x; d < hd; d += kAttnThreads) qs[d] = q[d];
   __syncthreads();
-  AttendOneQuery(qs, a.k_cache, a.v_cache, a.kv_heads, g, hd, length, /*fresh=*/-1, nullptr, nullptr,
-                 a.out + (static_cast<size_t>(t) * a.heads + h) * hd, p, red);
+  AttendOneQuery(qs, static_cast<const C*>(a.k_cache), static_cast<const C*>(a.v_cache), a.kv_heads, g, hd, length,
+                 /*fresh=*/-1, nullptr, nullptr, a.out + (static_cast<size_t>(t) * a.heads + h) * hd, p, red);
 }
 
 // The decode kernels' sequence b: its position, and `a` and `out` moved to its rows and caches.
+template <typename C>
 __device__ int SelectDecodeSequence(int b, QkNormRopeCacheArgs* a, float** out) {
   a->qkv += static_cast<size_t>(b) * a->row_stride;
-  a->k_cache += b * a->cache_seq_stride;
-  a->v_cache += b * a->cache_seq_stride;
+  a->k_cache = static_cast<C*>(a->k_cache) + b * a->cache_seq_stride;
+  a->v_cache = static_cast<C*>(a->v_cache) + b * a->cache_seq_stride;
   *out += static_cast<size_t>(b) * a->heads * a->head_dim;
   return a->position_dev != nullptr ? a->position_dev[b] : a->first_position;
 }
 
 // The new token's key and value of kv head g (normalised and rotated, in shared memory) into the cache,
 // by the whole block.
+template <typename C>
 __device__ void AppendToCache(const QkNormRopeCacheArgs& a, int position, int g, const float* ks, const float* vs) {
   const size_t off = (static_cast<size_t>(position) * a.kv_heads + g) * a.head_dim;
   for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
-    a.k_cache[off + d] = ks[d];
-    a.v_cache[off + d] = vs[d];
+    CacheStore(static_cast<C*>(a.k_cache) + off + d, ks[d]);
+    CacheStore(static_cast<C*>(a.v_cache) + off + d, vs[d]);
+  }
+}
+
+// The new token's key and value in shared memory as the cache will hold them (every block reads them
+// from there, and the other positions from the cache: both must be rounded alike), by the whole block.
+template <typename C>
+__device__ void RoundLikeCache(float* ks, float* vs, int hd) {
+  if constexpr (!std::is_same_v<C, float>) {
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+      ks[d] = CacheRound<C>(ks[d]);
+      vs[d] = CacheRound<C>(vs[d]);
+    }
+    __syncthreads();
   }
 }
 
@@ -352,6 +400,7 @@ __device__ void AppendToCache(const QkNormRopeCacheArgs& a, int position, int g,
 // redundant dot products cost less than a dependent launch); the group's first head writes the new key
 // and value to the cache; every block reads earlier positions from the cache and the new one from
 // shared memory, so no block waits for another.
+template <typename C>
 __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNormRopeCacheArgs a, float* out) {
   extern __shared__ float sm[];
   __shared__ float p[kAttnChunk];
@@ -359,7 +408,7 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
   PdlWait();
   PdlTrigger();
   const int h = blockIdx.x, b = blockIdx.y, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
-  const int position = SelectDecodeSequence(b, &a, &out);
+  const int position = SelectDecodeSequence<C>(b, &a, &out);
   float* qs = sm;
   float* ks = sm + hd;
   float* vs = sm + 2 * hd;
@@ -396,13 +445,16 @@ __global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNor
     ks[i + half] = x1 * c + x0 * s;
   }
   __syncthreads();
-  if (h % group == 0 && blockIdx.z == 0) AppendToCache(a, position, g, ks, vs);
+  RoundLikeCache<C>(ks, vs, hd);
+  if (h % group == 0 && blockIdx.z == 0) AppendToCache<C>(a, position, g, ks, vs);
+  const C* k_cache = static_cast<const C*>(a.k_cache);
+  const C* v_cache = static_cast<const C*>(a.v_cache);
   if (a.splits >= 1) {
-    AttendSplit(a, qs, a.k_cache, a.v_cache, g, hd, position + 1, position, ks, vs, out + static_cast<size_t>(h) * hd,
-                p, red, sm + 3 * hd);
+    AttendSplit(a, qs, k_cache, v_cache, g, hd, position + 1, position, ks, vs, out + static_cast<size_t>(h) * hd, p,
+                red, sm + 3 * hd);
     return;
   }
-  AttendOneQuery(qs, a.k_cache, a.v_cache, a.kv_heads, g, hd, position + 1, position, ks, vs,
+  AttendOneQuery(qs, k_cache, v_cache, a.kv_heads, g, hd, position + 1, position, ks, vs,
                  out + static_cast<size_t>(h) * hd, p, red);
 }
 
@@ -439,35 +491,38 @@ inline size_t GroupedSharedFloats(int hb, int hd) {
          static_cast<size_t>(kGroupedWarps) * hb * hd;
 }
 
-template <int PL>
-__device__ void LoadLaneDims(const float* p, float (&v)[PL]) {
+// PL consecutive elements (fp32 from shared memory, or the cache's type R), widened.
+template <int PL, typename R>
+__device__ void LoadLaneDims(const R* p, float (&v)[PL]) {
   if constexpr (PL % 4 == 0) {
 #pragma unroll
     for (int i = 0; i < PL; i += 4) {
-      const float4 x = *reinterpret_cast<const float4*>(p + i);
+      const float4 x = CacheLoad4(p + i);
       v[i] = x.x;
       v[i + 1] = x.y;
       v[i + 2] = x.z;
       v[i + 3] = x.w;
     }
-  } else if constexpr (PL == 2) {
+  } else if constexpr (PL == 2 && std::is_same_v<R, float>) {
     const float2 x = *reinterpret_cast<const float2*>(p);
     v[0] = x.x;
     v[1] = x.y;
   } else {
-    v[0] = *p;
+#pragma unroll
+    for (int i = 0; i < PL; ++i) v[i] = CacheLoad(p + i);
   }
 }
 
-// One key row (hd = 32 * PL floats, 16-byte aligned) against the HB query rows in shared memory.
-template <int HB, int PL>
-__device__ void ScoreRow(const float4* row, const float4* q4, float (&dot)[HB]) {
+// One key row (hd = 32 * PL elements: fp32 from shared memory or the cache's type R, 16-byte aligned)
+// against the HB query rows in shared memory.
+template <int HB, int PL, typename R>
+__device__ void ScoreRow(const R* row, const float4* q4, float (&dot)[HB]) {
   constexpr int kRow4 = PL * 8, kGroup4 = kRow4 < 32 ? kRow4 : 32;
 #pragma unroll 1
   for (int c0 = 0; c0 < kRow4; c0 += kGroup4) {
     float4 kv[kGroup4];
 #pragma unroll
-    for (int c = 0; c < kGroup4; ++c) kv[c] = row[c0 + c];
+    for (int c = 0; c < kGroup4; ++c) kv[c] = CacheLoad4(row + 4 * (c0 + c));
 #pragma unroll
     for (int c = 0; c < kGroup4; ++c) {
 #pragma unroll
@@ -482,7 +537,7 @@ __device__ void ScoreRow(const float4* row, const float4* q4, float (&dot)[HB]) 
   }
 }
 
-template <int HB, int PL>
+template <int HB, int PL, typename C>
 __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKernel(QkNormRopeCacheArgs a, float* out) {
   constexpr int kWarps = kGroupedWarps, hd = 32 * PL;
   extern __shared__ float4 sm4[];
@@ -493,7 +548,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int g = x / columns, h0 = g * group + (x % columns) * HB;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int position = SelectDecodeSequence(b, &a, &out);
+  const int position = SelectDecodeSequence<C>(b, &a, &out);
   const int length = position + 1, fresh = position;
   const int splits = GroupedActiveSplits(length, gridDim.z);
   if (split >= splits) return;  // the whole block: this context needs fewer splits
@@ -536,7 +591,8 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
     row[r + half] = x1 * c + x0 * sn;
   }
   __syncthreads();
-  if (x % columns == 0 && split == 0) AppendToCache(a, position, g, ks, vs);
+  RoundLikeCache<C>(ks, vs, hd);
+  if (x % columns == 0 && split == 0) AppendToCache<C>(a, position, g, ks, vs);
   // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
   // from shared memory: the block that appends it to the cache runs alongside.
   int begin, end, wb, we;
@@ -545,8 +601,8 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   const int wbegin = begin + wb, wend = begin + we;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   const size_t key_stride = static_cast<size_t>(a.kv_heads) * hd;
-  const float* k_rows = a.k_cache + static_cast<size_t>(g) * hd;
-  const float* v_rows = a.v_cache + static_cast<size_t>(g) * hd;
+  const C* k_rows = static_cast<const C*>(a.k_cache) + static_cast<size_t>(g) * hd;
+  const C* v_rows = static_cast<const C*>(a.v_cache) + static_cast<size_t>(g) * hd;
   const float4* q4 = reinterpret_cast<const float4*>(qs);
   float* my_p = pw + warp * kGroupedTile * HB;
   float m[HB], l[HB], acc[HB][PL];
@@ -564,9 +620,9 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
 #pragma unroll
     for (int j = 0; j < HB; ++j) dot[j] = 0.f;
     if (valid && key != fresh) {
-      ScoreRow<HB, PL>(reinterpret_cast<const float4*>(k_rows + key * key_stride), q4, dot);
+      ScoreRow<HB, PL>(k_rows + key * key_stride, q4, dot);
     } else if (valid) {
-      ScoreRow<HB, PL>(reinterpret_cast<const float4*>(ks), q4, dot);
+      ScoreRow<HB, PL>(static_cast<const float*>(ks), q4, dot);
     }
 #pragma unroll
     for (int j = 0; j < HB; ++j) {
@@ -598,7 +654,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
     }
     if (from_cache < n) {
       float v[PL];
-      LoadLaneDims<PL>(vs + lane * PL, v);
+      LoadLaneDims<PL>(static_cast<const float*>(vs + lane * PL), v);
 #pragma unroll
       for (int j = 0; j < HB; ++j) {
         const float pk = my_p[(n - 1) * HB + j];
@@ -651,27 +707,27 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
 }
 
-template <int HB, int PL>
+template <int HB, int PL, typename C>
 cudaError_t LaunchGroupedDecodeAttention(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   const int group = a.heads / a.kv_heads;
   const size_t smem = GroupedSharedFloats(HB, 32 * PL) * sizeof(float);
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(DecodeAttentionGroupedKernel<HB, PL>,
+    const cudaError_t err = cudaFuncSetAttribute(DecodeAttentionGroupedKernel<HB, PL, C>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  return LaunchPdl(DecodeAttentionGroupedKernel<HB, PL>, dim3(a.kv_heads * (group / HB), a.batch, a.splits),
+  return LaunchPdl(DecodeAttentionGroupedKernel<HB, PL, C>, dim3(a.kv_heads * (group / HB), a.batch, a.splits),
                    dim3(kGroupedThreads), smem, stream, a, out);
 }
 
-template <int HB>
+template <int HB, typename C>
 cudaError_t LaunchGroupedByDims(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   switch (a.head_dim / 32) {
-    case 1: return LaunchGroupedDecodeAttention<HB, 1>(a, out, stream);
-    case 2: return LaunchGroupedDecodeAttention<HB, 2>(a, out, stream);
-    case 4: return LaunchGroupedDecodeAttention<HB, 4>(a, out, stream);
+    case 1: return LaunchGroupedDecodeAttention<HB, 1, C>(a, out, stream);
+    case 2: return LaunchGroupedDecodeAttention<HB, 2, C>(a, out, stream);
+    case 4: return LaunchGroupedDecodeAttention<HB, 4, C>(a, out, stream);
     case 8:
-      if constexpr (HB * 8 <= 32) return LaunchGroupedDecodeAttention<HB, 8>(a, out, stream);
+      if constexpr (HB * 8 <= 32) return LaunchGroupedDecodeAttention<HB, 8, C>(a, out, stream);
       return cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;
   }
@@ -847,14 +903,21 @@ cudaError_t LaunchQkNormRopeCache(const QkNormRopeCacheArgs& a, int tokens, cuda
     return cudaErrorInvalidValue;
   }
   dim3 grid(tokens, a.heads + 2 * a.kv_heads);
-  return LaunchPdl(QkNormRopeCacheKernel, grid, dim3(a.head_dim), a.head_dim * sizeof(float), stream, a);
+  return a.cache_bf16
+             ? LaunchPdl(QkNormRopeCacheKernel<__nv_bfloat16>, grid, dim3(a.head_dim), a.head_dim * sizeof(float),
+                         stream, a)
+             : LaunchPdl(QkNormRopeCacheKernel<float>, grid, dim3(a.head_dim), a.head_dim * sizeof(float), stream,
+                         a);
 }
 
 cudaError_t LaunchAttention(const AttentionArgs& a, int tokens, cudaStream_t stream) {
   if (tokens <= 0 || a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads) {
     return cudaErrorInvalidValue;
   }
-  return LaunchPdl(AttentionKernel, dim3(a.heads, tokens), dim3(kAttnThreads), a.head_dim * sizeof(float), stream, a);
+  const dim3 grid(a.heads, tokens);
+  const size_t smem = a.head_dim * sizeof(float);
+  return a.cache_bf16 ? LaunchPdl(AttentionKernel<__nv_bfloat16>, grid, dim3(kAttnThreads), smem, stream, a)
+                      : LaunchPdl(AttentionKernel<float>, grid, dim3(kAttnThreads), smem, stream, a);
 }
 
 bool DecodeAttentionGroupedSupports(int heads, int kv_heads, int head_dim) {
@@ -862,6 +925,27 @@ bool DecodeAttentionGroupedSupports(int heads, int kv_heads, int head_dim) {
   const int pl = head_dim / 32, hb = GroupedHeadsPerBlock(heads / kv_heads, head_dim);
   return (pl == 1 || pl == 2 || pl == 4 || pl == 8) && hb * pl <= 32;
 }
+
+namespace {
+
+template <typename C>
+cudaError_t LaunchDecodeAttentionTyped(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
+  if (a.splits >= 1 && a.grouped) {
+    const int group = a.heads / a.kv_heads, hb = GroupedHeadsPerBlock(group, a.head_dim);
+    switch (hb) {
+      case 8: return LaunchGroupedByDims<8, C>(a, out, stream);
+      case 4: return LaunchGroupedByDims<4, C>(a, out, stream);
+      case 2: return LaunchGroupedByDims<2, C>(a, out, stream);
+      default: return LaunchGroupedByDims<1, C>(a, out, stream);
+    }
+  }
+  // q, k, v of the new token; the split form's per-warp sums after them.
+  const size_t smem = static_cast<size_t>(a.splits >= 1 ? 7 : 3) * a.head_dim * sizeof(float);
+  return LaunchPdl(DecodeAttentionFusedKernel<C>, dim3(a.heads, a.batch, std::max(a.splits, 1)), dim3(kAttnThreads),
+                   smem, stream, a, out);
+}
+
+}  // namespace
 
 cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0 || a.head_dim > kAttnMaxDims * kAttnThreads ||
@@ -871,19 +955,8 @@ cudaError_t LaunchDecodeAttentionFused(const QkNormRopeCacheArgs& a, float* out,
       (a.splits >= 1 && (a.split_partials == nullptr || a.split_counters == nullptr || a.head_dim % 32 != 0))) {
     return cudaErrorInvalidValue;
   }
-  if (a.splits >= 1 && a.grouped) {
-    const int group = a.heads / a.kv_heads, hb = GroupedHeadsPerBlock(group, a.head_dim);
-    switch (hb) {
-      case 8: return LaunchGroupedByDims<8>(a, out, stream);
-      case 4: return LaunchGroupedByDims<4>(a, out, stream);
-      case 2: return LaunchGroupedByDims<2>(a, out, stream);
-      default: return LaunchGroupedByDims<1>(a, out, stream);
-    }
-  }
-  // q, k, v of the new token; the split form's per-warp sums after them.
-  const size_t smem = static_cast<size_t>(a.splits >= 1 ? 7 : 3) * a.head_dim * sizeof(float);
-  return LaunchPdl(DecodeAttentionFusedKernel, dim3(a.heads, a.batch, std::max(a.splits, 1)), dim3(kAttnThreads), smem,
-                   stream, a, out);
+  return a.cache_bf16 ? LaunchDecodeAttentionTyped<__nv_bfloat16>(a, out, stream)
+                      : LaunchDecodeAttentionTyped<float>(a, out, stream);
 }
 
 cudaError_t LaunchEmbed(const void* table, bool bf16, const int32_t* ids, int tokens, int hidden, float* x,

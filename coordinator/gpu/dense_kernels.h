@@ -34,10 +34,11 @@ struct QkNormRopeCacheArgs {
   int first_position = 0;
   const int* position_dev = nullptr;  // when set, the first position is read from here (CUDA graphs)
   float* q_out = nullptr;    // [tokens, heads, head_dim]
-  float* k_cache = nullptr;  // [max_positions, kv_heads, head_dim]
-  float* v_cache = nullptr;
+  void* k_cache = nullptr;   // [max_positions, kv_heads, head_dim] of fp32, or of bf16 when cache_bf16
+  void* v_cache = nullptr;
+  bool cache_bf16 = false;   // keys and values are stored rounded to bf16 (and read widened to fp32)
   // Batched decode (LaunchDecodeAttentionFused only): `batch` sequences of one token each, row b of qkv
-  // and out for sequence b, whose caches start cache_seq_stride floats after sequence b - 1's and whose
+  // and out for sequence b, whose caches start cache_seq_stride elements after sequence b - 1's and whose
   // position is position_dev[b].
   int batch = 1;
   size_t cache_seq_stride = 0;
@@ -67,8 +68,9 @@ bool DecodeAttentionGroupedSupports(int heads, int kv_heads, int head_dim);
 // 0..first_position + t. q, out: [tokens, heads, head_dim]; head_dim <= 256.
 struct AttentionArgs {
   const float* q = nullptr;
-  const float* k_cache = nullptr;  // [positions, kv_heads, head_dim]
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;  // [positions, kv_heads, head_dim], fp32 or (cache_bf16) bf16
+  const void* v_cache = nullptr;
+  bool cache_bf16 = false;
   int heads = 0, kv_heads = 0, head_dim = 0;
   int first_position = 0;
   const int* position_dev = nullptr;  // when set, the first position is read from here (CUDA graphs)

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "coordinator/gpu/kv_cache.cuh"
+
 namespace pinmoe {
 namespace {
 
@@ -26,8 +28,8 @@ struct Smem {
   float m[kTile], l[kTile];
 };
 
-// grid: (ceil(tokens / kTile), heads)
-template <int HD>
+// grid: (ceil(tokens / kTile), heads); cache elements of type C.
+template <int HD, typename C>
 __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(FlashAttentionArgs a) {
   extern __shared__ __align__(128) unsigned char raw[];
   Smem<HD>& sm = *reinterpret_cast<Smem<HD>*>(raw);
@@ -56,8 +58,8 @@ __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(FlashAttentionA
       float kv = 0.f, vv = 0.f;
       if (p <= last_position) {
         const size_t off = (static_cast<size_t>(p) * a.kv_heads + g) * HD + d;
-        kv = a.k_cache[off];
-        vv = a.v_cache[off];
+        kv = CacheLoad(static_cast<const C*>(a.k_cache) + off);
+        vv = CacheLoad(static_cast<const C*>(a.v_cache) + off);
       }
       sm.k[j * kLdh + d] = __float2bfloat16(kv);
       sm.v[j * kLdh + d] = __float2bfloat16(vv);
@@ -144,14 +146,19 @@ __global__ void __launch_bounds__(kThreads) FlashAttentionKernel(FlashAttentionA
   }
 }
 
-template <int HD>
-cudaError_t Launch(const FlashAttentionArgs& a, cudaStream_t stream) {
+template <int HD, typename C>
+cudaError_t LaunchTyped(const FlashAttentionArgs& a, cudaStream_t stream) {
   const size_t smem = sizeof(Smem<HD>);
-  cudaError_t err = cudaFuncSetAttribute(FlashAttentionKernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t err = cudaFuncSetAttribute(FlashAttentionKernel<HD, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  FlashAttentionKernel<HD><<<dim3((a.tokens + kTile - 1) / kTile, a.heads), kThreads, smem, stream>>>(a);
+  FlashAttentionKernel<HD, C><<<dim3((a.tokens + kTile - 1) / kTile, a.heads), kThreads, smem, stream>>>(a);
   return cudaGetLastError();
+}
+
+template <int HD>
+cudaError_t Launch(const FlashAttentionArgs& a, cudaStream_t stream) {
+  return a.cache_bf16 ? LaunchTyped<HD, __nv_bfloat16>(a, stream) : LaunchTyped<HD, float>(a, stream);
 }
 
 }  // namespace

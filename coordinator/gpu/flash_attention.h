@@ -11,8 +11,9 @@ namespace pinmoe {
 
 struct FlashAttentionArgs {
   const float* q = nullptr;        // [tokens, heads, head_dim]
-  const float* k_cache = nullptr;  // [positions, kv_heads, head_dim]
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;  // [positions, kv_heads, head_dim], fp32 or (cache_bf16) bf16
+  const void* v_cache = nullptr;
+  bool cache_bf16 = false;
   int tokens = 0, heads = 0, kv_heads = 0, head_dim = 0;  // head_dim 32, 64, 128 or 256
   int first_position = 0;  // token t sits at first_position + t and sees positions 0..that
   float* out = nullptr;    // [tokens, heads, head_dim]

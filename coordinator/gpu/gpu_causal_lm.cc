@@ -62,7 +62,9 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
                                              options.max_step_tokens, " (the tokens per step)"));
   }
   positions_.assign(options.max_batch, 0);
-  cache_floats_ = static_cast<size_t>(max_context_) * c.num_kv_heads * c.head_dim;
+  cache_elems_ = static_cast<size_t>(max_context_) * c.num_kv_heads * c.head_dim;
+  // Synthetic weights are bf16, as the shapes' configs say.
+  kv_cache_dtype_ = ResolveKvCacheDtype(options.kv_cache_dtype, c.weight_dtype == DType::kBF16);
   if (options.synthetic_seed == 0) {
     if (ckpt == nullptr) return absl::InvalidArgumentError("a GPU model needs a checkpoint or a synthetic seed");
     weights_ = DeviceWeights::FromCheckpoint(ckpt, options.device);
@@ -294,8 +296,8 @@ absl::Status GpuCausalLm::EnqueueStep(int n, Output output, bool want_output, in
 }
 
 QkNormRopeCacheArgs GpuCausalLm::FusedQkvLayout(const float* qkv, bool gated_query, const float* q_norm,
-                                                const float* k_norm, float* q_out, float* k_cache,
-                                                float* v_cache) const {
+                                                const float* k_norm, float* q_out, void* k_cache,
+                                                void* v_cache) const {
   const int hd = config_.head_dim, nh = config_.num_heads, nkv = config_.num_kv_heads;
   const int q_rows = (gated_query ? 2 : 1) * nh * hd;
   QkNormRopeCacheArgs qa;
@@ -312,10 +314,12 @@ QkNormRopeCacheArgs GpuCausalLm::FusedQkvLayout(const float* qkv, bool gated_que
   qa.q_norm = q_norm;
   qa.k_norm = k_norm;
   qa.q_out = q_out;
-  qa.k_cache = k_cache + SeqOffset(cache_floats_);
-  qa.v_cache = v_cache + SeqOffset(cache_floats_);
+  const size_t offset = SeqOffset(cache_elems_) * KvCacheElementBytes(kv_cache_dtype_);
+  qa.k_cache = static_cast<uint8_t*>(k_cache) + offset;
+  qa.v_cache = static_cast<uint8_t*>(v_cache) + offset;
+  qa.cache_bf16 = kv_cache_dtype_ == KvCacheDtype::kBf16;
   qa.batch = batch_;
-  qa.cache_seq_stride = cache_floats_;
+  qa.cache_seq_stride = cache_elems_;
   return qa;
 }
 
@@ -357,6 +361,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
     fa.q = qa.q_out;
     fa.k_cache = qa.k_cache;
     fa.v_cache = qa.v_cache;
+    fa.cache_bf16 = qa.cache_bf16;
     fa.tokens = n;
     fa.heads = qa.heads;
     fa.kv_heads = qa.kv_heads;
@@ -369,6 +374,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
   aa.q = qa.q_out;
   aa.k_cache = qa.k_cache;
   aa.v_cache = qa.v_cache;
+  aa.cache_bf16 = qa.cache_bf16;
   aa.heads = qa.heads;
   aa.kv_heads = qa.kv_heads;
   aa.head_dim = qa.head_dim;

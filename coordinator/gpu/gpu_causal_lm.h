@@ -31,6 +31,7 @@
 #include "coordinator/gpu/device_weights.h"
 #include "coordinator/gpu/gpu_experts.h"
 #include "coordinator/gpu/linear.h"
+#include "coordinator/kv_cache_dtype.h"
 #include "common/status.h"
 #include "worker/gpu/cuda_check.h"
 
@@ -46,6 +47,8 @@ struct GpuModelOptions {
   bool graphs = true;
   // Qwen3-Next's DeltaNet form (auto: chunked for prompt-sized steps; the others for comparisons).
   DeltaForm delta_form = DeltaForm::kAuto;
+  // The KV cache's elements (auto: bf16 for bf16 weights, as the config's dtype says; else fp32).
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kAuto;
 };
 
 // An error naming the flag and the remedy when `device` is not a usable CUDA device here.
@@ -102,14 +105,19 @@ class GpuCausalLm : public CausalLm {
     *dst = static_cast<T*>(p);
     return absl::OkStatus();
   }
+  // One attention layer's K or V cache for every sequence (cache_elems_ each, in the cache's dtype).
+  absl::Status AllocCache(void** dst) {
+    return Alloc(cache_elems_ * options_.max_batch * KvCacheElementBytes(kv_cache_dtype_),
+                 reinterpret_cast<uint8_t**>(dst));
+  }
   // Where the step's state of one layer starts, for per-sequence blocks of `per_sequence` elements:
   // seq_'s block, or sequence 0's in a batched step (the kernels step per sequence from there).
   size_t SeqOffset(size_t per_sequence) const { return batch_ > 1 ? 0 : static_cast<size_t>(seq_) * per_sequence; }
   // The layout of a fused q/k/v projection's rows [q heads | k heads | v heads] in `qkv`, for the
   // attention core; with gated_query each query head is followed by its gate (Qwen3-Next). The caches
-  // are the layer's (sequence 0 first, cache_floats_ per sequence).
+  // are the layer's (sequence 0 first, cache_elems_ per sequence).
   QkNormRopeCacheArgs FusedQkvLayout(const float* qkv, bool gated_query, const float* q_norm, const float* k_norm,
-                                     float* q_out, float* k_cache, float* v_cache) const;
+                                     float* q_out, void* k_cache, void* v_cache) const;
   // q/k norm + RoPE + cache append, then attention (tensor cores for bf16 prefill), into attn_out.
   absl::Status EnqueueAttention(const QkNormRopeCacheArgs& layout, int n, bool bf16_model, float* attn_out);
   // A dense SwiGLU layer's weights (mlp.gate_proj / up_proj fused by rows, mlp.down_proj) of `layer`.
@@ -131,7 +139,8 @@ class GpuCausalLm : public CausalLm {
   std::vector<int> positions_;  // [max_batch]
   int seq_ = 0;                 // the sequence of single-sequence steps
   int batch_ = 1;               // sequences in the step being enqueued (> 1: DecodeBatch)
-  size_t cache_floats_ = 0;     // one sequence's K (or V) cache of one attention layer
+  size_t cache_elems_ = 0;      // one sequence's K (or V) cache of one attention layer
+  KvCacheDtype kv_cache_dtype_ = KvCacheDtype::kF32;  // resolved (never kAuto)
   GpuExperts* experts_ = nullptr;
   std::unique_ptr<DeviceWeights> weights_;
   std::unique_ptr<LinearRunner> linear_;

@@ -16,7 +16,6 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig
   RETURN_IF_ERROR(m->InitCommon(c, ckpt, options, /*final_norm_add=*/0.f));
   DeviceWeights& w = *m->weights_;
   const int64_t h = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const size_t cache_floats = m->cache_floats_ * options.max_batch;  // every sequence's
   m->layers_.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     Layer& L = m->layers_[l];
@@ -36,8 +35,8 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Moe>> GpuQwen3Moe::Load(const ModelConfig
     } else {
       RETURN_IF_ERROR(m->LoadDenseMlp(l, &L.gate_up, &L.down));
     }
-    RETURN_IF_ERROR(m->Alloc(cache_floats, &L.k_cache));
-    RETURN_IF_ERROR(m->Alloc(cache_floats, &L.v_cache));
+    RETURN_IF_ERROR(m->AllocCache(&L.k_cache));
+    RETURN_IF_ERROR(m->AllocCache(&L.v_cache));
   }
   const size_t t = options.max_step_tokens;
   RETURN_IF_ERROR(m->Alloc(t * (nh + 2 * nkv) * hd, &m->qkv_));

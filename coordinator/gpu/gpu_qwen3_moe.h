@@ -30,8 +30,8 @@ class GpuQwen3Moe : public GpuCausalLm {
     DeviceMatrix router;          // [experts, hidden]
     DeviceMatrix gate_up;         // [2 * intermediate, hidden] (dense layers)
     DeviceMatrix down;            // [hidden, intermediate]
-    float* k_cache = nullptr;     // [max_context, kv_heads, head_dim]
-    float* v_cache = nullptr;
+    void* k_cache = nullptr;      // [max_batch][max_context, kv_heads, head_dim] in the cache's dtype
+    void* v_cache = nullptr;
   };
   GpuQwen3Moe() = default;
   absl::Status EnqueueLayers(int n, int variant) override;

@@ -26,7 +26,6 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Next>> GpuQwen3Next::Load(const ModelConf
   const int64_t dk = c.linear_key_head_dim, dv = c.linear_value_head_dim;
   const int64_t key_dim = nk * dk, value_dim = nv * dv, conv_dim = 2 * key_dim + value_dim;
   const int64_t qkvz_dim = 2 * key_dim + 2 * value_dim, kernel = c.linear_conv_kernel_dim;
-  const size_t cache_floats = m->cache_floats_ * options.max_batch;  // every sequence's
   m->conv_state_floats_ = static_cast<size_t>(std::max<int64_t>(kernel - 1, 1)) * conv_dim;
   m->state_floats_ = static_cast<size_t>(nv) * dk * dv;
   int64_t widest_mlp = 1;
@@ -45,8 +44,8 @@ absl::StatusOr<std::unique_ptr<GpuQwen3Next>> GpuQwen3Next::Load(const ModelConf
       ASSIGN_OR_RETURN(L.o, w.Matrix(LayerTensor(l, "self_attn.o_proj.weight"), h, nh * hd));
       ASSIGN_OR_RETURN(L.q_norm, w.Vector(LayerTensor(l, "self_attn.q_norm.weight"), hd, 1.f));
       ASSIGN_OR_RETURN(L.k_norm, w.Vector(LayerTensor(l, "self_attn.k_norm.weight"), hd, 1.f));
-      RETURN_IF_ERROR(m->Alloc(cache_floats, &L.k_cache));
-      RETURN_IF_ERROR(m->Alloc(cache_floats, &L.v_cache));
+      RETURN_IF_ERROR(m->AllocCache(&L.k_cache));
+      RETURN_IF_ERROR(m->AllocCache(&L.v_cache));
     } else {
       const std::vector<std::string> names = {LayerTensor(l, "linear_attn.in_proj_qkvz.weight"),
                                               LayerTensor(l, "linear_attn.in_proj_ba.weight")};

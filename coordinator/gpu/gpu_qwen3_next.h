@@ -32,8 +32,8 @@ class GpuQwen3Next : public GpuCausalLm {
     DeviceMatrix o;               // [hidden, heads * head_dim]
     float* q_norm = nullptr;      // [head_dim], 1 + w
     float* k_norm = nullptr;
-    float* k_cache = nullptr;     // [max_context, kv_heads, head_dim]
-    float* v_cache = nullptr;
+    void* k_cache = nullptr;      // [max_batch][max_context, kv_heads, head_dim] in the cache's dtype
+    void* v_cache = nullptr;
     // Gated DeltaNet.
     DeviceMatrix in_proj;         // [qkvz_dim + 2 v_heads, hidden]
     DeviceMatrix out_proj;        // [hidden, value_dim]

@@ -2,12 +2,14 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <vector>
 
 #include "common/cpu_kernels.h"
+#include "common/dtype.h"
 #include "coordinator/gpu/dense_kernels.h"
 #include "coordinator/gpu/flash_attention.h"
 #include "coordinator/gpu/linear.h"
@@ -198,6 +200,165 @@ TEST(DenseKernelsGpu, FlashAttentionMatchesCpu) {
     const double rel = std::sqrt(err2 / ref2);
     EXPECT_LT(rel, 1.5e-2) << sh.heads << "x" << sh.hd << " first " << sh.first << " tokens " << T;
     std::printf("flash attention %dx%d, %d tokens after %d: relative L2 error %.2e\n", sh.heads, sh.hd, T, sh.first, rel);
+  }
+}
+
+std::vector<uint16_t> ToBf16Bits(const std::vector<float>& x) {
+  std::vector<uint16_t> b(x.size());
+  for (size_t i = 0; i < x.size(); ++i) b[i] = F32ToBf16(x[i]);
+  return b;
+}
+std::vector<float> RoundToBf16(const std::vector<float>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = Bf16ToF32(F32ToBf16(x[i]));
+  return r;
+}
+
+// A bf16 KV cache (QkNormRopeCacheArgs::cache_bf16) through every attention form: the keys and values
+// the kernels store are the CPU's rounded to bf16 (a key within one bf16 step: the GPU's fp32 key may
+// differ from the CPU's in its last bits and round the other way; a value exactly), and the prefill
+// kernel, the fused decode kernel and its split and grouped split forms match the CPU attention over
+// the rounded cache, the decode forms reading their own new key and value from shared memory rounded
+// like the cached ones. The bound on the outputs, 2e-3, allows for a few keys rounded the other way.
+TEST(DenseKernelsGpu, Bf16KvCache) {
+  struct Shape {
+    int heads, kvh, hd, rot, first, tokens;
+  };
+  for (const Shape& sh : {Shape{4, 2, 32, 32, 0, 5}, Shape{32, 4, 128, 128, 300, 1}, Shape{16, 2, 256, 64, 7, 130},
+                          Shape{8, 8, 64, 64, 129, 3}, Shape{4, 2, 32, 8, 200, 1}, Shape{32, 4, 128, 128, 2100, 1}}) {
+    SCOPED_TRACE(::testing::Message() << sh.heads << "x" << sh.hd << " first " << sh.first << " tokens " << sh.tokens);
+    const int nh = sh.heads, nkv = sh.kvh, hd = sh.hd, T = sh.tokens, first = sh.first;
+    const int row = (nh + 2 * nkv) * hd;
+    auto qkv = Random(static_cast<size_t>(T) * row, hd + T + 1, 2.f);
+    auto qn = Random(hd, 5), kn = Random(hd, 6);
+    Rope rope(hd, sh.rot, 1e6);
+    KvCache cache;
+    cache.kv_heads = nkv;
+    cache.head_dim = hd;
+    cache.length = first;
+    cache.k = RoundToBf16(Random(static_cast<size_t>(first) * nkv * hd, 17));
+    cache.v = RoundToBf16(Random(cache.k.size(), 18));
+    const std::vector<uint16_t> k_prefix = ToBf16Bits(cache.k), v_prefix = ToBf16Bits(cache.v);
+    std::vector<float> q(static_cast<size_t>(T) * nh * hd), k(static_cast<size_t>(T) * nkv * hd), v(k.size());
+    for (int t = 0; t < T; ++t) {
+      const float* r = qkv.data() + static_cast<size_t>(t) * row;
+      std::copy(r, r + nh * hd, q.data() + static_cast<size_t>(t) * nh * hd);
+      std::copy(r + nh * hd, r + (nh + nkv) * hd, k.data() + static_cast<size_t>(t) * nkv * hd);
+      std::copy(r + (nh + nkv) * hd, r + row, v.data() + static_cast<size_t>(t) * nkv * hd);
+    }
+    std::vector<float> unused(q.size()), ref(q.size());
+    QkNormRopeAttend(rope, qn.data(), kn.data(), 1e-6f, first, T, nh, q.data(), k, v, &cache, unused.data());
+    KvCache rounded = cache;  // q now holds the normalised, rotated queries
+    rounded.k = RoundToBf16(cache.k);
+    rounded.v = RoundToBf16(cache.v);
+    CausalAttention(q.data(), T, nh, rounded, ref.data());
+
+    const size_t elems = static_cast<size_t>(first + T) * nkv * hd;
+    Dev dqkv(qkv), dqn(qn), dkn(kn), df(rope.inv_freq()), dq(q.size() * 4), dout(q.size() * 4), dk(elems * 2),
+        dv(elems * 2);
+    auto reset_cache = [&] {
+      ASSERT_CUDA(cudaMemcpy(dk.p, k_prefix.data(), k_prefix.size() * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemcpy(dv.p, v_prefix.data(), v_prefix.size() * 2, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemset(dout.p, 0, dout.bytes));
+    };
+    auto check = [&](const char* form) {
+      auto gk = dk.get<uint16_t>(), gv = dv.get<uint16_t>();
+      for (size_t i = 0; i < elems; ++i) {
+        const float want = rounded.k[i], got = Bf16ToF32(gk[i]);
+        ASSERT_LE(std::fabs(got - want), std::ldexp(std::fabs(want), -7) + 1e-30f) << form << " k cache " << i;
+        ASSERT_EQ(Bf16ToF32(gv[i]), rounded.v[i]) << form << " v cache " << i;
+      }
+      auto y = dout.get<float>();
+      for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], ref[i], 2e-3f) << form << " " << i;
+    };
+    QkNormRopeCacheArgs qa;
+    qa.qkv = dqkv.as<float>();
+    qa.row_stride = row;
+    qa.q_head_stride = hd;
+    qa.k_offset = nh * hd;
+    qa.v_offset = (nh + nkv) * hd;
+    qa.heads = nh;
+    qa.kv_heads = nkv;
+    qa.head_dim = hd;
+    qa.rotary_dim = sh.rot;
+    qa.q_norm = dqn.as<float>();
+    qa.k_norm = dkn.as<float>();
+    qa.inv_freq = df.as<float>();
+    qa.eps = 1e-6f;
+    qa.first_position = first;
+    qa.q_out = dq.as<float>();
+    qa.k_cache = dk.p;
+    qa.v_cache = dv.p;
+    qa.cache_bf16 = true;
+    reset_cache();
+    ASSERT_CUDA(LaunchQkNormRopeCache(qa, T, nullptr));
+    AttentionArgs aa;
+    aa.q = dq.as<float>();
+    aa.k_cache = dk.p;
+    aa.v_cache = dv.p;
+    aa.cache_bf16 = true;
+    aa.heads = nh;
+    aa.kv_heads = nkv;
+    aa.head_dim = hd;
+    aa.first_position = first;
+    aa.out = dout.as<float>();
+    ASSERT_CUDA(LaunchAttention(aa, T, nullptr));
+    check("prefill");
+    if (T != 1) continue;
+    reset_cache();
+    ASSERT_CUDA(LaunchDecodeAttentionFused(qa, dout.as<float>(), nullptr));
+    check("fused decode");
+    for (const bool grouped : {false, true}) {
+      for (int splits : {1, 7, kAttnMaxSplits}) {
+        Dev parts(AttnSplitPartialFloats(1, nh, hd, splits) * 4), counters(static_cast<size_t>(nh) * 4);
+        ASSERT_CUDA(cudaMemset(counters.p, 0, counters.bytes));
+        QkNormRopeCacheArgs sa = qa;
+        sa.splits = splits;
+        sa.grouped = grouped;
+        sa.split_partials = parts.as<float>();
+        sa.split_counters = counters.as<unsigned int>();
+        reset_cache();
+        ASSERT_CUDA(LaunchDecodeAttentionFused(sa, dout.as<float>(), nullptr));
+        check(grouped ? "grouped split decode" : "split decode");
+      }
+    }
+  }
+}
+
+// The tensor-core prefill attention over a bf16 cache, against the CPU attention over the same (rounded)
+// cache, with FlashAttentionMatchesCpu's bound.
+TEST(DenseKernelsGpu, FlashAttentionBf16Cache) {
+  for (const auto [heads, kvh, hd, first, T] : {std::array{4, 2, 64, 0, 70}, std::array{32, 4, 128, 1000, 17}}) {
+    KvCache cache;
+    cache.kv_heads = kvh;
+    cache.head_dim = hd;
+    cache.length = first + T;
+    cache.k = RoundToBf16(Random(static_cast<size_t>(first + T) * kvh * hd, 31));
+    cache.v = RoundToBf16(Random(cache.k.size(), 32));
+    auto q = Random(static_cast<size_t>(T) * heads * hd, 33);
+    std::vector<float> ref(q.size());
+    CausalAttention(q.data(), T, heads, cache, ref.data());
+    Dev dq(q), dk(ToBf16Bits(cache.k)), dv(ToBf16Bits(cache.v)), dout(q.size() * 4);
+    FlashAttentionArgs fa;
+    fa.q = dq.as<float>();
+    fa.k_cache = dk.p;
+    fa.v_cache = dv.p;
+    fa.cache_bf16 = true;
+    fa.tokens = T;
+    fa.heads = heads;
+    fa.kv_heads = kvh;
+    fa.head_dim = hd;
+    fa.first_position = first;
+    fa.out = dout.as<float>();
+    ASSERT_CUDA(LaunchFlashAttention(fa, nullptr));
+    auto y = dout.get<float>();
+    double err2 = 0, ref2 = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(y[i])) << i;
+      err2 += (y[i] - ref[i]) * static_cast<double>(y[i] - ref[i]);
+      ref2 += ref[i] * static_cast<double>(ref[i]);
+    }
+    EXPECT_LT(std::sqrt(err2 / ref2), 1.5e-2) << heads << "x" << hd << " first " << first << " tokens " << T;
   }
 }
 

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <sstream>
+#include <tuple>
 
 #include "common/model_config.h"
 #include "common/safetensors.h"
@@ -124,10 +125,17 @@ TEST_P(GpuModelFp32, MatchesTransformersInProcessAndInWorkers) {
 
 INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuModelFp32, ::testing::Values("qwen3moe-f32", "qwen3next-f32"));
 
-class GpuModelBf16 : public ::testing::TestWithParam<std::string> {};
+// With the KV cache in bf16 (the default for bf16 weights, as transformers keeps it) and in f32.
+class GpuModelBf16 : public ::testing::TestWithParam<std::tuple<std::string, KvCacheDtype>> {};
 
 TEST_P(GpuModelBf16, MatchesTransformersBf16UnderTeacherForcing) {
-  const std::string dir = testing::TestData(GetParam());
+  const std::string dir = testing::TestData(std::get<0>(GetParam()));
+  const KvCacheDtype kv = std::get<1>(GetParam());
+  auto options = [&](int workers, const std::string& worker_device) {
+    SessionOptions so = Options(dir, workers, worker_device);
+    so.kv_cache_dtype = kv;
+    return so;
+  };
   const auto ref = testing::ReadJson(dir + "/reference_bf16_cuda.json");
   int compared = 0, top1_checked = 0, ties = 0, steps = 0;
   float worst_vs_fp32_ratio = 0, worst_vs_bf16_ratio = 0;
@@ -135,9 +143,9 @@ TEST_P(GpuModelBf16, MatchesTransformersBf16UnderTeacherForcing) {
     const std::vector<int32_t> prompt = c["prompt_ids"].get<std::vector<int32_t>>();
     const std::vector<int32_t> forced = c["greedy_ids"].get<std::vector<int32_t>>();
     SCOPED_TRACE(::testing::Message() << "prompt of " << prompt.size() << " tokens");
-    const auto logits = TeacherForced(Options(dir, 0, "cpu"), prompt, forced);
+    const auto logits = TeacherForced(options(0, "cpu"), prompt, forced);
     ASSERT_EQ(logits.size(), forced.size());
-    const auto pooled = TeacherForced(Options(dir, 2, "cuda:0"), prompt, forced);
+    const auto pooled = TeacherForced(options(2, "cuda:0"), prompt, forced);
     ASSERT_EQ(pooled.size(), logits.size());
     float noise = 0;  // D for this prompt
     for (const auto& top : c["top_logits"]) {
@@ -168,14 +176,16 @@ TEST_P(GpuModelBf16, MatchesTransformersBf16UnderTeacherForcing) {
       }
     }
   }
-  std::printf("%s vs transformers (teacher forced, %d logits): worst distance to fp32 %.2f of D + 0.125, to the "
-              "bf16 reference %.2f of 2D + 0.125; top-1 equal at all %d decisive steps of %d (%d ties under bf16 "
-              "noise)\n", GetParam().c_str(), compared, worst_vs_fp32_ratio, worst_vs_bf16_ratio, top1_checked, steps,
-              ties);
+  std::printf("%s, %s KV cache, vs transformers (teacher forced, %d logits): worst distance to fp32 %.2f of D + "
+              "0.125, to the bf16 reference %.2f of 2D + 0.125; top-1 equal at all %d decisive steps of %d (%d ties "
+              "under bf16 noise)\n", std::get<0>(GetParam()).c_str(), KvCacheDtypeName(kv), compared,
+              worst_vs_fp32_ratio, worst_vs_bf16_ratio, top1_checked, steps, ties);
   EXPECT_GT(top1_checked, steps / 4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuModelBf16, ::testing::Values("qwen3moe-bf16", "qwen3next-bf16"));
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuModelBf16,
+                         ::testing::Combine(::testing::Values("qwen3moe-bf16", "qwen3next-bf16"),
+                                            ::testing::Values(KvCacheDtype::kAuto, KvCacheDtype::kF32)));
 
 // A GPU model holding several sequences, with its experts in-process or in GPU worker processes.
 struct BatchedModel {
@@ -350,10 +360,12 @@ namespace {
 
 // `pinmoe plan` counts, for the device holding the dense part, its weights, caches and step buffers from
 // config.json alone (coordinator/plan.h). What the GPU models allocate must agree: full-size layer
-// shapes of both architectures (synthetic weights, a few layers), within the handful of small buffers
-// (ids, positions, norms held in fp32) the plan leaves out.
+// shapes of both architectures (synthetic weights, a few layers) and both KV cache dtypes (auto is
+// bf16 for these bf16 configs), within the handful of small buffers (ids, positions, norms held in
+// fp32) the plan leaves out.
 TEST(GpuModelMemory, DeviceBytesMatchThePlan) {
-  for (const bool next : {false, true}) {
+  for (const auto [next, kv] : {std::pair{false, KvCacheDtype::kAuto}, std::pair{true, KvCacheDtype::kAuto},
+                                std::pair{false, KvCacheDtype::kF32}, std::pair{true, KvCacheDtype::kF32}}) {
     nlohmann::json j = {{"vocab_size", 151936}, {"hidden_size", 2048}, {"rope_theta", 1000000.0},
                         {"norm_topk_prob", true}, {"torch_dtype", "bfloat16"}, {"max_position_embeddings", 40960}};
     if (next) {
@@ -373,6 +385,7 @@ TEST(GpuModelMemory, DeviceBytesMatchThePlan) {
     GpuModelOptions mo;
     mo.max_context = 1024;
     mo.synthetic_seed = 1;
+    mo.kv_cache_dtype = kv;
     uint64_t device_bytes = 0;
     if (next) {
       auto model = GpuQwen3Next::Load(*config, nullptr, mo);
@@ -384,10 +397,12 @@ TEST(GpuModelMemory, DeviceBytesMatchThePlan) {
       device_bytes = (*model)->weight_bytes();
     }
     const uint64_t planned =
-        DenseWeightBytes(*config) + CacheBytes(*config, 1024) + StepBufferBytes(*config, mo.max_step_tokens).model;
+        DenseWeightBytes(*config) + CacheBytes(*config, 1024, ResolveKvCacheDtype(kv, /*bf16_weights=*/true)) +
+        StepBufferBytes(*config, mo.max_step_tokens).model;
     const double slack = 1.0 * (1 << 20) + 0.005 * static_cast<double>(planned);
     EXPECT_NEAR(static_cast<double>(device_bytes), static_cast<double>(planned), slack)
-        << config->architecture_name << ": the GPU model holds " << device_bytes << " bytes, the plan counts "
+        << config->architecture_name << ", " << KvCacheDtypeName(kv) << " KV cache: the GPU model holds "
+        << device_bytes << " bytes, the plan counts "
         << planned;
   }
 }

@@ -1,0 +1,27 @@
+// The element type of the GPU path's KV cache (--kv-cache-dtype): fp32, the exact one, or bf16, which
+// halves the bytes a decode step reads at long contexts (each key and value rounded to nearest even as
+// it is stored; attention still computes in fp32). "auto" follows the weights: bf16 for a bf16
+// checkpoint, as transformers and vLLM keep it. The CPU path's cache is always fp32.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace pinmoe {
+
+enum class KvCacheDtype { kAuto, kF32, kBf16 };
+
+// "auto", "f32" (or "fp32", "float32"), "bf16" (or "bfloat16").
+absl::StatusOr<KvCacheDtype> ParseKvCacheDtype(std::string_view text);
+const char* KvCacheDtypeName(KvCacheDtype dtype);
+// kAuto resolved for a model whose weights are bf16 or not.
+inline KvCacheDtype ResolveKvCacheDtype(KvCacheDtype dtype, bool bf16_weights) {
+  if (dtype != KvCacheDtype::kAuto) return dtype;
+  return bf16_weights ? KvCacheDtype::kBf16 : KvCacheDtype::kF32;
+}
+// Bytes of one cached element (kAuto must be resolved first: it counts as fp32).
+inline int KvCacheElementBytes(KvCacheDtype dtype) { return dtype == KvCacheDtype::kBf16 ? 2 : 4; }
+
+}  // namespace pinmoe
