@@ -281,7 +281,8 @@ std::string FormatMemoryPlan(const ModelConfig& c, const MemoryPlan& plan, int c
       "dense %s, caches %s (%s KV), step buffers %s (%u tokens), routed experts %s (%s each) and %s of their "
       "scratch on each GPU\n\n",
       c.architecture_name, c.num_layers, c.num_experts, c.top_k, std::string(DTypeName(c.weight_dtype)), context,
-      Size(plan.dense_bytes), Size(plan.cache_bytes), KvCacheDtypeName(plan.kv_cache_dtype), Size(plan.step_bytes), kGpuStepTokens, Size(plan.expert_bytes),
+      Size(plan.dense_bytes), Size(plan.cache_bytes), KvCacheDtypeName(plan.kv_cache_dtype), Size(plan.step_bytes),
+      kGpuStepTokens, Size(plan.expert_bytes),
       Size(c.ExpertBytes()), Size(plan.expert_scratch_bytes));
   // "dense part": weights, caches and step buffers; "scratch": the experts' step scratch.
   out += absl::StrFormat("%-8s %8s %12s %12s %12s %12s %12s %6s\n", "device", "experts", "experts", "scratch",

@@ -220,13 +220,19 @@ __device__ void AttendRangeWide(const float* qs, const C* k_cache, const C* v_ca
       const int key = c0 + j;
       auto row_dot = [&](const auto* row) {
         float dot = 0.f;
-#pragma unroll 8
-        for (int c = 0; c < hd / 4; ++c) {
-          const float4 kv = CacheLoad4(row + 4 * c), qv = q4[c];
-          dot = fmaf(qv.x, kv.x, dot);
-          dot = fmaf(qv.y, kv.y, dot);
-          dot = fmaf(qv.z, kv.z, dot);
-          dot = fmaf(qv.w, kv.w, dot);
+#pragma unroll 4
+        for (int c = 0; c < hd / 4; c += 2) {  // hd % 32 == 0: 8 elements a load
+          float4 k0, k1;
+          CacheLoad8(row + 4 * c, k0, k1);
+          const float4 q0 = q4[c], q1 = q4[c + 1];
+          dot = fmaf(q0.x, k0.x, dot);
+          dot = fmaf(q0.y, k0.y, dot);
+          dot = fmaf(q0.z, k0.z, dot);
+          dot = fmaf(q0.w, k0.w, dot);
+          dot = fmaf(q1.x, k1.x, dot);
+          dot = fmaf(q1.y, k1.y, dot);
+          dot = fmaf(q1.z, k1.z, dot);
+          dot = fmaf(q1.w, k1.w, dot);
         }
         return dot;
       };
@@ -522,7 +528,7 @@ __device__ void ScoreRow(const R* row, const float4* q4, float (&dot)[HB]) {
   for (int c0 = 0; c0 < kRow4; c0 += kGroup4) {
     float4 kv[kGroup4];
 #pragma unroll
-    for (int c = 0; c < kGroup4; ++c) kv[c] = CacheLoad4(row + 4 * (c0 + c));
+    for (int c = 0; c < kGroup4; c += 2) CacheLoad8(row + 4 * (c0 + c), kv[c], kv[c + 1]);  // kGroup4 is even
 #pragma unroll
     for (int c = 0; c < kGroup4; ++c) {
 #pragma unroll

@@ -77,6 +77,21 @@ struct AttentionArgs {
   float* out = nullptr;
 };
 cudaError_t LaunchAttention(const AttentionArgs& args, int tokens, cudaStream_t stream);
+// The attention after LaunchQkNormRopeCache(qa, ...): over its queries, caches and positions, into out.
+inline AttentionArgs AttentionAfter(const QkNormRopeCacheArgs& qa, float* out) {
+  AttentionArgs aa;
+  aa.q = qa.q_out;
+  aa.k_cache = qa.k_cache;
+  aa.v_cache = qa.v_cache;
+  aa.cache_bf16 = qa.cache_bf16;
+  aa.heads = qa.heads;
+  aa.kv_heads = qa.kv_heads;
+  aa.head_dim = qa.head_dim;
+  aa.first_position = qa.first_position;
+  aa.position_dev = qa.position_dev;
+  aa.out = out;
+  return aa;
+}
 
 // Decode (one token per sequence): LaunchQkNormRopeCache then LaunchAttention in one kernel (args.q_out
 // unused); out [batch, heads, head_dim].

@@ -370,17 +370,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
     fa.out = attn_out;
     return CudaStatus(LaunchFlashAttention(fa, stream_), "flash attention launch");
   }
-  AttentionArgs aa;
-  aa.q = qa.q_out;
-  aa.k_cache = qa.k_cache;
-  aa.v_cache = qa.v_cache;
-  aa.cache_bf16 = qa.cache_bf16;
-  aa.heads = qa.heads;
-  aa.kv_heads = qa.kv_heads;
-  aa.head_dim = qa.head_dim;
-  aa.position_dev = position_dev_;
-  aa.out = attn_out;
-  return CudaStatus(LaunchAttention(aa, n, stream_), "attention launch");
+  return CudaStatus(LaunchAttention(AttentionAfter(qa, attn_out), n, stream_), "attention launch");
 }
 
 absl::Status GpuCausalLm::Run(std::span<const int32_t> ids, Output output) {

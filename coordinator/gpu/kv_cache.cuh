@@ -36,4 +36,21 @@ __device__ __forceinline__ float4 CacheLoad4(const __nv_bfloat16* p) {
   return make_float4(a.x, a.y, b.x, b.y);
 }
 
+// Eight consecutive elements, widened, in one 16-byte load: p 16-byte aligned. A lane that walks its own
+// row (the decode attention's score passes: the warp's 32 rows in 32 different lines) pays per load
+// instruction, so bf16 rows take half the instructions of fp32 ones.
+__device__ __forceinline__ void CacheLoad8(const float* p, float4& a, float4& b) {
+  a = reinterpret_cast<const float4*>(p)[0];
+  b = reinterpret_cast<const float4*>(p)[1];
+}
+__device__ __forceinline__ void CacheLoad8(const __nv_bfloat16* p, float4& a, float4& b) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  __nv_bfloat162 h[4];
+  memcpy(h, &raw, sizeof(raw));
+  const float2 x = __bfloat1622float2(h[0]), y = __bfloat1622float2(h[1]);
+  const float2 z = __bfloat1622float2(h[2]), w = __bfloat1622float2(h[3]);
+  a = make_float4(x.x, x.y, y.x, y.y);
+  b = make_float4(z.x, z.y, w.x, w.y);
+}
+
 }  // namespace pinmoe

@@ -259,7 +259,9 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   int grid = 0;
   const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
   if (err != cudaSuccess) return err;
-  if (!kGateUp && a.done.counter != nullptr && a.done.add != 0) grid = static_cast<int>(std::min<long>(grid, a.done.add));
+  if (!kGateUp && a.done.counter != nullptr && a.done.add != 0) {
+    grid = static_cast<int>(std::min<long>(grid, a.done.add));  // every block's share at least 1
+  }
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }
 
