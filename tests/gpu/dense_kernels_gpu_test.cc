@@ -83,6 +83,23 @@ QkNormRopeCacheArgs CoreArgs(const AttnShape& sh, const float* qkv, const float*
   return qa;
 }
 
+// A split form of the decode attention over qa's shape (one sequence): its scratch, the counters
+// zeroed, and the arguments that use them.
+struct SplitRun {
+  SplitRun(const QkNormRopeCacheArgs& qa, int splits, bool grouped)
+      : parts(AttnSplitPartialFloats(1, qa.heads, qa.head_dim, splits) * 4),
+        counters(static_cast<size_t>(qa.heads) * 4),
+        args(qa) {
+    EXPECT_EQ(cudaMemset(counters.p, 0, counters.bytes), cudaSuccess);
+    args.splits = splits;
+    args.grouped = grouped;
+    args.split_partials = parts.as<float>();
+    args.split_counters = counters.as<unsigned int>();
+  }
+  Dev parts, counters;
+  QkNormRopeCacheArgs args;
+};
+
 // The fused q/k norm + RoPE + cache append and the attention over the cache, against the CPU core
 // (QkNormRopeAttend) with part of the cache already filled: prefill (several tokens) and decode (one).
 TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
@@ -139,19 +156,13 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
       for (const bool grouped : {false, true}) {
         for (int splits : {1, 2, 7, kAttnMaxSplits}) {
           SCOPED_TRACE(::testing::Message() << (grouped ? "grouped, " : "") << splits << " splits");
-          Dev parts(AttnSplitPartialFloats(1, nh, hd, splits) * 4), counters(static_cast<size_t>(nh) * 4);
-          ASSERT_CUDA(cudaMemset(counters.p, 0, counters.bytes));
-          QkNormRopeCacheArgs sa = qa;
-          sa.splits = splits;
-          sa.grouped = grouped;
-          sa.split_partials = parts.as<float>();
-          sa.split_counters = counters.as<unsigned int>();
+          SplitRun split(qa, splits, grouped);
           std::vector<float> first_run;
           for (int run = 0; run < 2; ++run) {
             ASSERT_CUDA(cudaMemcpy(dk.p, k_prefix.data(), k_prefix.size() * 4, cudaMemcpyHostToDevice));
             ASSERT_CUDA(cudaMemcpy(dv.p, v_prefix.data(), v_prefix.size() * 4, cudaMemcpyHostToDevice));
             ASSERT_CUDA(cudaMemset(dout.p, 0, dout.bytes));
-            ASSERT_CUDA(LaunchDecodeAttentionFused(sa, dout.as<float>(), nullptr));
+            ASSERT_CUDA(LaunchDecodeAttentionFused(split.args, dout.as<float>(), nullptr));
             auto sk = dk.get<float>(), sv = dv.get<float>(), sy = dout.get<float>();
             for (size_t i = 0; i < cache_floats; ++i) {
               ASSERT_NEAR(sk[i], cache.k[i], 2e-5f * (1 + std::fabs(cache.k[i]))) << "split k cache " << i;
@@ -166,7 +177,7 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
               ASSERT_EQ(0, std::memcmp(sy.data(), first_run.data(), sy.size() * 4)) << splits << " splits";
             }
           }
-          for (unsigned int c : counters.get<unsigned int>()) ASSERT_EQ(c, 0u) << "a split counter was left set";
+          for (unsigned int c : split.counters.get<unsigned int>()) ASSERT_EQ(c, 0u) << "a split counter was left set";
         }
       }
     }
@@ -305,15 +316,9 @@ TEST(DenseKernelsGpu, Bf16KvCache) {
     check("fused decode");
     for (const bool grouped : {false, true}) {
       for (int splits : {1, 7, kAttnMaxSplits}) {
-        Dev parts(AttnSplitPartialFloats(1, nh, hd, splits) * 4), counters(static_cast<size_t>(nh) * 4);
-        ASSERT_CUDA(cudaMemset(counters.p, 0, counters.bytes));
-        QkNormRopeCacheArgs sa = qa;
-        sa.splits = splits;
-        sa.grouped = grouped;
-        sa.split_partials = parts.as<float>();
-        sa.split_counters = counters.as<unsigned int>();
+        SplitRun split(qa, splits, grouped);
         reset_cache();
-        ASSERT_CUDA(LaunchDecodeAttentionFused(sa, dout.as<float>(), nullptr));
+        ASSERT_CUDA(LaunchDecodeAttentionFused(split.args, dout.as<float>(), nullptr));
         check(grouped ? "grouped split decode" : "split decode");
       }
     }
