@@ -133,6 +133,10 @@ absl::StatusOr<std::unique_ptr<Session>> Session::Open(const SessionOptions& opt
   ASSIGN_OR_RETURN(s->checkpoint_, Checkpoint::Open(options.model_dir));
   ASSIGN_OR_RETURN(const int dense_device, ParseDeviceName(options.device));
   if (dense_device >= 0) return OpenOnGpu(std::move(s), options, dense_device, log);
+  if (options.kv_cache_dtype == KvCacheDtype::kBf16 && log != nullptr) {
+    *log << "pinmoe: --kv-cache-dtype bf16 applies to the GPU path (--device cuda:N); the CPU path keeps its "
+            "KV cache in f32\n";
+  }
   // The model checks every tensor name and shape before any worker starts.
   std::unique_ptr<CausalLm> model;
   std::function<void(ExpertBackend*)> set_experts;

@@ -207,6 +207,27 @@ TEST(CliPlan, PrintsATableFromConfigAloneAndRefusesWhatDoesNotFit) {
   EXPECT_NE(no_budget.err.find("no memory budget for GPU 1"), std::string::npos) << no_budget.err;
 }
 
+// --kv-cache-dtype: the plan counts and names the cache's dtype (auto follows the weights: f32 here); a
+// name it does not know is a clean error; the CPU path says it keeps f32.
+TEST(CliPlan, CountsTheKvCacheInItsDtype) {
+  const std::string dir = testing::MakeTempDir("plan-kv");
+  std::filesystem::copy_file(testing::TestData("qwen3moe-f32/config.json"), dir + "/config.json");
+  auto f32 = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=1GiB");
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+  EXPECT_NE(f32.out.find("(f32 KV)"), std::string::npos) << f32.out;
+  auto bf16 = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=1GiB --kv-cache-dtype bf16");
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_NE(bf16.out.find("(bf16 KV)"), std::string::npos) << bf16.out;
+  auto bad = RunCommandLine(Pinmoe() + " plan --model " + dir + " --gpu-mem 0=1GiB --kv-cache-dtype fp8");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("pinmoe: error: --kv-cache-dtype fp8: expected auto, f32 or bf16"), std::string::npos)
+      << bad.err;
+  auto cpu = RunCommandLine(Pinmoe() + " run --model " + testing::TestData("qwen3moe-f32") +
+                            " --prompt-ids 1,2,3 --max-new-tokens 2 --workers 0 --kv-cache-dtype bf16");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  EXPECT_NE(cpu.err.find("the CPU path keeps its KV cache in f32"), std::string::npos) << cpu.err;
+}
+
 TEST(CliBadInput, TruncatedSafetensors) {
   const std::string dir = BrokenCopy("trunc");
   const std::string shard = dir + "/model-00002-of-00003.safetensors";
