@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "common/model_config.h"
 
 namespace pinmoe {
 
@@ -16,10 +17,10 @@ enum class KvCacheDtype { kAuto, kF32, kBf16 };
 // "auto", "f32" (or "fp32", "float32"), "bf16" (or "bfloat16").
 absl::StatusOr<KvCacheDtype> ParseKvCacheDtype(std::string_view text);
 const char* KvCacheDtypeName(KvCacheDtype dtype);
-// kAuto resolved for a model whose weights are bf16 or not.
-inline KvCacheDtype ResolveKvCacheDtype(KvCacheDtype dtype, bool bf16_weights) {
+// kAuto resolved for the model: bf16 when config.json's dtype is bfloat16 (as every synthetic shape's is).
+inline KvCacheDtype ResolveKvCacheDtype(KvCacheDtype dtype, const ModelConfig& config) {
   if (dtype != KvCacheDtype::kAuto) return dtype;
-  return bf16_weights ? KvCacheDtype::kBf16 : KvCacheDtype::kF32;
+  return config.weight_dtype == DType::kBF16 ? KvCacheDtype::kBf16 : KvCacheDtype::kF32;
 }
 // Bytes of one cached element (kAuto must be resolved first: it counts as fp32).
 inline int KvCacheElementBytes(KvCacheDtype dtype) { return dtype == KvCacheDtype::kBf16 ? 2 : 4; }

@@ -164,7 +164,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const ModelConfig& c, const std::vector<De
   MemoryPlan plan;
   plan.dense_bytes = DenseWeightBytes(c);
   plan.kv_cache_dtype =
-      devices[0].name == "cpu" ? KvCacheDtype::kF32 : ResolveKvCacheDtype(kv, c.weight_dtype == DType::kBF16);
+      devices[0].name == "cpu" ? KvCacheDtype::kF32 : ResolveKvCacheDtype(kv, c);
   plan.cache_bytes = CacheBytes(c, context, plan.kv_cache_dtype);
   const StepBuffers step = StepBufferBytes(c, kGpuStepTokens);
   plan.step_bytes = step.model + step.linear + step.expert_io;

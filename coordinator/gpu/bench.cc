@@ -226,7 +226,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
   const int bytes_per_weight = seed != 0 ? 2 : (config.weight_dtype == DType::kF32 ? 4 : 2);
   const uint64_t weights = DecodeWeightBytes(config, bytes_per_weight, o.batch);
   // The timed steps attend depth + 1 to depth + decode_tokens positions: their mean, for the caches.
-  const KvCacheDtype kv = ResolveKvCacheDtype(o.kv_cache_dtype, seed != 0 || config.weight_dtype == DType::kBF16);
+  const KvCacheDtype kv = model->kv_cache_dtype();
   const uint64_t caches = DecodeCacheBytes(config, o.batch, o.depth + (o.decode_tokens + 1) / 2.0, kv);
   const uint64_t bytes = weights + caches;
   const double roofline = o.batch * peak / static_cast<double>(bytes);

@@ -63,8 +63,7 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   }
   positions_.assign(options.max_batch, 0);
   cache_elems_ = static_cast<size_t>(max_context_) * c.num_kv_heads * c.head_dim;
-  // Synthetic weights are bf16, as the shapes' configs say.
-  kv_cache_dtype_ = ResolveKvCacheDtype(options.kv_cache_dtype, c.weight_dtype == DType::kBF16);
+  kv_cache_dtype_ = ResolveKvCacheDtype(options.kv_cache_dtype, c);
   if (options.synthetic_seed == 0) {
     if (ckpt == nullptr) return absl::InvalidArgumentError("a GPU model needs a checkpoint or a synthetic seed");
     weights_ = DeviceWeights::FromCheckpoint(ckpt, options.device);

@@ -78,6 +78,7 @@ class GpuCausalLm : public CausalLm {
   // receives [B, vocab]. Replays a CUDA graph per B after the first step.
   absl::Status DecodeBatch(std::span<const int32_t> ids, std::vector<int32_t>* argmax, std::vector<float>* logits);
   int max_context() const override { return max_context_; }
+  KvCacheDtype kv_cache_dtype() const { return kv_cache_dtype_; }  // resolved
   const ModelConfig& config() const override { return config_; }
   uint64_t weight_bytes() const { return weights_->bytes(); }
   // The decode attention's form: 0 one block per head, else the most blocks per head (per-head split

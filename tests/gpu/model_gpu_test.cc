@@ -397,7 +397,7 @@ TEST(GpuModelMemory, DeviceBytesMatchThePlan) {
       device_bytes = (*model)->weight_bytes();
     }
     const uint64_t planned =
-        DenseWeightBytes(*config) + CacheBytes(*config, 1024, ResolveKvCacheDtype(kv, /*bf16_weights=*/true)) +
+        DenseWeightBytes(*config) + CacheBytes(*config, 1024, ResolveKvCacheDtype(kv, *config)) +
         StepBufferBytes(*config, mo.max_step_tokens).model;
     const double slack = 1.0 * (1 << 20) + 0.005 * static_cast<double>(planned);
     EXPECT_NEAR(static_cast<double>(device_bytes), static_cast<double>(planned), slack)
