@@ -2,14 +2,17 @@
 // LaunchDecodeAttentionFused) at a given context, in its forms: one block per head (splits 0), the
 // per-head split form with 1 to 32 blocks per head (PINMOE_ATTN_SPLITS=S PINMOE_ATTN_GROUPED=0 in the
 // model) and the grouped split form, up to S blocks per column of a kv head's query heads, one per 256
-// positions (the model's default, S = 32).
+// positions (the model's default, S = 32), on tensor cores where it serves (a bf16 cache, 8 query heads
+// per kv head, head_dim 128) and then also on the CUDA cores.
 //
 // Shapes: Qwen3-30B-A3B (32 query heads, 4 kv heads, head_dim 128) and Qwen3-Next-80B-A3B's gated
-// attention (16 / 2 / 256, a quarter of the dimensions rotated). Each layer has its own fp32 cache, and
-// the layers are cycled so that, as in the model, a layer's cache is not in L2 when it is read. Prints the
-// median time of one layer and the bytes of K and V it reads per second.
+// attention (16 / 2 / 256, a quarter of the dimensions rotated). Each layer has its own cache (fp32, or
+// bf16 with --kv-cache-dtype bf16), and the layers are cycled so that, as in the model, a layer's cache is
+// not in L2 when it is read. Prints the median time of one layer and the bytes of K and V it reads per
+// second.
 //
-//   build-device/bin/gpu_attention_bench [--context N ...] [--splits S ...]
+//   build-device/bin/gpu_attention_bench [--context N ...] [--splits S ...] [--kv-cache-dtype f32|bf16]
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -38,6 +41,17 @@ float* Upload(const std::vector<float>& v) {
   return p;
 }
 
+// v in device memory as the cache holds it: fp32, or rounded to bf16.
+void* UploadCache(const std::vector<float>& v, bool bf16) {
+  if (!bf16) return Upload(v);
+  std::vector<__nv_bfloat16> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = __float2bfloat16(v[i]);
+  void* p = nullptr;
+  Check(cudaMalloc(&p, h.size() * sizeof(h[0])), "cudaMalloc");
+  Check(cudaMemcpy(p, h.data(), h.size() * sizeof(h[0]), cudaMemcpyHostToDevice), "cudaMemcpy");
+  return p;
+}
+
 std::vector<float> Random(size_t n, uint64_t seed, float scale) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> d(0.f, scale);
@@ -56,10 +70,19 @@ struct Shape {
 
 int main(int argc, char** argv) {
   std::vector<int> contexts, splits;
+  bool bf16 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i];
-    if (flag == "--context") contexts.push_back(std::atoi(argv[i + 1]));
-    if (flag == "--splits") splits.push_back(std::atoi(argv[i + 1]));
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--context") {
+      contexts.push_back(std::atoi(value.c_str()));
+    } else if (flag == "--splits") {
+      splits.push_back(std::atoi(value.c_str()));
+    } else if (flag == "--kv-cache-dtype" && (value == "f32" || value == "bf16")) {
+      bf16 = value == "bf16";
+    } else {
+      std::fprintf(stderr, "gpu_attention_bench: unknown flag or value: %s %s\n", flag.c_str(), value.c_str());
+      return 2;
+    }
   }
   if (contexts.empty()) contexts = {128, 1024, 4096, 16384};
   if (splits.empty()) splits = {0, 1, 4, 8, 16, 32};
@@ -72,12 +95,12 @@ int main(int argc, char** argv) {
     const int row = s.heads * q_stride + 2 * s.kv_heads * hd;
     const size_t cache_floats = static_cast<size_t>(max_context) * s.kv_heads * hd;
     // Enough layers that their caches at the longest context exceed L2 twice over (at least 4).
-    const size_t cache_bytes = 2 * cache_floats * sizeof(float);
+    const size_t elem_bytes = bf16 ? 2 : sizeof(float), cache_bytes = 2 * cache_floats * elem_bytes;
     const int layers = static_cast<int>(std::clamp<size_t>(2 * prop.l2CacheSize / cache_bytes + 1, 4, 48));
-    std::vector<float*> k_cache(layers), v_cache(layers);
+    std::vector<void*> k_cache(layers), v_cache(layers);
     for (int l = 0; l < layers; ++l) {
-      k_cache[l] = Upload(Random(cache_floats, 10 + l, 1.f));
-      v_cache[l] = Upload(Random(cache_floats, 100 + l, 1.f));
+      k_cache[l] = UploadCache(Random(cache_floats, 10 + l, 1.f), bf16);
+      v_cache[l] = UploadCache(Random(cache_floats, 100 + l, 1.f), bf16);
     }
     float* qkv = Upload(Random(row, 1, 2.f));
     float* q_norm = Upload(Random(hd, 2, 0.3f));
@@ -93,20 +116,26 @@ int main(int argc, char** argv) {
           "cudaMalloc");
     Check(cudaMalloc(&counters, s.heads * sizeof(unsigned int)), "cudaMalloc");
     Check(cudaMemset(counters, 0, s.heads * sizeof(unsigned int)), "cudaMemset");
-    std::printf("gpu_attention_bench on %s: %s decode attention (%d heads, %d kv heads, head_dim %d), %d layers' "
-                "caches cycled, median of %d\n",
-                prop.name, s.name, s.heads, s.kv_heads, hd, layers, reps);
+    std::printf("gpu_attention_bench on %s: %s decode attention (%d heads, %d kv heads, head_dim %d), %s cache, "
+                "%d layers' caches cycled, median of %d\n",
+                prop.name, s.name, s.heads, s.kv_heads, hd, bf16 ? "bf16" : "fp32", layers, reps);
     cudaEvent_t start, stop;
     Check(cudaEventCreate(&start), "cudaEventCreate");
     Check(cudaEventCreate(&stop), "cudaEventCreate");
     for (int context : contexts) {
       std::printf("  context %6d:", context);
-      std::vector<std::pair<int, bool>> forms;  // (splits, grouped)
+      struct Form {
+        int splits;
+        bool grouped, tensor_cores;
+      };
+      std::vector<Form> forms;
       for (int sp : splits) {
-        forms.push_back({sp, false});
-        if (sp >= 1) forms.push_back({sp, true});
+        forms.push_back({sp, false, false});
+        if (sp >= 1) forms.push_back({sp, true, true});
+        // The grouped form's CUDA-core kernel too where the tensor-core one serves (bf16, group 8, 128).
+        if (sp >= 1 && bf16 && s.heads / s.kv_heads % 8 == 0 && hd == 128) forms.push_back({sp, true, false});
       }
-      for (const auto& [sp, grouped] : forms) {
+      for (const auto& [sp, grouped, tensor_cores] : forms) {
         pinmoe::QkNormRopeCacheArgs a;
         a.qkv = qkv;
         a.row_stride = row;
@@ -123,8 +152,10 @@ int main(int argc, char** argv) {
         a.first_position = context - 1;  // the new token attends `context` positions
         a.splits = sp;
         a.grouped = grouped;
+        a.tensor_cores = tensor_cores;
         a.split_partials = partials;
         a.split_counters = counters;
+        a.cache_bf16 = bf16;
         std::vector<float> ms;
         for (int r = 0; r < reps + 1; ++r) {
           Check(cudaEventRecord(start), "cudaEventRecord");
@@ -141,8 +172,9 @@ int main(int argc, char** argv) {
         }
         std::sort(ms.begin(), ms.end());
         const double us = ms[ms.size() / 2] * 1e3;
-        const double kv_bytes = 2.0 * context * s.kv_heads * hd * sizeof(float);
-        std::printf("  %s%2d %8.1f us (%5.0f GB/s)", grouped ? "grouped " : "splits ", sp, us,
+        const double kv_bytes = 2.0 * context * s.kv_heads * hd * elem_bytes;
+        const char* name = !grouped ? "splits " : tensor_cores ? "grouped " : "grouped, CUDA cores ";
+        std::printf("  %s%2d %8.1f us (%5.0f GB/s)", name, sp, us,
                     kv_bytes / (us * 1e-6) / 1e9);
       }
       std::printf("\n");

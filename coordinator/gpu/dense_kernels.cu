@@ -1,6 +1,7 @@
 #include "coordinator/gpu/dense_kernels.h"
 
 #include "coordinator/gpu/kv_cache.cuh"
+#include "coordinator/gpu/mma_bf16.cuh"
 #include "coordinator/gpu/route_topk.cuh"
 #include "worker/gpu/pdl.cuh"
 
@@ -543,6 +544,87 @@ __device__ void ScoreRow(const R* row, const float4* q4, float (&dot)[HB]) {
   }
 }
 
+// The grouped forms' start, by the whole block: the HB query rows of heads h0.. (qs [HB][hd]) and kv
+// head g's new key and value (ks, vs [hd]) read from the projection, normalised and rotated, the key and
+// value rounded like the cache; `appends`: this block also writes them to the cache at `position`.
+template <int HB, typename C>
+__device__ void GroupedStart(const QkNormRopeCacheArgs& a, int hd, int g, int h0, int position, bool appends,
+                             float* qs, float* ks, float* vs) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
+    const int j = i / hd, d = i % hd;
+    qs[i] = a.qkv[a.q_offset + static_cast<size_t>(h0 + j) * a.q_head_stride + d];
+  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    ks[d] = a.qkv[a.k_offset + static_cast<size_t>(g) * hd + d];
+    vs[d] = a.qkv[a.v_offset + static_cast<size_t>(g) * hd + d];
+  }
+  __syncthreads();
+  // RMS norms: row j < HB is query head h0 + j, row HB the key; a warp per row.
+  for (int j = warp; j <= HB; j += warps) {
+    float* row = j < HB ? qs + j * hd : ks;
+    const float* w = j < HB ? a.q_norm : a.k_norm;
+    float ss = 0.f;
+    for (int d = lane; d < hd; d += 32) ss = fmaf(row[d], row[d], ss);
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + a.eps);
+    for (int d = lane; d < hd; d += 32) row[d] = w[d] * (row[d] * inv);
+  }
+  __syncthreads();
+  const int half = a.rotary_dim / 2;
+  for (int i = threadIdx.x; i < (HB + 1) * half; i += blockDim.x) {
+    const int j = i / half, r = i % half;
+    float* row = j < HB ? qs + j * hd : ks;
+    const float angle = static_cast<float>(position) * a.inv_freq[r];
+    const float c = static_cast<float>(cos(static_cast<double>(angle)));
+    const float sn = static_cast<float>(sin(static_cast<double>(angle)));
+    const float x0 = row[r], x1 = row[r + half];
+    row[r] = x0 * c - x1 * sn;
+    row[r + half] = x1 * c + x0 * sn;
+  }
+  __syncthreads();
+  RoundLikeCache<C>(ks, vs, hd);
+  if (appends) AppendToCache<C>(a, position, g, ks, vs);
+}
+
+// The grouped forms' end, by the whole block after its warps left their shares in shared memory (per
+// warp and head: the running max wm, the sum of exponentials wl, the unnormalised sums wacc [hd]): they
+// meet in warp order in this split's slot of a.split_partials, and the last of the column's `splits`
+// blocks to finish merges the splits' in split order into out (rows of query heads h0..).
+template <int HB>
+__device__ void GroupedFinish(const QkNormRopeCacheArgs& a, int hd, int b, int x, int h0, int split, int splits,
+                              const float* wm, const float* wl, const float* wacc, float* out) {
+  const int warps = blockDim.x / 32;
+  const size_t stride = static_cast<size_t>(hd) + 2;
+  auto parts_of = [&](int j) {
+    return a.split_partials + (static_cast<size_t>(b) * a.heads + h0 + j) * gridDim.z * stride;
+  };
+  for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
+    const int j = i / hd, d = i % hd;
+    float top = -FLT_MAX;
+    for (int w = 0; w < warps; ++w) top = fmaxf(top, wm[w * HB + j]);
+    float total = 0.f, sum = 0.f;
+    for (int w = 0; w < warps; ++w) {
+      const float f = expf(wm[w * HB + j] - top);  // 0 for an empty share unless all are empty
+      total = fmaf(wl[w * HB + j], f, total);
+      sum = fmaf(wacc[(w * HB + j) * hd + d], f, sum);
+    }
+    float* mine = parts_of(j) + split * stride;
+    mine[2 + d] = sum;
+    if (d == 0) {
+      mine[0] = top;
+      mine[1] = total;
+    }
+  }
+  unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
+  if (!LastToArrive(counter, splits)) return;
+  for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
+    const int j = i / hd, d = i % hd;
+    out[static_cast<size_t>(h0 + j) * hd + d] = MergeShares(parts_of(j), splits, stride, d);
+  }
+  if (threadIdx.x == 0) *counter = 0u;  // for the next launch
+}
+
 template <int HB, int PL, typename C>
 __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKernel(QkNormRopeCacheArgs a, float* out) {
   constexpr int kWarps = kGroupedWarps, hd = 32 * PL;
@@ -565,40 +647,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   float* wm = pw + kWarps * kGroupedTile * HB;  // [kWarps][HB]
   float* wl = wm + kWarps * HB;               // [kWarps][HB]
   float* wacc = wl + kWarps * HB;             // [kWarps][HB][hd]
-  for (int i = threadIdx.x; i < HB * hd; i += kGroupedThreads) {
-    const int j = i / hd, d = i % hd;
-    qs[i] = a.qkv[a.q_offset + static_cast<size_t>(h0 + j) * a.q_head_stride + d];
-  }
-  for (int d = threadIdx.x; d < hd; d += kGroupedThreads) {
-    ks[d] = a.qkv[a.k_offset + static_cast<size_t>(g) * hd + d];
-    vs[d] = a.qkv[a.v_offset + static_cast<size_t>(g) * hd + d];
-  }
-  __syncthreads();
-  // RMS norms: row j < HB is query head h0 + j, row HB the key; a warp per row.
-  for (int j = warp; j <= HB; j += kWarps) {
-    float* row = j < HB ? qs + j * hd : ks;
-    const float* w = j < HB ? a.q_norm : a.k_norm;
-    float ss = 0.f;
-    for (int d = lane; d < hd; d += 32) ss = fmaf(row[d], row[d], ss);
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + a.eps);
-    for (int d = lane; d < hd; d += 32) row[d] = w[d] * (row[d] * inv);
-  }
-  __syncthreads();
-  const int half = a.rotary_dim / 2;
-  for (int i = threadIdx.x; i < (HB + 1) * half; i += kGroupedThreads) {
-    const int j = i / half, r = i % half;
-    float* row = j < HB ? qs + j * hd : ks;
-    const float angle = static_cast<float>(position) * a.inv_freq[r];
-    const float c = static_cast<float>(cos(static_cast<double>(angle)));
-    const float sn = static_cast<float>(sin(static_cast<double>(angle)));
-    const float x0 = row[r], x1 = row[r + half];
-    row[r] = x0 * c - x1 * sn;
-    row[r + half] = x1 * c + x0 * sn;
-  }
-  __syncthreads();
-  RoundLikeCache<C>(ks, vs, hd);
-  if (x % columns == 0 && split == 0) AppendToCache<C>(a, position, g, ks, vs);
+  GroupedStart<HB, C>(a, hd, g, h0, position, x % columns == 0 && split == 0, qs, ks, vs);
   // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
   // from shared memory: the block that appends it to the cache runs alongside.
   int begin, end, wb, we;
@@ -670,7 +719,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
     }
     __syncwarp();  // my_p is rewritten by the next round
   }
-  // The warps' shares, then the block's (in warp order), into this split's slot.
+  // The warp's shares, for GroupedFinish.
 #pragma unroll
   for (int j = 0; j < HB; ++j) {
     float s = l[j];
@@ -683,34 +732,187 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
     for (int i = 0; i < PL; ++i) wacc[(warp * HB + j) * hd + lane * PL + i] = acc[j][i];
   }
   __syncthreads();
-  const size_t stride = static_cast<size_t>(hd) + 2;
-  auto parts_of = [&](int j) {
-    return a.split_partials + (static_cast<size_t>(b) * a.heads + h0 + j) * gridDim.z * stride;
+  GroupedFinish<HB>(a, hd, b, x, h0, split, splits, wm, wl, wacc, out);
+}
+
+// The grouped split form on tensor cores (bf16 caches, 8 query heads a block, head_dim HD): the same
+// blocks, splits and warps' parts of a split as DecodeAttentionGroupedKernel, each warp in rounds of 16
+// keys whose K and V rows are all loaded at once (16 bytes a load, every sector used). Per round two
+// kinds of mma.sync m16n8k16 (mma_bf16.cuh):
+//   scores S = Q K^T: A's 16 rows are the 8 queries' bf16 high parts and then their low parts (an fp32
+//     query = hi + lo to ~2^-17), B two tiles of 8 keys; a head's score is the sum of its two rows;
+//   O += P V: A's rows the probabilities' high then low parts, B the 16 keys' values.
+// Lane 4 group + quad holds head `group` throughout: scores of keys 2 quad, 2 quad + 1 (+ 8) of the round,
+// and of O the dimensions MmaVDim(nt, 2 quad + e) of every dimension tile nt. The contraction over
+// dimensions takes them in the order the loads give (the same permutation for Q and K), so each lane's
+// K loads are whole 16-byte pieces of its key's row. The online softmax per head is shared by the
+// quad's 4 lanes; the result is the same function of the cache as the fp32 forms' up to fp32 rounding
+// of a different summation order.
+constexpr int kMmaHeads = 8, kMmaKeys = 16;
+
+// The dimension of V that tile nt's column n of O holds (n: the B column, 8 tiles of 8 columns per 64
+// dimensions): lanes of one quad position load 128 contiguous bytes of a value row together.
+__device__ __forceinline__ int MmaVDim(int nt, int n) { return 64 * (nt / 8) + 8 * n + nt % 8; }
+
+inline size_t MmaSharedFloats(int hd) {
+  return static_cast<size_t>(kMmaHeads) * hd + 2 * hd + hd /* the new key and value in bf16 */ +
+         2 * kGroupedWarps * kMmaHeads + static_cast<size_t>(kGroupedWarps) * kMmaHeads * hd;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(QkNormRopeCacheArgs a, float* out) {
+  using C = __nv_bfloat16;
+  constexpr int HB = kMmaHeads, kWarps = kGroupedWarps, kChunks = HD / 8;  // 16-byte pieces of a row
+  constexpr int kKPieces = HD / 32, kVPieces = HD / 64, kKSteps = HD / 16, kDimTiles = HD / 8;
+  static_assert(HD % 64 == 0, "a quad's pieces cover the row");
+  extern __shared__ float4 sm4[];
+  float* sm = reinterpret_cast<float*>(sm4);
+  PdlWait();
+  PdlTrigger();
+  const int group = a.heads / a.kv_heads, columns = group / HB;
+  const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
+  const int g = x / columns, h0 = g * group + (x % columns) * HB;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, quad = lane % 4;
+  const int position = SelectDecodeSequence<C>(b, &a, &out);
+  const int length = position + 1, fresh = position;
+  const int splits = GroupedActiveSplits(length, gridDim.z);
+  if (split >= splits) return;  // the whole block: this context needs fewer splits
+  float* qs = sm;                                     // [HB][HD]
+  float* ks = qs + HB * HD;                           // [HD]
+  float* vs = ks + HD;                                // [HD]
+  C* kb = reinterpret_cast<C*>(vs + HD);              // [HD] the new key, as the cache holds it
+  C* vb = kb + HD;                                    // [HD]
+  float* wm = vs + 2 * HD;                            // [kWarps][HB]
+  float* wl = wm + kWarps * HB;                       // [kWarps][HB]
+  float* wacc = wl + kWarps * HB;                     // [kWarps][HB][HD]
+  GroupedStart<HB, C>(a, HD, g, h0, position, x % columns == 0 && split == 0, qs, ks, vs);
+  for (int d = threadIdx.x; d < HD; d += kGroupedThreads) {
+    kb[d] = __float2bfloat16(ks[d]);  // exact: rounded like the cache already
+    vb[d] = __float2bfloat16(vs[d]);
+  }
+  // Query fragments (A of the scores) for k-step kk = 2 i + h: the dimensions of piece 4 i + quad, its
+  // first four (h 0) or last four, in the order B's registers take them from a K piece.
+  uint32_t qa[kKSteps][4];
+#pragma unroll
+  for (int kk = 0; kk < kKSteps; ++kk) {
+    const float* q = qs + gr * HD + 8 * (4 * (kk / 2) + quad) + 4 * (kk % 2);
+    float hi[4], lo[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) SplitBf16(q[e], hi[e], lo[e]);
+    qa[kk][0] = PackBf16(hi[0], hi[1]);
+    qa[kk][1] = PackBf16(lo[0], lo[1]);
+    qa[kk][2] = PackBf16(hi[2], hi[3]);
+    qa[kk][3] = PackBf16(lo[2], lo[3]);
+  }
+  __syncthreads();  // kb, vb
+  int begin, end, wb, we;
+  SplitRange(length, split, splits, &begin, &end);
+  SplitRange(end - begin, warp, kWarps, &wb, &we);
+  const int wbegin = begin + wb, wend = begin + we;
+  const float scale = 1.0f / sqrtf(static_cast<float>(HD));
+  const size_t key_stride = static_cast<size_t>(a.kv_heads) * HD;
+  const C* k_rows = static_cast<const C*>(a.k_cache) + static_cast<size_t>(g) * HD;
+  const C* v_rows = static_cast<const C*>(a.v_cache) + static_cast<size_t>(g) * HD;
+  // Piece c of a key's row: from the cache, from shared memory for the new token, zeros past the part.
+  auto piece = [&](const C* rows, const C* fresh_row, int key, int c) {
+    if (key >= wend) return make_uint4(0u, 0u, 0u, 0u);
+    if (key == fresh) return reinterpret_cast<const uint4*>(fresh_row)[c];
+    return __ldg(reinterpret_cast<const uint4*>(rows + key * key_stride) + c);
   };
-  for (int i = threadIdx.x; i < HB * hd; i += kGroupedThreads) {
-    const int j = i / hd, d = i % hd;
-    float top = -FLT_MAX;
-    for (int w = 0; w < kWarps; ++w) top = fmaxf(top, wm[w * HB + j]);
-    float total = 0.f, sum = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = expf(wm[w * HB + j] - top);  // 0 for an empty share unless all are empty
-      total = fmaf(wl[w * HB + j], f, total);
-      sum = fmaf(wacc[(w * HB + j) * hd + d], f, sum);
+  float m = -FLT_MAX, l = 0.f, o[kDimTiles][4];
+#pragma unroll
+  for (int nt = 0; nt < kDimTiles; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+  for (int k0 = wbegin; k0 < wend; k0 += kMmaKeys) {
+    uint4 kr[2][kKPieces], vr[4][kVPieces];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int i = 0; i < kKPieces; ++i) kr[t][i] = piece(k_rows, kb, k0 + 8 * t + gr, 4 * i + quad);
     }
-    float* mine = parts_of(j) + split * stride;
-    mine[2 + d] = sum;
-    if (d == 0) {
-      mine[0] = top;
-      mine[1] = total;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int h = 0; h < kVPieces; ++h) vr[j][h] = piece(v_rows, vb, k0 + 2 * quad + (j & 1) + 8 * (j >> 1), 8 * h + gr);
+    }
+    float s[2][4];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) {
+        const uint4& k = kr[t][kk / 2];
+        MmaBf16(s[t], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], kk % 2 ? k.z : k.x, kk % 2 ? k.w : k.y);
+      }
+    }
+    // Keys 2 quad + e + 8 t of the round, head gr: online softmax over the quad's 16.
+    float sc[2][2], top = -FLT_MAX;
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[t][e] = k0 + 8 * t + 2 * quad + e < wend ? (s[t][e] + s[t][2 + e]) * scale : -FLT_MAX;
+        top = fmaxf(top, sc[t][e]);
+      }
+    }
+    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 1));
+    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, 2));
+    const float new_m = fmaxf(m, top), rescale = expf(m - new_m);
+    float p_hi[2][2], p_lo[2][2], sum = 0.f;
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float p = expf(sc[t][e] - new_m);  // 0 past the part
+        sum += p;
+        SplitBf16(p, p_hi[t][e], p_lo[t][e]);
+      }
+    }
+    l = fmaf(l, rescale, sum);
+    m = new_m;
+    const uint32_t pa0 = PackBf16(p_hi[0][0], p_hi[0][1]), pa1 = PackBf16(p_lo[0][0], p_lo[0][1]);
+    const uint32_t pa2 = PackBf16(p_hi[1][0], p_hi[1][1]), pa3 = PackBf16(p_lo[1][0], p_lo[1][1]);
+#pragma unroll
+    for (int nt = 0; nt < kDimTiles; ++nt) {
+      const int h = nt / 8, w = (nt % 8) / 2;
+      const bool high = nt % 2;
+      auto word = [&](int j) {
+        const uint4& v = vr[j][h];
+        return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+      };
+      const uint32_t b0 = high ? HighHalves(word(0), word(1)) : LowHalves(word(0), word(1));
+      const uint32_t b1 = high ? HighHalves(word(2), word(3)) : LowHalves(word(2), word(3));
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[nt][e] *= rescale;
+      MmaBf16(o[nt], pa0, pa1, pa2, pa3, b0, b1);
     }
   }
-  unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
-  if (!LastToArrive(counter, splits)) return;
-  for (int i = threadIdx.x; i < HB * hd; i += kGroupedThreads) {
-    const int j = i / hd, d = i % hd;
-    out[static_cast<size_t>(h0 + j) * hd + d] = MergeShares(parts_of(j), splits, stride, d);
+  static_assert(kChunks == 8 * kVPieces && kChunks == 4 * kKPieces, "pieces per row");
+  // The warp's shares, for GroupedFinish: a head's sums over the quad, O's high and low rows added.
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  if (quad == 0) {
+    wm[warp * HB + gr] = m;
+    wl[warp * HB + gr] = l;
   }
-  if (threadIdx.x == 0) *counter = 0u;  // for the next launch
+#pragma unroll
+  for (int nt = 0; nt < kDimTiles; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) wacc[(warp * HB + gr) * HD + MmaVDim(nt, 2 * quad + e)] = o[nt][e] + o[nt][2 + e];
+  }
+  __syncthreads();
+  GroupedFinish<HB>(a, HD, b, x, h0, split, splits, wm, wl, wacc, out);
+}
+
+template <int HD>
+cudaError_t LaunchMmaDecodeAttention(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
+  const size_t smem = MmaSharedFloats(HD) * sizeof(float);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(DecodeAttentionMmaKernel<HD>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  return LaunchPdl(DecodeAttentionMmaKernel<HD>, dim3(a.kv_heads * (a.heads / a.kv_heads / kMmaHeads), a.batch, a.splits),
+                   dim3(kGroupedThreads), smem, stream, a, out);
 }
 
 template <int HB, int PL, typename C>
@@ -938,6 +1140,12 @@ template <typename C>
 cudaError_t LaunchDecodeAttentionTyped(const QkNormRopeCacheArgs& a, float* out, cudaStream_t stream) {
   if (a.splits >= 1 && a.grouped) {
     const int group = a.heads / a.kv_heads, hb = GroupedHeadsPerBlock(group, a.head_dim);
+    if constexpr (std::is_same_v<C, __nv_bfloat16>) {
+      if (a.tensor_cores && group % kMmaHeads == 0) {
+        // head_dim 256 (Qwen3-Next) would need more registers than a lane has (spills): CUDA cores there.
+        if (a.head_dim == 128) return LaunchMmaDecodeAttention<128>(a, out, stream);
+      }
+    }
     switch (hb) {
       case 8: return LaunchGroupedByDims<8, C>(a, out, stream);
       case 4: return LaunchGroupedByDims<4, C>(a, out, stream);

@@ -53,6 +53,9 @@ struct QkNormRopeCacheArgs {
   // kv head, reading each key and value once for all of them, and `splits` is the most blocks per
   // column of heads: a context of n positions uses one per 256 of them (the grouped split form).
   bool grouped = false;
+  // The grouped form on tensor cores where it serves (a bf16 cache, a multiple of 8 query heads per kv
+  // head, head_dim 128); false keeps it on the CUDA cores (A/B measurements).
+  bool tensor_cores = true;
   float* split_partials = nullptr;
   unsigned int* split_counters = nullptr;
 };

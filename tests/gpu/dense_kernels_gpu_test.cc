@@ -2,6 +2,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -83,12 +84,12 @@ QkNormRopeCacheArgs CoreArgs(const AttnShape& sh, const float* qkv, const float*
   return qa;
 }
 
-// A split form of the decode attention over qa's shape (one sequence): its scratch, the counters
+// A split form of the decode attention over qa's shape and batch: its scratch, the counters
 // zeroed, and the arguments that use them.
 struct SplitRun {
   SplitRun(const QkNormRopeCacheArgs& qa, int splits, bool grouped)
-      : parts(AttnSplitPartialFloats(1, qa.heads, qa.head_dim, splits) * 4),
-        counters(static_cast<size_t>(qa.heads) * 4),
+      : parts(AttnSplitPartialFloats(qa.batch, qa.heads, qa.head_dim, splits) * 4),
+        counters(static_cast<size_t>(qa.batch) * qa.heads * 4),
         args(qa) {
     EXPECT_EQ(cudaMemset(counters.p, 0, counters.bytes), cudaSuccess);
     args.splits = splits;
@@ -314,12 +315,79 @@ TEST(DenseKernelsGpu, Bf16KvCache) {
     reset_cache();
     ASSERT_CUDA(LaunchDecodeAttentionFused(qa, dout.as<float>(), nullptr));
     check("fused decode");
-    for (const bool grouped : {false, true}) {
+    // The grouped form on the CUDA cores and, where it serves (group 8, head_dim 128), on tensor cores.
+    for (const int form : {0, 1, 2}) {
       for (int splits : {1, 7, kAttnMaxSplits}) {
-        SplitRun split(qa, splits, grouped);
+        SplitRun split(qa, splits, form >= 1);
+        split.args.tensor_cores = form == 2;
         reset_cache();
         ASSERT_CUDA(LaunchDecodeAttentionFused(split.args, dout.as<float>(), nullptr));
-        check(grouped ? "grouped split decode" : "split decode");
+        check(form == 0 ? "split decode" : form == 1 ? "grouped split decode" : "grouped split decode, tensor cores");
+      }
+    }
+  }
+}
+
+// The grouped split form on tensor cores (bf16 cache, 8 query heads per kv head, head_dim 128: the
+// Qwen3-30B-A3B shape) against the same form on the CUDA cores (tested against the CPU above), for a
+// batch of sequences at different depths read from the device (an empty cache, a part of one key per
+// warp, a partial last round, more splits than the grid has): the two differ by the tensor cores'
+// bf16 halves of each query and probability (hi + lo, ~2^-17 of each) and the order of the sums, so
+// they agree to 5e-5 of the outputs' scale (bf16 probabilities alone would be ~1e-3 off); the caches
+// they leave are the same, a second launch gives the same bits and the counters are left zeroed.
+TEST(DenseKernelsGpu, GroupedDecodeOnTensorCores) {
+  const AttnShape sh{32, 4, 128, 128, 0, 1};
+  const std::vector<int> positions = {4999, 300, 16, 0, 2047};
+  const int batch = static_cast<int>(positions.size()), max_positions = 5000;
+  const int row = (sh.heads + 2 * sh.kvh) * sh.hd;
+  const size_t seq_elems = static_cast<size_t>(max_positions) * sh.kvh * sh.hd;
+  auto qkv = Random(static_cast<size_t>(batch) * row, 41, 2.f);
+  auto qn = Random(sh.hd, 42), kn = Random(sh.hd, 43);
+  Rope rope(sh.hd, sh.rot, 1e6);
+  const std::vector<uint16_t> k0 = ToBf16Bits(Random(batch * seq_elems, 44)), v0 = ToBf16Bits(Random(batch * seq_elems, 45));
+  Dev dqkv(qkv), dqn(qn), dkn(kn), df(rope.inv_freq()), dq(static_cast<size_t>(batch) * sh.heads * sh.hd * 4),
+      dout(dq.bytes), dk(k0.size() * 2), dv(v0.size() * 2), dpos(positions.size() * 4);
+  ASSERT_CUDA(cudaMemcpy(dpos.p, positions.data(), dpos.bytes, cudaMemcpyHostToDevice));
+  QkNormRopeCacheArgs qa = CoreArgs(sh, dqkv.as<float>(), dqn.as<float>(), dkn.as<float>(), df.as<float>(),
+                                    dq.as<float>(), dk.p, dv.p, /*cache_bf16=*/true);
+  qa.batch = batch;
+  qa.cache_seq_stride = seq_elems;
+  qa.position_dev = dpos.as<int>();
+  for (int splits : {1, 7, kAttnMaxSplits}) {
+    SCOPED_TRACE(::testing::Message() << splits << " splits");
+    std::vector<float> cuda_cores;
+    std::vector<uint16_t> cuda_cores_k;
+    for (const bool tensor_cores : {false, true}) {
+      SplitRun split(qa, splits, /*grouped=*/true);
+      split.args.tensor_cores = tensor_cores;
+      std::vector<float> first_run;
+      for (int run = 0; run < 2; ++run) {
+        ASSERT_CUDA(cudaMemcpy(dk.p, k0.data(), dk.bytes, cudaMemcpyHostToDevice));
+        ASSERT_CUDA(cudaMemcpy(dv.p, v0.data(), dv.bytes, cudaMemcpyHostToDevice));
+        ASSERT_CUDA(cudaMemset(dout.p, 0, dout.bytes));
+        ASSERT_CUDA(LaunchDecodeAttentionFused(split.args, dout.as<float>(), nullptr));
+        auto y = dout.get<float>();
+        if (run == 0) {
+          first_run = y;
+        } else {
+          ASSERT_EQ(0, std::memcmp(y.data(), first_run.data(), y.size() * 4)) << "a second launch differs";
+        }
+      }
+      for (unsigned int c : split.counters.get<unsigned int>()) ASSERT_EQ(c, 0u) << "a split counter was left set";
+      auto gk = dk.get<uint16_t>();
+      if (!tensor_cores) {
+        cuda_cores = first_run;
+        cuda_cores_k = gk;
+        continue;
+      }
+      ASSERT_EQ(gk, cuda_cores_k) << "the appended keys differ";
+      float scale = 0.f;
+      for (float y : cuda_cores) scale = std::max(scale, std::fabs(y));
+      ASSERT_GT(scale, 0.1f);
+      for (size_t i = 0; i < first_run.size(); ++i) {
+        const size_t b = i / (static_cast<size_t>(sh.heads) * sh.hd);
+        ASSERT_NEAR(first_run[i], cuda_cores[i], 5e-5f * scale) << "sequence " << b << " at position "
+                                                                << positions[b] << ", element " << i;
       }
     }
   }

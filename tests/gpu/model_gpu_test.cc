@@ -364,7 +364,7 @@ namespace {
 // bf16 for these bf16 configs), within the handful of small buffers (ids, positions, norms held in
 // fp32) the plan leaves out.
 TEST(GpuModelMemory, DeviceBytesMatchThePlan) {
-  for (const auto [next, kv] : {std::pair{false, KvCacheDtype::kAuto}, std::pair{true, KvCacheDtype::kAuto},
+  for (const auto& [next, kv] : {std::pair{false, KvCacheDtype::kAuto}, std::pair{true, KvCacheDtype::kAuto},
                                 std::pair{false, KvCacheDtype::kF32}, std::pair{true, KvCacheDtype::kF32}}) {
     nlohmann::json j = {{"vocab_size", 151936}, {"hidden_size", 2048}, {"rope_theta", 1000000.0},
                         {"norm_topk_prob", true}, {"torch_dtype", "bfloat16"}, {"max_position_embeddings", 40960}};
