@@ -253,17 +253,16 @@ __device__ void AttendRangeWide(const float* qs, const C* k_cache, const C* v_ca
     for (int k = warp; k < n; k += kWarps) {
       const int key = c0 + k;
       const float pk = p[k];
+      auto add_row = [&](const auto* row) {
+#pragma unroll
+        for (int i = 0; i < kMaxPerLane; ++i) {
+          if (i < per_lane) part[i] = fmaf(pk, CacheLoad(row + lane + 32 * i), part[i]);
+        }
+      };
       if (key == fresh) {
-#pragma unroll
-        for (int i = 0; i < kMaxPerLane; ++i) {
-          if (i < per_lane) part[i] = fmaf(pk, fresh_v[lane + 32 * i], part[i]);
-        }
+        add_row(fresh_v);
       } else {
-        const C* vr = v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd;
-#pragma unroll
-        for (int i = 0; i < kMaxPerLane; ++i) {
-          if (i < per_lane) part[i] = fmaf(pk, CacheLoad(vr + lane + 32 * i), part[i]);
-        }
+        add_row(v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd);
       }
     }
     m = new_m;
