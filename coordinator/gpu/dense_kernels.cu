@@ -617,9 +617,35 @@ __device__ void GroupedFinish(const QkNormRopeCacheArgs& a, int hd, int b, int x
   }
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
   if (!LastToArrive(counter, splits)) return;
+  // MergeShares' sums in its order, with each head's weights worked out once (a thread per head) and
+  // the shares' sums then read in parallel: the last block is alone on its SM while it merges.
+  __shared__ float m_of[HB * kAttnMaxSplits], l_of[HB * kAttnMaxSplits], total_of[HB];
+  for (int i = threadIdx.x; i < HB * splits; i += blockDim.x) {
+    const float* part = parts_of(i / splits) + (i % splits) * stride;
+    m_of[i] = __ldcg(part);
+    l_of[i] = __ldcg(part + 1);
+  }
+  __syncthreads();
+  if (threadIdx.x < HB) {
+    float* w = m_of + threadIdx.x * splits;
+    const float* l = l_of + threadIdx.x * splits;
+    float top = -FLT_MAX, total = 0.f;
+    for (int s = 0; s < splits; ++s) top = fmaxf(top, w[s]);
+    for (int s = 0; s < splits; ++s) {
+      w[s] = expf(w[s] - top);  // now the share's weight: 0 for an empty share
+      total = fmaf(l[s], w[s], total);
+    }
+    total_of[threadIdx.x] = total;
+  }
+  __syncthreads();
   for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
     const int j = i / hd, d = i % hd;
-    out[static_cast<size_t>(h0 + j) * hd + d] = MergeShares(parts_of(j), splits, stride, d);
+    const float* acc = parts_of(j) + 2 + d;
+    const float* w = m_of + j * splits;
+    float sum = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) sum = fmaf(__ldcg(acc + s * stride), w[s], sum);
+    out[static_cast<size_t>(h0 + j) * hd + d] = sum / total_of[j];
   }
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
 }
