@@ -303,19 +303,43 @@ __device__ void SplitRange(int length, int split, int splits, int* begin, int* e
   *end = min(length, *begin + per);
 }
 
-// Dimension d of one query head's attention from its splits' shares (head_parts: per split m, l and the
-// unnormalised acc[head_dim], `stride` floats apart), read through L2: they were stored by other blocks.
-__device__ float MergeShares(const float* head_parts, int splits, size_t stride, int d) {
-  float top = -FLT_MAX;
-  for (int s = 0; s < splits; ++s) top = fmaxf(top, __ldcg(head_parts + s * stride));
-  float total = 0.f, sum = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float* part = head_parts + s * stride;
-    const float w = expf(__ldcg(part) - top);  // 0 for an empty share (m = -FLT_MAX)
-    total = fmaf(__ldcg(part + 1), w, total);
-    sum = fmaf(__ldcg(part + 2 + d), w, sum);
+// H query heads' attention (out: H rows of hd) from their splits' shares, by the whole block, after
+// the last of the splits' blocks arrived. parts: head 0's shares; per split m, l and the unnormalised
+// acc[hd], `stride` floats apart, the next head's `head_stride` floats on; read through L2, they were
+// stored by other blocks. Each head's split weights are worked out once (a thread per head), then the
+// shares' sums are read in parallel, always in split order, so the result does not depend on which
+// block finishes last.
+template <int H>
+__device__ void MergeSplits(const float* parts, size_t head_stride, int splits, size_t stride, int hd,
+                            float* out) {
+  __shared__ float w_of[H * kAttnMaxSplits], l_of[H * kAttnMaxSplits], total_of[H];
+  for (int i = threadIdx.x; i < H * splits; i += blockDim.x) {
+    const float* part = parts + (i / splits) * head_stride + (i % splits) * stride;
+    w_of[i] = __ldcg(part);
+    l_of[i] = __ldcg(part + 1);
   }
-  return sum / total;
+  __syncthreads();
+  if (threadIdx.x < H) {
+    float* w = w_of + threadIdx.x * splits;
+    const float* l = l_of + threadIdx.x * splits;
+    float top = -FLT_MAX, total = 0.f;
+    for (int s = 0; s < splits; ++s) top = fmaxf(top, w[s]);
+    for (int s = 0; s < splits; ++s) {
+      w[s] = expf(w[s] - top);  // now the share's weight: 0 for an empty share (m = -FLT_MAX)
+      total = fmaf(l[s], w[s], total);
+    }
+    total_of[threadIdx.x] = total;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < H * hd; i += blockDim.x) {
+    const int j = i / hd, d = i % hd;
+    const float* acc = parts + j * head_stride + 2 + d;
+    const float* w = w_of + j * splits;
+    float sum = 0.f;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) sum = fmaf(__ldcg(acc + s * stride), w[s], sum);
+    out[static_cast<size_t>(j) * hd + d] = sum / total_of[j];
+  }
 }
 
 // The split form of the decode attention (args.splits >= 1): block z of a (head, sequence) attends its
@@ -345,7 +369,7 @@ __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const
   }
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + h;
   if (!LastToArrive(counter, splits)) return;
-  for (int d = threadIdx.x; d < hd; d += kAttnThreads) out[d] = MergeShares(head_parts, splits, stride, d);
+  MergeSplits<1>(head_parts, 0, splits, stride, hd, out);
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
 }
 
@@ -617,37 +641,29 @@ __device__ void GroupedFinish(const QkNormRopeCacheArgs& a, int hd, int b, int x
   }
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
   if (!LastToArrive(counter, splits)) return;
-  // MergeShares' sums in its order, with each head's weights worked out once (a thread per head) and
-  // the shares' sums then read in parallel: the last block is alone on its SM while it merges.
-  __shared__ float m_of[HB * kAttnMaxSplits], l_of[HB * kAttnMaxSplits], total_of[HB];
-  for (int i = threadIdx.x; i < HB * splits; i += blockDim.x) {
-    const float* part = parts_of(i / splits) + (i % splits) * stride;
-    m_of[i] = __ldcg(part);
-    l_of[i] = __ldcg(part + 1);
-  }
-  __syncthreads();
-  if (threadIdx.x < HB) {
-    float* w = m_of + threadIdx.x * splits;
-    const float* l = l_of + threadIdx.x * splits;
-    float top = -FLT_MAX, total = 0.f;
-    for (int s = 0; s < splits; ++s) top = fmaxf(top, w[s]);
-    for (int s = 0; s < splits; ++s) {
-      w[s] = expf(w[s] - top);  // now the share's weight: 0 for an empty share
-      total = fmaf(l[s], w[s], total);
-    }
-    total_of[threadIdx.x] = total;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
-    const int j = i / hd, d = i % hd;
-    const float* acc = parts_of(j) + 2 + d;
-    const float* w = m_of + j * splits;
-    float sum = 0.f;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) sum = fmaf(__ldcg(acc + s * stride), w[s], sum);
-    out[static_cast<size_t>(h0 + j) * hd + d] = sum / total_of[j];
-  }
+  MergeSplits<HB>(parts_of(0), gridDim.z * stride, splits, stride, hd, out + static_cast<size_t>(h0) * hd);
   if (threadIdx.x == 0) *counter = 0u;  // for the next launch
+}
+
+// A warp's part [begin, end) of its split's positions in the grouped forms, and kv head g's key and
+// value rows in the cache (row p at p * stride).
+template <typename C>
+struct WarpKeys {
+  int begin, end;
+  size_t stride;
+  const C* k_rows;
+  const C* v_rows;
+};
+
+template <typename C>
+__device__ WarpKeys<C> GroupedWarpKeys(const QkNormRopeCacheArgs& a, int hd, int g, int length, int split,
+                                       int splits, int warp) {
+  int begin, end, wb, we;
+  SplitRange(length, split, splits, &begin, &end);
+  SplitRange(end - begin, warp, kGroupedWarps, &wb, &we);
+  const size_t g_off = static_cast<size_t>(g) * hd;
+  return {begin + wb, begin + we, static_cast<size_t>(a.kv_heads) * hd,
+          static_cast<const C*>(a.k_cache) + g_off, static_cast<const C*>(a.v_cache) + g_off};
 }
 
 template <int HB, int PL, typename C>
@@ -675,14 +691,11 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   GroupedStart<HB, C>(a, hd, g, h0, position, x % columns == 0 && split == 0, qs, ks, vs);
   // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
   // from shared memory: the block that appends it to the cache runs alongside.
-  int begin, end, wb, we;
-  SplitRange(length, split, splits, &begin, &end);
-  SplitRange(end - begin, warp, kWarps, &wb, &we);
-  const int wbegin = begin + wb, wend = begin + we;
+  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, hd, g, length, split, splits, warp);
+  const int wbegin = keys.begin, wend = keys.end;
+  const size_t key_stride = keys.stride;
+  const C *k_rows = keys.k_rows, *v_rows = keys.v_rows;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  const size_t key_stride = static_cast<size_t>(a.kv_heads) * hd;
-  const C* k_rows = static_cast<const C*>(a.k_cache) + static_cast<size_t>(g) * hd;
-  const C* v_rows = static_cast<const C*>(a.v_cache) + static_cast<size_t>(g) * hd;
   const float4* q4 = reinterpret_cast<const float4*>(qs);
   float* my_p = pw + warp * kGroupedTile * HB;
   float m[HB], l[HB], acc[HB][PL];
@@ -830,14 +843,11 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
     qa[kk][3] = PackBf16(lo[2], lo[3]);
   }
   __syncthreads();  // kb, vb
-  int begin, end, wb, we;
-  SplitRange(length, split, splits, &begin, &end);
-  SplitRange(end - begin, warp, kWarps, &wb, &we);
-  const int wbegin = begin + wb, wend = begin + we;
+  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, HD, g, length, split, splits, warp);
+  const int wbegin = keys.begin, wend = keys.end;
+  const size_t key_stride = keys.stride;
+  const C *k_rows = keys.k_rows, *v_rows = keys.v_rows;
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
-  const size_t key_stride = static_cast<size_t>(a.kv_heads) * HD;
-  const C* k_rows = static_cast<const C*>(a.k_cache) + static_cast<size_t>(g) * HD;
-  const C* v_rows = static_cast<const C*>(a.v_cache) + static_cast<size_t>(g) * HD;
   // Piece c of a key's row: from the cache, from shared memory for the new token, zeros past the part.
   auto piece = [&](const C* rows, const C* fresh_row, int key, int c) {
     if (key >= wend) return make_uint4(0u, 0u, 0u, 0u);
