@@ -34,6 +34,12 @@ void Check(cudaError_t e, const char* what) {
   std::exit(1);
 }
 
+// The model's A/B switch PINMOE_ATTN_PREFETCH (gpu_causal_lm.cc): on unless set to 0.
+bool EnvFlag(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr || std::atoi(v) != 0;
+}
+
 float* Upload(const std::vector<float>& v) {
   float* p = nullptr;
   Check(cudaMalloc(&p, v.size() * sizeof(float)), "cudaMalloc");
@@ -156,6 +162,7 @@ int main(int argc, char** argv) {
         a.split_partials = partials;
         a.split_counters = counters;
         a.cache_bf16 = bf16;
+        a.prefetch = EnvFlag("PINMOE_ATTN_PREFETCH");
         std::vector<float> ms;
         for (int r = 0; r < reps + 1; ++r) {
           Check(cudaEventRecord(start), "cudaEventRecord");

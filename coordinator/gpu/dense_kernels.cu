@@ -196,51 +196,82 @@ __device__ void AttendOneQuery(const float* qs, const C* k_cache, const C* v_cac
   }
 }
 
-// AttendRange's results by a layout that keeps more loads in flight (the split form's): a thread per key
-// scores it (its row read 16 bytes at a time), and in the V pass each warp takes every fourth key with
-// each lane holding head_dim / 32 dimensions; the warps' sums meet in `wsum` ([4][hd] shared floats) in
-// warp order. head_dim % 32 == 0. Same outputs and layout of acc as AttendRange.
-template <typename C>
-__device__ void AttendRangeWide(const float* qs, const C* k_cache, const C* v_cache, int kv_heads, int g,
-                                int hd, int begin, int end, int fresh, const float* fresh_k, const float* fresh_v,
-                                float* p, float* red, float* wsum, float& m, float& l, float (&acc)[kAttnMaxDims]) {
-  constexpr int kWarps = kAttnThreads / 32, kMaxPerLane = kAttnMaxDims * kAttnThreads / 32;
-  static_assert(kAttnChunk == kAttnThreads, "a thread scores each key of a chunk");
-  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, per_lane = hd / 32;
-  float part[kMaxPerLane];
+// `span` (2, 4, 8 or 16) consecutive elements of a row from p (fp32 from shared memory, or the cache's
+// type R; p aligned to span elements), widened into v.
+constexpr int kMaxSpan = 16;
+template <typename R>
+__device__ __forceinline__ void LoadSpan(const R* p, int span, float (&v)[kMaxSpan]) {
+  if (span >= 8) {
 #pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) part[i] = 0.f;
+    for (int i = 0; i < kMaxSpan; i += 8) {
+      if (i < span) {
+        float4 a, b;
+        CacheLoad8(p + i, a, b);
+        v[i] = a.x, v[i + 1] = a.y, v[i + 2] = a.z, v[i + 3] = a.w;
+        v[i + 4] = b.x, v[i + 5] = b.y, v[i + 6] = b.z, v[i + 7] = b.w;
+      }
+    }
+  } else if (span == 4) {
+    const float4 a = CacheLoad4(p);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+  } else {
+    v[0] = CacheLoad(p);
+    v[1] = CacheLoad(p + 1);
+  }
+}
+
+// AttendRange's results by a layout that keeps more loads in flight (the split form's), a half-warp per
+// key: its short shares (16 keys for 8 splits of 128 positions) a thread per key left to half a warp,
+// each lane walking its row in 16 dependent loads. Here a half-warp's 16 lanes read a key's row
+// together, hd / 16 elements each: in the score pass against the same dimensions of the query (held in
+// registers; the half-warp sums the dot product), in the V pass into their own dimensions' sums. The
+// block's 8 half-warps take every eighth key, each round's loads in flight together. A warp's two
+// halves are added, then the warps' sums meet in `wsum` ([4][hd] shared floats) in warp order.
+// hd % 32 == 0, hd <= 256. Same outputs and layout of acc as AttendRange.
+template <typename C>
+__device__ void AttendRangeHalfWarps(const float* qs, const C* k_cache, const C* v_cache, int kv_heads, int g,
+                                     int hd, int begin, int end, int fresh, const float* fresh_k,
+                                     const float* fresh_v, float* p, float* red, float* wsum, float& m, float& l,
+                                     float (&acc)[kAttnMaxDims]) {
+  constexpr int kWarps = kAttnThreads / 32, kHalves = kAttnThreads / 16;
+  static_assert(kAttnChunk == kAttnThreads, "a thread takes each key of a chunk through the softmax");
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, half = threadIdx.x / 16;
+  const int span = hd / 16, d0 = (threadIdx.x % 16) * span;
+  const size_t stride = static_cast<size_t>(kv_heads) * hd;
+  const C* k_rows = k_cache + static_cast<size_t>(g) * hd + d0;
+  const C* v_rows = v_cache + static_cast<size_t>(g) * hd + d0;
+  float q[kMaxSpan], part[kMaxSpan];
+  LoadSpan(qs + d0, span, q);
+#pragma unroll
+  for (int i = 0; i < kMaxSpan; ++i) part[i] = 0.f;
   m = -FLT_MAX;
   l = 0.f;
-  const float4* q4 = reinterpret_cast<const float4*>(qs);
   for (int c0 = begin; c0 < end; c0 += kAttnChunk) {
-    const int n = min(kAttnChunk, end - c0), j = threadIdx.x;
-    float score = -FLT_MAX;
-    if (j < n) {
-      const int key = c0 + j;
-      auto row_dot = [&](const auto* row) {
-        float dot = 0.f;
+    const int n = min(kAttnChunk, end - c0);
+    // Rounds of kHalves keys, the same count in every warp (the sums shuffle over whole warps).
 #pragma unroll 4
-        for (int c = 0; c < hd / 4; c += 2) {  // hd % 32 == 0: 8 elements a load
-          float4 k0, k1;
-          CacheLoad8(row + 4 * c, k0, k1);
-          const float4 q0 = q4[c], q1 = q4[c + 1];
-          dot = fmaf(q0.x, k0.x, dot);
-          dot = fmaf(q0.y, k0.y, dot);
-          dot = fmaf(q0.z, k0.z, dot);
-          dot = fmaf(q0.w, k0.w, dot);
-          dot = fmaf(q1.x, k1.x, dot);
-          dot = fmaf(q1.y, k1.y, dot);
-          dot = fmaf(q1.z, k1.z, dot);
-          dot = fmaf(q1.w, k1.w, dot);
+    for (int r = 0; r < n; r += kHalves) {
+      const int k = r + half, key = c0 + k;
+      float dot = 0.f;
+      if (k < n) {
+        float kv[kMaxSpan];
+        if (key == fresh) {
+          LoadSpan(fresh_k + d0, span, kv);
+        } else {
+          LoadSpan(k_rows + key * stride, span, kv);
         }
-        return dot;
-      };
-      const float dot =
-          key == fresh ? row_dot(fresh_k) : row_dot(k_cache + (static_cast<size_t>(key) * kv_heads + g) * hd);
-      score = dot * scale;
+#pragma unroll
+        for (int i = 0; i < kMaxSpan; ++i) {
+          if (i < span) dot = fmaf(q[i], kv[i], dot);
+        }
+      }
+      for (int o = 8; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      if (k < n && threadIdx.x % 16 == 0) p[k] = dot * scale;
     }
+    __syncthreads();
+    const int j = threadIdx.x;
+    const float score = j < n ? p[j] : -FLT_MAX;
     const float new_m = fmaxf(m, BlockMax(score, red));
     const float e = j < n ? expf(score - new_m) : 0.f;
     if (j < n) p[j] = e;
@@ -248,29 +279,29 @@ __device__ void AttendRangeWide(const float* qs, const C* k_cache, const C* v_ca
     const float rescale = expf(m - new_m);
     l = l * rescale + cs;
 #pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) part[i] *= rescale;
+    for (int i = 0; i < kMaxSpan; ++i) part[i] *= rescale;
 #pragma unroll 4
-    for (int k = warp; k < n; k += kWarps) {
+    for (int k = half; k < n; k += kHalves) {
       const int key = c0 + k;
       const float pk = p[k];
-      auto add_row = [&](const auto* row) {
-#pragma unroll
-        for (int i = 0; i < kMaxPerLane; ++i) {
-          if (i < per_lane) part[i] = fmaf(pk, CacheLoad(row + lane + 32 * i), part[i]);
-        }
-      };
+      float v[kMaxSpan];
       if (key == fresh) {
-        add_row(fresh_v);
+        LoadSpan(fresh_v + d0, span, v);
       } else {
-        add_row(v_cache + (static_cast<size_t>(key) * kv_heads + g) * hd);
+        LoadSpan(v_rows + key * stride, span, v);
+      }
+#pragma unroll
+      for (int i = 0; i < kMaxSpan; ++i) {
+        if (i < span) part[i] = fmaf(pk, v[i], part[i]);
       }
     }
     m = new_m;
     __syncthreads();  // p is rewritten by the next chunk
   }
 #pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) {
-    if (i < per_lane) wsum[warp * hd + lane + 32 * i] = part[i];
+  for (int i = 0; i < kMaxSpan; ++i) {
+    part[i] += __shfl_xor_sync(0xffffffffu, part[i], 16);
+    if (lane < 16 && i < span) wsum[warp * hd + d0 + i] = part[i];
   }
   __syncthreads();
   for (int i = 0; i < kAttnMaxDims; ++i) {
@@ -343,7 +374,7 @@ __device__ void MergeSplits(const float* parts, size_t head_stride, int splits, 
 }
 
 // The split form of the decode attention (args.splits >= 1): block z of a (head, sequence) attends its
-// share of the positions (AttendRangeWide) and stores (m, l, acc) in args.split_partials; the last of the
+// share of the positions (AttendRangeHalfWarps) and stores (m, l, acc) in args.split_partials; the last of the
 // head's blocks to finish (a counter per head and sequence, reset by it) merges the shares in split
 // order, so the result does not depend on which block finishes last.
 template <typename C>
@@ -354,8 +385,8 @@ __device__ void AttendSplit(const QkNormRopeCacheArgs& a, const float* qs, const
   int begin, end;
   SplitRange(length, split, splits, &begin, &end);
   float m, l, acc[kAttnMaxDims];
-  AttendRangeWide(qs, k_cache, v_cache, a.kv_heads, g, hd, begin, end, fresh, fresh_k, fresh_v, p, red, wsum, m, l,
-                  acc);
+  AttendRangeHalfWarps(qs, k_cache, v_cache, a.kv_heads, g, hd, begin, end, fresh, fresh_k, fresh_v, p, red, wsum, m,
+                       l, acc);
   const size_t stride = static_cast<size_t>(hd) + 2;
   float* head_parts = a.split_partials + (static_cast<size_t>(b) * a.heads + h) * splits * stride;
   float* mine = head_parts + split * stride;
@@ -431,14 +462,26 @@ __device__ void RoundLikeCache(float* ks, float* vs, int hd) {
 // and value to the cache; every block reads earlier positions from the cache and the new one from
 // shared memory, so no block waits for another.
 template <typename C>
-__global__ void __launch_bounds__(kAttnThreads) DecodeAttentionFusedKernel(QkNormRopeCacheArgs a, float* out) {
+__global__ void __launch_bounds__(kAttnThreads, 1) DecodeAttentionFusedKernel(QkNormRopeCacheArgs a, float* out) {
   extern __shared__ float sm[];
   __shared__ float p[kAttnChunk];
   __shared__ float red[32];
+  const int h = blockIdx.x, b = blockIdx.y, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
+  // The position was copied before the step's first kernel, the cache's earlier rows by earlier steps:
+  // neither waits for the kernel before.
+  const int position = SelectDecodeSequence<C>(b, &a, &out);
+  if (a.splits >= 1 && a.prefetch) {
+    int begin, end;
+    SplitRange(position + 1, blockIdx.z, gridDim.z, &begin, &end);
+    end = min(end, position);  // the new position is not in the cache yet
+    const size_t stride = static_cast<size_t>(a.kv_heads) * hd, g_off = static_cast<size_t>(g) * hd;
+    // The group's query heads share the rows: each asks for its share of the lines.
+    const int first = h % group + group * threadIdx.x, step = group * blockDim.x;
+    PrefetchRowsL2(static_cast<const C*>(a.k_cache) + g_off, stride, begin, end, hd, first, step);
+    PrefetchRowsL2(static_cast<const C*>(a.v_cache) + g_off, stride, begin, end, hd, first, step);
+  }
   PdlWait();
   PdlTrigger();
-  const int h = blockIdx.x, b = blockIdx.y, hd = a.head_dim, group = a.heads / a.kv_heads, g = h / group;
-  const int position = SelectDecodeSequence<C>(b, &a, &out);
   float* qs = sm;
   float* ks = sm + hd;
   float* vs = sm + 2 * hd;
@@ -671,8 +714,6 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   constexpr int kWarps = kGroupedWarps, hd = 32 * PL;
   extern __shared__ float4 sm4[];
   float* sm = reinterpret_cast<float*>(sm4);
-  PdlWait();
-  PdlTrigger();
   const int group = a.heads / a.kv_heads, columns = group / HB;
   const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int g = x / columns, h0 = g * group + (x % columns) * HB;
@@ -681,6 +722,11 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   const int length = position + 1, fresh = position;
   const int splits = GroupedActiveSplits(length, gridDim.z);
   if (split >= splits) return;  // the whole block: this context needs fewer splits
+  // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
+  // from shared memory: the block that appends it to the cache runs alongside.
+  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, hd, g, length, split, splits, warp);
+  PdlWait();
+  PdlTrigger();
   float* qs = sm;                             // [HB][hd]
   float* ks = qs + HB * hd;                   // [hd]
   float* vs = ks + hd;                        // [hd]
@@ -689,9 +735,6 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   float* wl = wm + kWarps * HB;               // [kWarps][HB]
   float* wacc = wl + kWarps * HB;             // [kWarps][HB][hd]
   GroupedStart<HB, C>(a, hd, g, h0, position, x % columns == 0 && split == 0, qs, ks, vs);
-  // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
-  // from shared memory: the block that appends it to the cache runs alongside.
-  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, hd, g, length, split, splits, warp);
   const int wbegin = keys.begin, wend = keys.end;
   const size_t key_stride = keys.stride;
   const C *k_rows = keys.k_rows, *v_rows = keys.v_rows;
@@ -805,8 +848,6 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
   static_assert(HD % 64 == 0, "a quad's pieces cover the row");
   extern __shared__ float4 sm4[];
   float* sm = reinterpret_cast<float*>(sm4);
-  PdlWait();
-  PdlTrigger();
   const int group = a.heads / a.kv_heads, columns = group / HB;
   const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
   const int g = x / columns, h0 = g * group + (x % columns) * HB;
@@ -815,6 +856,9 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
   const int length = position + 1, fresh = position;
   const int splits = GroupedActiveSplits(length, gridDim.z);
   if (split >= splits) return;  // the whole block: this context needs fewer splits
+  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, HD, g, length, split, splits, warp);
+  PdlWait();
+  PdlTrigger();
   float* qs = sm;                                     // [HB][HD]
   float* ks = qs + HB * HD;                           // [HD]
   float* vs = ks + HD;                                // [HD]
@@ -843,7 +887,6 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
     qa[kk][3] = PackBf16(lo[2], lo[3]);
   }
   __syncthreads();  // kb, vb
-  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, HD, g, length, split, splits, warp);
   const int wbegin = keys.begin, wend = keys.end;
   const size_t key_stride = keys.stride;
   const C *k_rows = keys.k_rows, *v_rows = keys.v_rows;

@@ -56,6 +56,9 @@ struct QkNormRopeCacheArgs {
   // The grouped form on tensor cores where it serves (a bf16 cache, a multiple of 8 query heads per kv
   // head, head_dim 128); false keeps it on the CUDA cores (A/B measurements).
   bool tensor_cores = true;
+  // The per-head split form asks L2 for its share of the keys and values before it waits for the kernel
+  // before it (the cache's earlier positions do not depend on that); false: not (A/B measurements).
+  bool prefetch = true;
   float* split_partials = nullptr;
   unsigned int* split_counters = nullptr;
 };

@@ -24,7 +24,8 @@ constexpr int kFlashMinTokens = 16;
 // by default kAttnMaxSplits and by context. For A/B measurements: PINMOE_ATTN_SPLITS=0 picks one block
 // per head over every position, 1 to kAttnMaxSplits that many splits at most; PINMOE_ATTN_GROUPED=0 the
 // per-head split form, 1 the grouped one, at every context; PINMOE_ATTN_TENSOR_CORES=0 keeps the grouped
-// form on the CUDA cores where its tensor-core kernel serves (QkNormRopeCacheArgs::tensor_cores).
+// form on the CUDA cores where its tensor-core kernel serves (QkNormRopeCacheArgs::tensor_cores);
+// PINMOE_ATTN_PREFETCH=0 keeps the per-head split form from asking L2 for its keys and values early.
 int AttnSplits() { return std::clamp(EnvInt("PINMOE_ATTN_SPLITS", kAttnMaxSplits), 0, kAttnMaxSplits); }
 
 // -1: by context, 0: never grouped, 1: always (where supported).
@@ -105,6 +106,7 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   attn_splits_ = c.head_dim % 32 == 0 ? AttnSplits() : 0;  // the split forms need whole warps of dimensions
   attn_grouped_mode_ = AttnGroupedMode(c);
   attn_tensor_cores_ = EnvInt("PINMOE_ATTN_TENSOR_CORES", 1) != 0;
+  attn_prefetch_ = EnvInt("PINMOE_ATTN_PREFETCH", 1) != 0;
   if (attn_splits_ >= 1) {
     RETURN_IF_ERROR(Alloc(AttnSplitPartialFloats(static_cast<int>(batch), c.num_heads, c.head_dim, attn_splits_),
                           &attn_partials_));
@@ -353,6 +355,7 @@ absl::Status GpuCausalLm::EnqueueAttention(const QkNormRopeCacheArgs& layout, in
     qa.splits = step_attn_.splits;
     qa.grouped = step_attn_.grouped;
     qa.tensor_cores = attn_tensor_cores_;
+    qa.prefetch = attn_prefetch_;
     qa.split_partials = attn_partials_;
     qa.split_counters = attn_counters_;
     return CudaStatus(LaunchDecodeAttentionFused(qa, attn_out, stream_), "decode attention launch");

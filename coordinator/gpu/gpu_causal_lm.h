@@ -182,6 +182,7 @@ class GpuCausalLm : public CausalLm {
   int attn_splits_ = 0;
   int attn_grouped_mode_ = 0;
   bool attn_tensor_cores_ = true;  // PINMOE_ATTN_TENSOR_CORES
+  bool attn_prefetch_ = true;      // PINMOE_ATTN_PREFETCH
   // This step's form, chosen in Submit (the decode graphs are keyed by it).
   AttentionForm step_attn_;
   float* attn_partials_ = nullptr;

@@ -53,4 +53,19 @@ __device__ __forceinline__ void CacheLoad8(const __nv_bfloat16* p, float4& a, fl
   b = make_float4(z.x, z.y, w.x, w.y);
 }
 
+// Asks L2 for rows [begin, end) of a cache (row r at rows + r * stride, `elems` elements from a 128-byte
+// line's start): this thread asks for lines first, first + step, ... of them (a block or a warp divides
+// them). For reads that do not depend on the kernels just before: issued before the programmatic wait,
+// the loads overlap that kernel's tail. A hint: nothing is read.
+template <typename C>
+__device__ void PrefetchRowsL2(const C* rows, size_t stride, int begin, int end, int elems, int first, int step) {
+  constexpr int kLine = 128;
+  const int lines = (elems * static_cast<int>(sizeof(C)) + kLine - 1) / kLine;
+  const int n = max(0, end - begin) * lines;
+  for (int i = first; i < n; i += step) {
+    const char* line = reinterpret_cast<const char*>(rows + (begin + i / lines) * stride) + (i % lines) * kLine;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+  }
+}
+
 }  // namespace pinmoe

@@ -107,7 +107,8 @@ TEST(DenseKernelsGpu, QkNormRopeCacheAndAttention) {
   using Shape = AttnShape;
   for (const Shape& sh : {Shape{4, 2, 32, 32, 0, 5}, Shape{32, 4, 128, 128, 300, 1}, Shape{16, 2, 256, 64, 7, 130},
                           Shape{8, 8, 64, 64, 129, 3}, Shape{16, 2, 256, 64, 0, 1}, Shape{4, 2, 32, 8, 200, 1},
-                          Shape{32, 4, 128, 128, 2100, 1}}) {
+                          Shape{32, 4, 128, 128, 2100, 1}, Shape{8, 8, 64, 64, 129, 1},
+                          Shape{16, 2, 256, 64, 517, 1}}) {
     const int nh = sh.heads, nkv = sh.kvh, hd = sh.hd, T = sh.tokens, first = sh.first;
     const int row = (nh + 2 * nkv) * hd;
     auto qkv = Random(static_cast<size_t>(T) * row, hd + T, 2.f);
@@ -264,7 +265,8 @@ TEST(DenseKernelsGpu, FlashAttentionMatchesCpu) {
 TEST(DenseKernelsGpu, Bf16KvCache) {
   using Shape = AttnShape;
   for (const Shape& sh : {Shape{4, 2, 32, 32, 0, 5}, Shape{32, 4, 128, 128, 300, 1}, Shape{16, 2, 256, 64, 7, 130},
-                          Shape{8, 8, 64, 64, 129, 3}, Shape{4, 2, 32, 8, 200, 1}, Shape{32, 4, 128, 128, 2100, 1}}) {
+                          Shape{8, 8, 64, 64, 129, 3}, Shape{4, 2, 32, 8, 200, 1}, Shape{32, 4, 128, 128, 2100, 1},
+                          Shape{8, 8, 64, 64, 129, 1}, Shape{16, 2, 256, 64, 517, 1}}) {
     SCOPED_TRACE(::testing::Message() << sh.heads << "x" << sh.hd << " first " << sh.first << " tokens " << sh.tokens);
     const int nh = sh.heads, nkv = sh.kvh, hd = sh.hd, T = sh.tokens, first = sh.first;
     const int row = (nh + 2 * nkv) * hd;
