@@ -575,6 +575,10 @@ TEST(DenseKernelsGpu, RouteTopK) {
     const int tokens = 9;
     auto logits = Random(static_cast<size_t>(tokens) * experts, experts, 2.f);
     logits[3] = logits[5];  // a tie: the lower index wins on both sides
+    // Token 1: ties at the top, within a lane (experts 2 and 34) and across lanes (2 and 7).
+    for (int e : {2, 7, 34}) {
+      if (e < experts) logits[experts + e] = 5.f;
+    }
     std::vector<int32_t> ref_ids(tokens * k);
     std::vector<float> ref_w(tokens * k);
     for (int t = 0; t < tokens; ++t) {
