@@ -1,7 +1,8 @@
 // Which form of the decode attention a GPU decode step takes (QkNormRopeCacheArgs::splits and grouped,
 // coordinator/gpu/dense_kernels.h). Kept apart from the CUDA code so that the choice is tested on the
-// CPU; the numbers behind it are in bench/NOTES.md (per layer on the H200: 8 splits per head 11 µs
-// against 19 grouped at 128 positions, 88 against 30 at 4,096).
+// CPU; the numbers behind it are in bench/NOTES.md (per layer on the H200, Qwen3-30B-A3B, bf16 cache:
+// 8 splits per head 10.0 µs against 14.5 grouped at 128 positions, 19.4 against 18.6 at 1,024, 301.7
+// against 30.0 at 16,384).
 #pragma once
 
 #include <algorithm>
