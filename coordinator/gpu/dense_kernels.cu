@@ -241,6 +241,14 @@ __device__ void AttendRangeHalfWarps(const float* qs, const C* k_cache, const C*
   const size_t stride = static_cast<size_t>(kv_heads) * hd;
   const C* k_rows = k_cache + static_cast<size_t>(g) * hd + d0;
   const C* v_rows = v_cache + static_cast<size_t>(g) * hd + d0;
+  // This lane's elements of key `key`'s row: the new token's from shared memory, the others' from the cache.
+  auto load_row = [&](const float* fresh_row, const C* rows, int key, float (&v)[kMaxSpan]) {
+    if (key == fresh) {
+      LoadSpan(fresh_row + d0, span, v);
+    } else {
+      LoadSpan(rows + key * stride, span, v);
+    }
+  };
   float q[kMaxSpan], part[kMaxSpan];
   LoadSpan(qs + d0, span, q);
 #pragma unroll
@@ -256,11 +264,7 @@ __device__ void AttendRangeHalfWarps(const float* qs, const C* k_cache, const C*
       float dot = 0.f;
       if (k < n) {
         float kv[kMaxSpan];
-        if (key == fresh) {
-          LoadSpan(fresh_k + d0, span, kv);
-        } else {
-          LoadSpan(k_rows + key * stride, span, kv);
-        }
+        load_row(fresh_k, k_rows, key, kv);
 #pragma unroll
         for (int i = 0; i < kMaxSpan; ++i) {
           if (i < span) dot = fmaf(q[i], kv[i], dot);
@@ -285,11 +289,7 @@ __device__ void AttendRangeHalfWarps(const float* qs, const C* k_cache, const C*
       const int key = c0 + k;
       const float pk = p[k];
       float v[kMaxSpan];
-      if (key == fresh) {
-        LoadSpan(fresh_v + d0, span, v);
-      } else {
-        LoadSpan(v_rows + key * stride, span, v);
-      }
+      load_row(fresh_v, v_rows, key, v);
 #pragma unroll
       for (int i = 0; i < kMaxSpan; ++i) {
         if (i < span) part[i] = fmaf(pk, v[i], part[i]);
