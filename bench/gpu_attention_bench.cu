@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/env.h"
 #include "coordinator/gpu/dense_kernels.h"
 
 namespace {
@@ -32,12 +33,6 @@ void Check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return;
   std::fprintf(stderr, "gpu_attention_bench: %s: %s\n", what, cudaGetErrorString(e));
   std::exit(1);
-}
-
-// The model's A/B switch PINMOE_ATTN_PREFETCH (gpu_causal_lm.cc): on unless set to 0.
-bool EnvFlag(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr || std::atoi(v) != 0;
 }
 
 float* Upload(const std::vector<float>& v) {
@@ -162,7 +157,7 @@ int main(int argc, char** argv) {
         a.split_partials = partials;
         a.split_counters = counters;
         a.cache_bf16 = bf16;
-        a.prefetch = EnvFlag("PINMOE_ATTN_PREFETCH");
+        a.prefetch = pinmoe::EnvInt("PINMOE_ATTN_PREFETCH", 1) != 0;  // as the model reads it (gpu_causal_lm.cc)
         std::vector<float> ms;
         for (int r = 0; r < reps + 1; ++r) {
           Check(cudaEventRecord(start), "cudaEventRecord");
