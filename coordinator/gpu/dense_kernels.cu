@@ -659,27 +659,38 @@ __device__ void GroupedStart(const QkNormRopeCacheArgs& a, int hd, int g, int h0
 // blocks to finish merges the splits' in split order into out (rows of query heads h0..).
 template <int HB>
 __device__ void GroupedFinish(const QkNormRopeCacheArgs& a, int hd, int b, int x, int h0, int split, int splits,
-                              const float* wm, const float* wl, const float* wacc, float* out) {
+                              float* wm, float* wl, const float* wacc, float* out) {
   const int warps = blockDim.x / 32;
   const size_t stride = static_cast<size_t>(hd) + 2;
   auto parts_of = [&](int j) {
     return a.split_partials + (static_cast<size_t>(b) * a.heads + h0 + j) * gridDim.z * stride;
   };
-  for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
-    const int j = i / hd, d = i % hd;
+  // Per head j, once (thread j): the maximum over the warps, each warp's weight (in place of its wm) and
+  // the weighted sum of exponentials; the maximum and the sum then in wl[j] and wl[HB + j], entries of
+  // head j's column that only this thread reads.
+  if (threadIdx.x < HB) {
+    const int j = threadIdx.x;
     float top = -FLT_MAX;
     for (int w = 0; w < warps; ++w) top = fmaxf(top, wm[w * HB + j]);
-    float total = 0.f, sum = 0.f;
+    float total = 0.f;
     for (int w = 0; w < warps; ++w) {
       const float f = expf(wm[w * HB + j] - top);  // 0 for an empty share unless all are empty
       total = fmaf(wl[w * HB + j], f, total);
-      sum = fmaf(wacc[(w * HB + j) * hd + d], f, sum);
+      wm[w * HB + j] = f;
     }
+    wl[j] = top;
+    wl[HB + j] = total;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < HB * hd; i += blockDim.x) {
+    const int j = i / hd, d = i % hd;
+    float sum = 0.f;
+    for (int w = 0; w < warps; ++w) sum = fmaf(wacc[(w * HB + j) * hd + d], wm[w * HB + j], sum);
     float* mine = parts_of(j) + split * stride;
     mine[2 + d] = sum;
     if (d == 0) {
-      mine[0] = top;
-      mine[1] = total;
+      mine[0] = wl[j];
+      mine[1] = wl[HB + j];
     }
   }
   unsigned int* counter = a.split_counters + static_cast<size_t>(b) * a.heads + x;
@@ -698,15 +709,41 @@ struct WarpKeys {
   const C* v_rows;
 };
 
+// What a block of the grouped forms works on, from its place in the grid (x: a column of HB query heads of
+// one kv head, y: the sequence, z: the split), as the launches and GroupedFinish's counters lay it out.
 template <typename C>
-__device__ WarpKeys<C> GroupedWarpKeys(const QkNormRopeCacheArgs& a, int hd, int g, int length, int split,
-                                       int splits, int warp) {
+struct GroupedBlock {
+  int x, b, split;
+  int g, h0;       // the kv head and the column's first query head
+  int position;    // the new token's, the context's last
+  int splits;      // the splits this context takes
+  bool appends;    // this block writes the new key and value to the cache
+  WarpKeys<C> keys;  // this warp's part of the split
+};
+
+// Fills *blk (and points *a and *out at the block's sequence); false for a block past the splits its
+// context takes, which returns at once as a whole.
+template <int HB, typename C>
+__device__ bool SelectGroupedBlock(QkNormRopeCacheArgs* a, int hd, float** out, GroupedBlock<C>* blk) {
+  const int columns = a->heads / a->kv_heads / HB;
+  blk->x = blockIdx.x;
+  blk->b = blockIdx.y;
+  blk->split = blockIdx.z;
+  blk->g = blk->x / columns;
+  blk->h0 = blk->g * (a->heads / a->kv_heads) + (blk->x % columns) * HB;
+  blk->position = SelectDecodeSequence<C>(blk->b, a, out);
+  blk->splits = GroupedActiveSplits(blk->position + 1, gridDim.z);
+  if (blk->split >= blk->splits) return false;
+  blk->appends = blk->x % columns == 0 && blk->split == 0;
+  // The new token (the last position) is read from shared memory: the block that appends it to the cache
+  // runs alongside.
   int begin, end, wb, we;
-  SplitRange(length, split, splits, &begin, &end);
-  SplitRange(end - begin, warp, kGroupedWarps, &wb, &we);
-  const size_t g_off = static_cast<size_t>(g) * hd;
-  return {begin + wb, begin + we, static_cast<size_t>(a.kv_heads) * hd,
-          static_cast<const C*>(a.k_cache) + g_off, static_cast<const C*>(a.v_cache) + g_off};
+  SplitRange(blk->position + 1, blk->split, blk->splits, &begin, &end);
+  SplitRange(end - begin, threadIdx.x / 32, kGroupedWarps, &wb, &we);
+  const size_t g_off = static_cast<size_t>(blk->g) * hd;
+  blk->keys = {begin + wb, begin + we, static_cast<size_t>(a->kv_heads) * hd,
+               static_cast<const C*>(a->k_cache) + g_off, static_cast<const C*>(a->v_cache) + g_off};
+  return true;
 }
 
 template <int HB, int PL, typename C>
@@ -714,17 +751,11 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   constexpr int kWarps = kGroupedWarps, hd = 32 * PL;
   extern __shared__ float4 sm4[];
   float* sm = reinterpret_cast<float*>(sm4);
-  const int group = a.heads / a.kv_heads, columns = group / HB;
-  const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
-  const int g = x / columns, h0 = g * group + (x % columns) * HB;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int position = SelectDecodeSequence<C>(b, &a, &out);
-  const int length = position + 1, fresh = position;
-  const int splits = GroupedActiveSplits(length, gridDim.z);
-  if (split >= splits) return;  // the whole block: this context needs fewer splits
-  // This warp's part of this split's positions. The new token (`fresh`, the last position) is read
-  // from shared memory: the block that appends it to the cache runs alongside.
-  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, hd, g, length, split, splits, warp);
+  GroupedBlock<C> blk;
+  if (!SelectGroupedBlock<HB, C>(&a, hd, &out, &blk)) return;
+  const int g = blk.g, h0 = blk.h0, position = blk.position, fresh = blk.position;
+  const WarpKeys<C>& keys = blk.keys;
   PdlWait();
   PdlTrigger();
   float* qs = sm;                             // [HB][hd]
@@ -734,7 +765,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
   float* wm = pw + kWarps * kGroupedTile * HB;  // [kWarps][HB]
   float* wl = wm + kWarps * HB;               // [kWarps][HB]
   float* wacc = wl + kWarps * HB;             // [kWarps][HB][hd]
-  GroupedStart<HB, C>(a, hd, g, h0, position, x % columns == 0 && split == 0, qs, ks, vs);
+  GroupedStart<HB, C>(a, hd, g, h0, position, blk.appends, qs, ks, vs);
   const int wbegin = keys.begin, wend = keys.end;
   const size_t key_stride = keys.stride;
   const C *k_rows = keys.k_rows, *v_rows = keys.v_rows;
@@ -813,7 +844,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionGroupedKern
     for (int i = 0; i < PL; ++i) wacc[(warp * HB + j) * hd + lane * PL + i] = acc[j][i];
   }
   __syncthreads();
-  GroupedFinish<HB>(a, hd, b, x, h0, split, splits, wm, wl, wacc, out);
+  GroupedFinish<HB>(a, hd, blk.b, blk.x, h0, blk.split, blk.splits, wm, wl, wacc, out);
 }
 
 // The grouped split form on tensor cores (bf16 caches, 8 query heads a block, head_dim HD): the same
@@ -848,15 +879,11 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
   static_assert(HD % 64 == 0, "a quad's pieces cover the row");
   extern __shared__ float4 sm4[];
   float* sm = reinterpret_cast<float*>(sm4);
-  const int group = a.heads / a.kv_heads, columns = group / HB;
-  const int x = blockIdx.x, b = blockIdx.y, split = blockIdx.z;
-  const int g = x / columns, h0 = g * group + (x % columns) * HB;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gr = lane / 4, quad = lane % 4;
-  const int position = SelectDecodeSequence<C>(b, &a, &out);
-  const int length = position + 1, fresh = position;
-  const int splits = GroupedActiveSplits(length, gridDim.z);
-  if (split >= splits) return;  // the whole block: this context needs fewer splits
-  const WarpKeys<C> keys = GroupedWarpKeys<C>(a, HD, g, length, split, splits, warp);
+  GroupedBlock<C> blk;
+  if (!SelectGroupedBlock<HB, C>(&a, HD, &out, &blk)) return;
+  const int g = blk.g, h0 = blk.h0, position = blk.position, fresh = blk.position;
+  const WarpKeys<C>& keys = blk.keys;
   PdlWait();
   PdlTrigger();
   float* qs = sm;                                     // [HB][HD]
@@ -867,7 +894,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
   float* wm = vs + 2 * HD;                            // [kWarps][HB]
   float* wl = wm + kWarps * HB;                       // [kWarps][HB]
   float* wacc = wl + kWarps * HB;                     // [kWarps][HB][HD]
-  GroupedStart<HB, C>(a, HD, g, h0, position, x % columns == 0 && split == 0, qs, ks, vs);
+  GroupedStart<HB, C>(a, HD, g, h0, position, blk.appends, qs, ks, vs);
   for (int d = threadIdx.x; d < HD; d += kGroupedThreads) {
     kb[d] = __float2bfloat16(ks[d]);  // exact: rounded like the cache already
     vb[d] = __float2bfloat16(vs[d]);
@@ -978,7 +1005,7 @@ __global__ void __launch_bounds__(kGroupedThreads, 1) DecodeAttentionMmaKernel(Q
     for (int e = 0; e < 2; ++e) wacc[(warp * HB + gr) * HD + MmaVDim(nt, 2 * quad + e)] = o[nt][e] + o[nt][2 + e];
   }
   __syncthreads();
-  GroupedFinish<HB>(a, HD, b, x, h0, split, splits, wm, wl, wacc, out);
+  GroupedFinish<HB>(a, HD, blk.b, blk.x, h0, blk.split, blk.splits, wm, wl, wacc, out);
 }
 
 template <int HD>
