@@ -26,6 +26,9 @@ class CausalLm {
   virtual absl::Status ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top);
   // Forgets the sequence (caches back to empty).
   virtual void Reset() = 0;
+  // The caller stops stepping for now (the end of a generation): a model that starts work ahead of
+  // the next step (GpuCausalLm's workers) withdraws it.
+  virtual absl::Status Settle() { return absl::OkStatus(); }
   virtual int position() const = 0;
   virtual int max_context() const = 0;
   virtual const ModelConfig& config() const = 0;

@@ -93,6 +93,7 @@ absl::StatusOr<GenerateResult> Generate(CausalLm& model, const std::vector<int32
     }
     RETURN_IF_ERROR(forward(std::span<const int32_t>(&next, 1)));
   }
+  RETURN_IF_ERROR(model.Settle());
   result.decode_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
   return result;
 }

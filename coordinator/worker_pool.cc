@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -303,6 +304,7 @@ absl::Status WorkerPool::Pump(int timeout_ms, std::string_view what, Handler han
 absl::Status WorkerPool::RunMoe(int layer, const float* x, uint32_t tokens, const int32_t* routing,
                                 float* out) {
   if (broken_) return first_error_;
+  RETURN_IF_ERROR(WithdrawGpuStepAhead());  // the workers take messages in order
   const uint64_t h = config_.hidden_size, k = config_.top_k;
   for (uint32_t t0 = 0; t0 < tokens; t0 += options_.max_tokens_per_step) {
     const uint32_t n = std::min(tokens - t0, options_.max_tokens_per_step);
@@ -442,6 +444,19 @@ std::vector<uint64_t> WorkerPool::worker_weight_bytes() const {
 }
 
 void WorkerPool::Stop() {
+  // A step sent ahead holds its workers until its ticks come; without it they could not read the Bye.
+  if (ahead_.has_value()) {
+    absl::Status st = WithdrawGpuStepAhead();
+    if (!st.ok()) std::fprintf(stderr, "pinmoe: stopping the workers: %s\n", std::string(st.message()).c_str());
+  }
+#if PINMOE_WITH_CUDA
+  if (drain_stream_ != nullptr) {
+    cudaStreamDestroy(static_cast<cudaStream_t>(drain_stream_));
+    if (drain_event_ != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(drain_event_));
+    drain_stream_ = nullptr;
+    drain_event_ = nullptr;
+  }
+#endif
   if (router_ != nullptr) {
     proto::Envelope bye = MakeEnvelope();
     bye.mutable_shutdown()->set_reason("coordinator is stopping");
@@ -519,15 +534,33 @@ absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
 
 absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
   if (broken_) return first_error_;
+  RETURN_IF_ERROR(CheckStepTokens(tokens));
+  if (ahead_.has_value() && ahead_->tokens != tokens) RETURN_IF_ERROR(WithdrawGpuStepAhead());
+  if (ahead_.has_value()) {
+    AdoptAhead();  // its Step messages went out during the step before
+  } else {
+    const uint64_t sequence = ++sequence_;
+    ASSIGN_OR_RETURN(std::vector<bool> pending, SendStep(sequence, tokens));
+    step_sequence_ = sequence;
+    step_pending_ = std::move(pending);
+  }
+  const int parity = static_cast<int>(step_sequence_ & 1);
+  step_base_ = ParityBase(parity);
+  step_tokens_ = tokens;
+  return parity;
+}
+
+absl::Status WorkerPool::CheckStepTokens(uint32_t tokens) const {
   if (tokens == 0 || tokens > options_.max_tokens_per_step) {
     return absl::InvalidArgumentError(StrCat("a GPU step of ", tokens, " tokens (at most ",
                                              options_.max_tokens_per_step, ")"));
   }
-  step_sequence_ = ++sequence_;
-  const int parity = static_cast<int>(step_sequence_ & 1);
-  step_base_ = ParityBase(parity);
-  step_tokens_ = tokens;
-  step_pending_.assign(workers_.size(), false);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32_t tokens) {
+  const uint32_t base = ParityBase(static_cast<int>(sequence & 1));
+  std::vector<bool> pending(workers_.size(), false);
   const uint64_t h = config_.hidden_size, k = config_.top_k;
   auto slice = [](proto::Slice* s, uint64_t off, uint64_t len) {
     s->set_buffer_id(kDeviceBuffer);
@@ -537,14 +570,14 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
   for (size_t w = 0; w < workers_.size(); ++w) {
     proto::Envelope env = MakeEnvelope();
     proto::Step* step = env.mutable_step();
-    step->set_sequence(step_sequence_);
+    step->set_sequence(sequence);
     step->set_tokens(tokens);
     step->set_top_k(static_cast<uint32_t>(k));
     for (int l = 0; l < config_.num_layers; ++l) {
       const auto& owners = layer_owners_[l];
       if (std::find(owners.begin(), owners.end(), static_cast<int>(w)) == owners.end()) continue;
       step->add_layers(l);
-      step->add_ticks(step_base_ + 1 + moe_index_[l]);
+      step->add_ticks(base + 1 + moe_index_[l]);
     }
     if (step->layers_size() == 0) continue;
     slice(step->mutable_input(), input_offset_, tokens * h * sizeof(float));
@@ -560,13 +593,70 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
     absl::Status st = router_->Send(workers_[w].identity, env);
     if (!st.ok()) {
       broken_ = true;
-      absl::Status exited = CheckChildren(StrCat("starting step ", step_sequence_));
+      absl::Status exited = CheckChildren(StrCat("starting step ", sequence));
       first_error_ = !exited.ok() ? exited : absl::UnavailableError(StrCat(Describe(workers_[w]), ": ", st.message()));
       return first_error_;
     }
-    step_pending_[w] = true;
+    pending[w] = true;
   }
-  return parity;
+  return pending;
+}
+
+void WorkerPool::AdoptAhead() {
+  step_sequence_ = ahead_->sequence;
+  step_pending_ = std::move(ahead_->pending);
+  ahead_.reset();
+}
+
+absl::Status WorkerPool::SendGpuStepAhead(uint32_t tokens) {
+  if (broken_) return first_error_;
+  RETURN_IF_ERROR(CheckStepTokens(tokens));
+  if (ahead_.has_value() || step_sequence_ != sequence_ || step_sequence_ == 0) {
+    return absl::FailedPreconditionError("a step is sent ahead only while the one before it is the last begun");
+  }
+  const uint64_t sequence = ++sequence_;
+  ASSIGN_OR_RETURN(std::vector<bool> pending, SendStep(sequence, tokens));
+  ahead_ = SentStep{sequence, tokens, std::move(pending)};
+  return absl::OkStatus();
+}
+
+absl::Status WorkerPool::WithdrawGpuStepAhead() {
+  if (!ahead_.has_value()) return absl::OkStatus();
+  if (broken_) {
+    ahead_.reset();
+    return first_error_;
+  }
+  // The workers wait for the step's ticks: hand them over in turn, each until its owners are done with
+  // it. They compute on the buffers' last contents (a step of the same tokens wrote them) into slots
+  // that nobody reads.
+  const uint32_t tokens = ahead_->tokens;
+  AdoptAhead();
+  const int parity = static_cast<int>(step_sequence_ & 1);
+  step_base_ = ParityBase(parity);
+  step_tokens_ = tokens;
+  auto drain = [&]() -> absl::Status {
+    CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
+    if (drain_stream_ == nullptr) {
+      cudaStream_t stream = nullptr;
+      cudaEvent_t event = nullptr;
+      CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      drain_stream_ = stream;
+      CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+      drain_event_ = event;
+    }
+    for (int l = 0; l < config_.num_layers; ++l) {
+      if (moe_index_[l] >= 0) RETURN_IF_ERROR(EnqueueGpuLayer(l, drain_stream_, parity));
+    }
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(static_cast<cudaEvent_t>(drain_event_), static_cast<cudaStream_t>(drain_stream_)));
+    return absl::OkStatus();
+  };
+  absl::Status st = drain();
+  if (!st.ok()) {
+    broken_ = true;
+    first_error_ = absl::InternalError(StrCat("withdrawing step ", step_sequence_, ": ", st.message()));
+    return first_error_;
+  }
+  return FinishGpuStep(drain_event_);
 }
 
 absl::Status WorkerPool::EnqueueGpuLayer(int layer, void* stream, int parity) {
@@ -716,6 +806,8 @@ absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
   return absl::UnimplementedError("this build has no CUDA");
 }
 absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::SendGpuStepAhead(uint32_t) { return absl::UnimplementedError("this build has no CUDA"); }
+absl::Status WorkerPool::WithdrawGpuStepAhead() { return absl::OkStatus(); }  // nothing can have been sent
 absl::Status WorkerPool::EnqueueGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int, int) {
   return absl::UnimplementedError("this build has no CUDA");

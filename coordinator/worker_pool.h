@@ -82,7 +82,21 @@ class WorkerPool : public ExpertBackend {
   // the step's parity. Ticks are the same every other step — parity 0 uses 1..L, parity 1 uses
   // kParityBase + 1..L — so a CUDA graph captured for a parity replays unchanged, and the waits use
   // equality, which a stale value from the previous step can never satisfy.
+  // A step sent ahead (below) of `tokens` tokens becomes this one without a message; one of other
+  // tokens is withdrawn first.
   absl::StatusOr<int> BeginGpuStep(uint32_t tokens);
+  // While the step just begun runs: send the Step of the one after it (the other parity), which each
+  // worker takes up as soon as it has finished this one, so that its layers are enqueued and its first
+  // gate waits on the GPU before the coordinator gets there (decode steps, where the next step is
+  // expected to have as many tokens). A step sent ahead must be begun (BeginGpuStep) or withdrawn
+  // before the coordinator goes idle: the workers wait for its ticks within their step timeout.
+  absl::Status SendGpuStepAhead(uint32_t tokens);
+  // Withdraws a step sent ahead (none: nothing to do), between steps: hands its ticks over in turn on
+  // a stream of the pool's own and waits (bounded) until its workers are done; they compute on the
+  // buffers' last contents into slots nobody reads (the cost of one step's experts). RunMoe and the
+  // pool's shutdown withdraw it themselves.
+  absl::Status WithdrawGpuStepAhead();
+  uint32_t tokens_ahead() const { return ahead_.has_value() ? ahead_->tokens : 0u; }
   // On `stream`, after the layer's input and routing are written: publish the layer's tick, then wait
   // until every worker owning experts of the layer has written it back.
   absl::Status EnqueueGpuLayer(int layer, void* stream, int parity);
@@ -182,6 +196,19 @@ class WorkerPool : public ExpertBackend {
   // layer -> some owner runs on another GPU than the device buffer (its hand-over needs system scope)
   std::vector<bool> layer_cross_gpu_;
   std::vector<bool> step_pending_;
+  // A step whose messages went out ahead of it (SendGpuStepAhead): its workers still owe their Done.
+  struct SentStep {
+    uint64_t sequence = 0;
+    uint32_t tokens = 0;
+    std::vector<bool> pending;
+  };
+  std::optional<SentStep> ahead_;
+  void* drain_stream_ = nullptr;  // cudaStream_t / cudaEvent_t of WithdrawGpuStepAhead
+  void* drain_event_ = nullptr;
+  absl::Status CheckStepTokens(uint32_t tokens) const;
+  // Sends each worker owning experts its Step message; returns which workers got one.
+  absl::StatusOr<std::vector<bool>> SendStep(uint64_t sequence, uint32_t tokens);
+  void AdoptAhead();  // the step sent ahead becomes the current one
   std::vector<Worker> workers_;
   uint64_t sequence_ = 0;
   bool broken_ = false;  // a worker failed; every later step fails fast with the first error

@@ -77,9 +77,14 @@ std::string DescribeAttention(const GpuCausalLm& model) {
     case 0: return StrCat(", attention in ", splits, " split(s) per head");
     case 1: return StrCat(", attention grouped in up to ", splits, " split(s)");
     default:
-      return StrCat(", attention by context (per head in up to ", kAttnShortSplits,
-                    " splits, 1 from batch ", kAttnOneSplitBatch, ", below ",
-                    kAttnGroupedMinPositions, " positions, then grouped in up to ", splits, ")");
+      return StrCat(", attention by context (one sequence: per head in ", kAttnShortSplits, " splits, ",
+                    kAttnMidSplits, " from ", kAttnMidPositions, " positions",
+                    model.config().num_heads <= kAttnWideMaxHeads
+                        ? StrCat(", ", splits, " from ", kAttnWidePositions)
+                        : std::string(),
+                    ", grouped in up to ", splits, " from ", AttnGroupedMinPositions(model.config().head_dim),
+                    "; batches: per head in ", kAttnShortSplits, " splits, 1 from batch ", kAttnOneSplitBatch,
+                    ", grouped from ", kAttnGroupedMinPositions, ")");
   }
 }
 
@@ -219,6 +224,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     sampler = Sampler(sampling);  // every repetition draws the same tokens
     start = std::chrono::steady_clock::now();
     for (int i = 0; i < o.decode_tokens; ++i) RETURN_IF_ERROR(decode_step());
+    RETURN_IF_ERROR(model->Settle());  // with workers, the step sent ahead of the last: a request's end pays it
     best_decode = std::min(best_decode, Seconds(start) / o.decode_tokens);
   }
   std::string card;
@@ -271,6 +277,7 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
       ASSIGN_OR_RETURN(std::vector<WorkerPool::LayerTimes> times, pool->GpuStepTimeline());
       steps.insert(steps.end(), times.begin(), times.end());
     }
+    RETURN_IF_ERROR(model->Settle());
     out << HandOverTable(steps, std::move(wall_us));
   }
   return absl::OkStatus();

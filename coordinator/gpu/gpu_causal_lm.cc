@@ -107,6 +107,8 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   attn_grouped_mode_ = AttnGroupedMode(c);
   attn_tensor_cores_ = EnvInt("PINMOE_ATTN_TENSOR_CORES", 1) != 0;
   attn_prefetch_ = EnvInt("PINMOE_ATTN_PREFETCH", 1) != 0;
+  step_ahead_ = EnvInt("PINMOE_STEP_AHEAD", 0) != 0;
+  router_cluster_ = EnvInt("PINMOE_ROUTER_CLUSTER", 1) != 0;
   if (attn_splits_ >= 1) {
     RETURN_IF_ERROR(Alloc(AttnSplitPartialFloats(static_cast<int>(batch), c.num_heads, c.head_dim, attn_splits_),
                           &attn_partials_));
@@ -197,11 +199,16 @@ absl::Status GpuCausalLm::Submit(std::span<const int32_t> ids, int batch, Output
   // The decode attention's form for this step, by the longest context it attends.
   int longest = 0;
   for (int b = 0; b < batch; ++b) longest = std::max(longest, (batch > 1 ? positions_[b] : positions_[seq_]) + 1);
-  step_attn_ = PickAttentionForm(attn_splits_, attn_grouped_mode_, longest, batch);
+  step_attn_ =
+      PickAttentionForm(attn_splits_, attn_grouped_mode_, longest, batch, config_.num_heads, config_.head_dim);
   const absl::Status st = Launch(n, output, want_output, variant);
   batch_ = 1;
   RETURN_IF_ERROR(st);
   CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));
+  // A decode step is most likely followed by another of as many tokens: its experts may learn of that
+  // one now, while this one runs (a prefill's next step has other tokens). Off by default: on the H200
+  // it took the workers' first-layer wait away but the step was no shorter (bench/NOTES.md).
+  if (step_ahead_ && (n == 1 || batch > 1)) RETURN_IF_ERROR(experts_->SendAhead(static_cast<uint32_t>(n)));
   return experts_->FinishStep(step_done_);
 }
 
@@ -238,9 +245,10 @@ absl::Status GpuCausalLm::Launch(int n, Output output, bool want_output, int var
   if (!decode || !want_output || !options_.graphs || variant >= experts_->graph_variants()) {
     return EnqueueStep(n, output, want_output, variant);
   }
-  // The graph bakes in the sequence's cache and state addresses (and the top-k's k): one per each.
+  // The graph bakes in the sequence's cache and state addresses, the top-k's k and the attention's form:
+  // one per each.
   const GraphKey key{variant, static_cast<int>(output), batch_ > 1 ? -1 : seq_, batch_,
-                     output == Output::kTopK ? top_k_ : 0, step_attn_.grouped};
+                     output == Output::kTopK ? top_k_ : 0, step_attn_.grouped, step_attn_.splits};
   cudaGraphExec_t& exec = graphs_[key];
   if (exec == nullptr) {
     CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));

@@ -68,6 +68,8 @@ class GpuCausalLm : public CausalLm {
   absl::Status ForwardTopK(std::span<const int32_t> ids, int k, std::vector<Candidate>* top) override;
   // Forgets every sequence (caches back to empty) and selects sequence 0.
   void Reset() override;
+  // Withdraws the step that a decode step's experts were sent ahead for (GpuExperts::SendAhead).
+  absl::Status Settle() override { return experts_ != nullptr ? experts_->Settle() : absl::OkStatus(); }
   int position() const override { return positions_[seq_]; }
   // Which sequence Forward, ForwardGreedy and ForwardTopK extend: 0 <= s < max_batch().
   absl::Status SelectSequence(int s);
@@ -183,6 +185,9 @@ class GpuCausalLm : public CausalLm {
   int attn_grouped_mode_ = 0;
   bool attn_tensor_cores_ = true;  // PINMOE_ATTN_TENSOR_CORES
   bool attn_prefetch_ = true;      // PINMOE_ATTN_PREFETCH
+  bool router_cluster_ = true;     // PINMOE_ROUTER_CLUSTER (GemvTopK::one_cluster)
+  // A decode step sends its experts the next step ahead (GpuExperts::SendAhead): PINMOE_STEP_AHEAD=1.
+  bool step_ahead_ = false;
   // This step's form, chosen in Submit (the decode graphs are keyed by it).
   AttentionForm step_attn_;
   float* attn_partials_ = nullptr;
@@ -193,9 +198,10 @@ class GpuCausalLm : public CausalLm {
   struct GraphKey {
     int variant, output, seq, batch, top_k;
     bool grouped_attention;
+    int attention_splits;  // the form's grid follows them
     bool operator<(const GraphKey& o) const {
-      return std::tie(variant, output, seq, batch, top_k, grouped_attention) <
-             std::tie(o.variant, o.output, o.seq, o.batch, o.top_k, o.grouped_attention);
+      return std::tie(variant, output, seq, batch, top_k, grouped_attention, attention_splits) <
+             std::tie(o.variant, o.output, o.seq, o.batch, o.top_k, o.grouped_attention, o.attention_splits);
     }
   };
   std::map<GraphKey, cudaGraphExec_t> graphs_;
@@ -213,8 +219,8 @@ absl::Status GpuCausalLm::EnqueueRoutedMoe(int layer, const DeviceMatrix& router
   const GpuExperts::Buffers moe = experts_->buffers();
   const float eps = static_cast<float>(config_.rms_norm_eps);
   ASSIGN_OR_RETURN(const GpuExperts::RouterStores stores, experts_->InputsReady(layer, variant));
-  const GemvTopK topk{config_.top_k,        config_.norm_topk_prob, moe.routing, route_weights_,
-                      router_blocks_done_,  stores.ready,           stores.soon};
+  const GemvTopK topk{config_.top_k,       config_.norm_topk_prob, moe.routing, route_weights_,
+                      router_blocks_done_, stores.ready,           stores.soon, router_cluster_};
   RETURN_IF_ERROR(linear_->RunRouter(router, x_, GemvNorm{post_norm, eps, moe.input}, n, router_logits_, topk));
   RETURN_IF_ERROR(experts_->StartLayer(layer, static_cast<uint32_t>(n), stream_, variant));
   RETURN_IF_ERROR(between());

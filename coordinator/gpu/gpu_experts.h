@@ -60,6 +60,12 @@ class GpuExperts {
   virtual absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) { return absl::OkStatus(); }
   // Waits (bounded) for `done`, recorded on the model's stream after the step's last use of the buffers.
   virtual absl::Status FinishStep(cudaEvent_t done) = 0;
+  // After a step's work is enqueued, before FinishStep: the next step is expected to have `tokens`
+  // tokens (a decode loop), so a backend whose workers learn of a step from a message may send it now;
+  // BeginStep then takes it up, or withdraws it first for other tokens. Settle withdraws what was sent
+  // ahead: the model calls it when it stops stepping (WorkerPool::SendGpuStepAhead says why it must).
+  virtual absl::Status SendAhead(uint32_t tokens) { return absl::OkStatus(); }
+  virtual absl::Status Settle() { return absl::OkStatus(); }
 };
 
 class DeviceExperts : public GpuExperts {
@@ -108,6 +114,8 @@ class PooledGpuExperts : public GpuExperts {
     return pool_->AwaitGpuLayer(layer, stream, variant);
   }
   absl::Status FinishStep(cudaEvent_t done) override { return pool_->FinishGpuStep(done); }
+  absl::Status SendAhead(uint32_t tokens) override { return pool_->SendGpuStepAhead(tokens); }
+  absl::Status Settle() override { return pool_->WithdrawGpuStepAhead(); }
 
  private:
   WorkerPool* pool_ = nullptr;

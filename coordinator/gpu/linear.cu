@@ -1,5 +1,7 @@
 #include "coordinator/gpu/linear.h"
 
+#include <cooperative_groups.h>
+
 #include "coordinator/gpu/route_topk.cuh"
 #include "worker/gpu/counter_store.cuh"
 #include "worker/gpu/pdl.cuh"
@@ -16,6 +18,57 @@ constexpr unsigned int kBlockStarted = 1u << 16;  // a router block's start in i
 
 static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_topk.cuh disagree");
 
+// kNorm's start (GemvKernel, RouterClusterKernel), by the whole block: xs[t, cols] = x * norm weight in
+// shared memory, x^2 summed on the way; returns the per-token 1/rms (shared memory, [T]), which the
+// finished sums are scaled by. Block 0 also writes the normalised rows to normed_out when it is set (the
+// experts' input), as weight * (x * 1/rms), the order the CPU path uses.
+template <int T>
+__device__ const float* StageNormed(const float* __restrict__ x, const float* __restrict__ nw, int cols, int tokens,
+                                    float eps, float* __restrict__ normed_out, float* xs) {
+  __shared__ float part[kRowWarps][T];
+  __shared__ float scale[T];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  float ss[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) ss[t] = 0.f;
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    if (t >= tokens) break;
+    for (int i = threadIdx.x * 4; i < cols; i += blockDim.x * 4) {
+      const float4 xv = *reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * cols + i);
+      const float4 wv = __ldg(reinterpret_cast<const float4*>(nw + i));
+      ss[t] = fmaf(xv.x, xv.x, ss[t]);
+      ss[t] = fmaf(xv.y, xv.y, ss[t]);
+      ss[t] = fmaf(xv.z, xv.z, ss[t]);
+      ss[t] = fmaf(xv.w, xv.w, ss[t]);
+      *reinterpret_cast<float4*>(xs + static_cast<size_t>(t) * cols + i) =
+          make_float4(xv.x * wv.x, xv.y * wv.y, xv.z * wv.z, xv.w * wv.w);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
+    if (lane == 0) part[warp][t] = ss[t];
+  }
+  __syncthreads();
+  if (threadIdx.x < T) {
+    float total = 0.f;
+    for (int k = 0; k < warps; ++k) total += part[k][threadIdx.x];
+    scale[threadIdx.x] = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
+  }
+  __syncthreads();
+  if (blockIdx.x == 0 && normed_out != nullptr) {
+    for (int t = 0; t < tokens; ++t) {
+      const float inv = scale[t];
+      for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const size_t at = static_cast<size_t>(t) * cols + i;
+        normed_out[at] = nw[i] * (x[at] * inv);
+      }
+    }
+  }
+  return scale;
+}
+
 // y[t, rows] (=|+=) x[t, cols] . W^T for up to T tokens. Each block takes kGroupRows rows at a time; its
 // threads split the columns 16 bytes each, so every thread keeps kGroupRows weight loads in flight, and
 // the partial sums meet in shared memory in a fixed order (results do not depend on the grid). The grid
@@ -23,10 +76,9 @@ static_assert(kGemvRouterMaxExperts == kRouteMaxExperts, "linear.h and route_top
 // before computing the current one: no second wave, no block launches in the middle of the stream. This
 // layout read 21 MB of weights at ~3 TB/s where one warp per row managed ~1.9 (bench/gpu_gemv_l2_bench).
 //
-// With kNorm the block first stages x * norm_weight in shared memory and sums x^2 on the way; the
-// 1/rms scale is applied to the finished sums (a per-token factor), so no step waits on the reduction
-// before the products start. Block 0 also writes the normalised rows to normed_out when it is set (the
-// experts' input), as weight * (x * 1/rms), the order the CPU path uses.
+// With kNorm the block first stages x * norm_weight in shared memory (StageNormed); the 1/rms scale is
+// applied to the finished sums (a per-token factor), so no step waits on the reduction before the
+// products start.
 template <typename W, int T, bool kNorm, bool kTopK>
 __global__ void __launch_bounds__(kRowThreads)
     GemvKernel(const W* __restrict__ w, const float* __restrict__ x, int rows, int cols, int tokens,
@@ -36,7 +88,6 @@ __global__ void __launch_bounds__(kRowThreads)
   constexpr int R = kGroupRows;
   extern __shared__ float xs[];  // kNorm: [tokens, cols] of x * norm weight
   __shared__ float red[kRowWarps][R * T];
-  __shared__ float scale[T];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int chunks = cols / kElems, groups = (rows + R - 1) / R;
   int g = blockIdx.x;
@@ -61,46 +112,8 @@ __global__ void __launch_bounds__(kRowThreads)
       StoreCounter(topk.soon, StoreOrder::kRelaxed);
     }
   }
-  if constexpr (kNorm) {
-    float ss[T];
-#pragma unroll
-    for (int t = 0; t < T; ++t) ss[t] = 0.f;
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      if (t >= tokens) break;
-      for (int i = threadIdx.x * 4; i < cols; i += blockDim.x * 4) {
-        const float4 xv = *reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * cols + i);
-        const float4 wv = __ldg(reinterpret_cast<const float4*>(nw + i));
-        ss[t] = fmaf(xv.x, xv.x, ss[t]);
-        ss[t] = fmaf(xv.y, xv.y, ss[t]);
-        ss[t] = fmaf(xv.z, xv.z, ss[t]);
-        ss[t] = fmaf(xv.w, xv.w, ss[t]);
-        *reinterpret_cast<float4*>(xs + static_cast<size_t>(t) * cols + i) =
-            make_float4(xv.x * wv.x, xv.y * wv.y, xv.z * wv.z, xv.w * wv.w);
-      }
-    }
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
-      if (lane == 0) red[warp][t] = ss[t];
-    }
-    __syncthreads();
-    if (threadIdx.x < T) {
-      float total = 0.f;
-      for (int k = 0; k < warps; ++k) total += red[k][threadIdx.x];
-      scale[threadIdx.x] = 1.0f / sqrtf(total / static_cast<float>(cols) + eps);
-    }
-    __syncthreads();
-    if (blockIdx.x == 0 && normed_out != nullptr) {
-      for (int t = 0; t < tokens; ++t) {
-        const float inv = scale[t];
-        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-          const size_t at = static_cast<size_t>(t) * cols + i;
-          normed_out[at] = nw[i] * (x[at] * inv);
-        }
-      }
-    }
-  }
+  const float* scale = nullptr;
+  if constexpr (kNorm) scale = StageNormed<T>(x, nw, cols, tokens, eps, normed_out, xs);
   const float* xsrc = kNorm ? xs : x;
   while (g < groups) {
     float acc[R][T];
@@ -173,6 +186,92 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
+// The router for one token on one cluster of kRouterCluster blocks (GemvTopK::one_cluster): block b
+// takes experts [b R, b R + R) whole, every weight load requested before the wait for the earlier
+// kernels, and writes its logits into block 0's shared memory as well as to y; after a cluster barrier
+// block 0 routes from there. The sums are GemvKernel's, in its order, so the logits are the same bits.
+constexpr int kRouterCluster = 8;
+
+template <typename W>
+__global__ void __launch_bounds__(kRowThreads)
+    RouterClusterKernel(const W* __restrict__ w, const float* __restrict__ x, int rows, int cols, float* __restrict__ y,
+                        const float* __restrict__ nw, float eps, float* __restrict__ normed_out, GemvTopK topk) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kElems = 16 / sizeof(W), R = kClusterRouterExperts / kRouterCluster;
+  extern __shared__ float xs[];  // [cols] of x * norm weight
+  __shared__ float red[kRowWarps][R];
+  __shared__ float logits[kClusterRouterExperts];  // block 0's: every block's experts
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int chunks = cols / kElems, r0 = blockIdx.x * R;
+  uint4 v[R];
+  auto load = [&](int c) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int row = min(r0 + r, rows - 1);  // rows past the end read the last again; dropped
+      v[r] = __ldg(reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * cols) + c);
+    }
+  };
+  if (threadIdx.x < chunks) load(threadIdx.x);
+  // This block has started, so the others may write into block 0's shared memory once they wait.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  PdlWait();
+  PdlTrigger();
+  if (blockIdx.x == 0 && threadIdx.x == 0 && topk.soon.counter != nullptr) StoreCounter(topk.soon, StoreOrder::kRelaxed);
+  const float* scale = StageNormed<1>(x, nw, cols, 1, eps, normed_out, xs);
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] += Dot16(v[r], xs + c * kElems, W());
+    if (c + static_cast<int>(blockDim.x) < chunks) load(c + blockDim.x);
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float s = acc[r];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) red[warp][r] = s;
+  }
+  __syncthreads();
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  float* leader = cooperative_groups::this_cluster().map_shared_rank(logits, 0);
+  if (threadIdx.x < R && r0 + static_cast<int>(threadIdx.x) < rows) {
+    float s = 0.f;
+    for (int k = 0; k < warps; ++k) s += red[k][threadIdx.x];
+    s *= scale[0];
+    y[r0 + threadIdx.x] = s;
+    leader[r0 + threadIdx.x] = s;
+  }
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (blockIdx.x != 0) return;
+  if (warp == 0) {
+    WarpRouteTopKOf<kClusterRouterExperts / 32, false>(logits, rows, topk.top_k, topk.norm, topk.ids, topk.weights);
+  }
+  if (topk.ready.counter != nullptr) {
+    FenceForStore(topk.ready);  // the routing and block 0's normalised rows
+    __syncthreads();
+    if (threadIdx.x == 0) StoreCounter(topk.ready);
+  }
+#endif
+}
+
+template <typename W>
+cudaError_t LaunchRouterCluster(const DeviceMatrix& m, const float* x, float* y, const GemvNorm& norm,
+                                const GemvTopK& topk, cudaStream_t stream) {
+  constexpr int kElems = 16 / sizeof(W);
+  const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
+  const size_t smem = static_cast<size_t>(cols) * sizeof(float);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(RouterClusterKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  return LaunchPdlClustered(kRouterCluster, RouterClusterKernel<W>, dim3(kRouterCluster),
+                            dim3(RowThreads(cols / kElems)), smem, stream, static_cast<const W*>(m.data), x, rows,
+                            cols, y, norm.weight, norm.eps, norm.normed_out, topk);
+}
+
 template <typename W, int T, bool kNorm, bool kTopK>
 cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc,
                               const GemvNorm* norm, const GemvTopK* topk, cudaStream_t stream) {
@@ -231,6 +330,10 @@ cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float*
   if (topk != nullptr && (norm == nullptr || w.rows > kGemvRouterMaxExperts || topk->top_k > w.rows ||
                           topk->blocks_done == nullptr || accumulate)) {
     return cudaErrorInvalidValue;
+  }
+  if (topk != nullptr && topk->one_cluster && tokens == 1 && w.rows <= kClusterRouterExperts && ClustersSupported()) {
+    return w.bf16 ? LaunchRouterCluster<__nv_bfloat16>(w, x, y, *norm, *topk, stream)
+                  : LaunchRouterCluster<float>(w, x, y, *norm, *topk, stream);
   }
   return w.bf16 ? LaunchGemvTyped<__nv_bfloat16>(w, x, tokens, y, accumulate, norm, topk, stream)
                 : LaunchGemvTyped<float>(w, x, tokens, y, accumulate, norm, topk, stream);

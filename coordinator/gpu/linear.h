@@ -46,6 +46,12 @@ struct GemvNorm {
 // to start (after the wait for the earlier kernels) stores it: the workers may then let their expert
 // kernels in, which wait for `ready` themselves (every router block is resident by then, so the
 // experts' blocks take only the slots left over).
+//
+// one_cluster: where it serves (sm_90 and later, one token, at most kClusterRouterExperts experts), the
+// router runs as one cluster of thread blocks instead (RouterClusterKernel, linear.cu): each block's
+// logits go straight into the first block's shared memory, and that block routes after a cluster
+// barrier, with no round trips through L2 to learn that it is the last. The same sums in the same
+// order: the same logits, bit for bit.
 struct GemvTopK {
   int top_k = 0;
   bool norm = false;  // renormalise the picked probabilities
@@ -54,7 +60,9 @@ struct GemvTopK {
   unsigned int* blocks_done = nullptr;
   CounterStore ready;
   CounterStore soon;
+  bool one_cluster = true;
 };
+constexpr int kClusterRouterExperts = 128;
 
 // The GEMV kernel alone (tokens <= kGemvMaxTokens); cols a multiple of 8; `norm` may be null; `topk`
 // (optional) needs `norm`.

@@ -16,7 +16,9 @@ constexpr int kRouteMaxExperts = 32 * kTopKPerLane;
 // probabilities' bits, which order like the values: they are >= 0) and one warp min over the indices
 // that hold it, not a butterfly of five dependent (value, index) shuffle pairs; P is the fewest that
 // cover the experts (4 for 128), so a lane's loops skip the 12 of 16 slots that hold no expert.
-template <int P>
+// kGlobal: `logits` in global memory, possibly written by other blocks of the grid (read through L2,
+// ld.cg); else in shared memory.
+template <int P, bool kGlobal = true>
 __device__ __forceinline__ void WarpRouteTopKOf(const float* logits, int num_experts, int top_k, bool norm,
                                                 int32_t* ids, float* weights) {
   const int lane = threadIdx.x % 32;
@@ -25,7 +27,7 @@ __device__ __forceinline__ void WarpRouteTopKOf(const float* logits, int num_exp
 #pragma unroll
   for (int j = 0; j < P; ++j) {
     const int e = j * 32 + lane;
-    p[j] = e < num_experts ? __ldcg(logits + e) : -FLT_MAX;
+    p[j] = e >= num_experts ? -FLT_MAX : kGlobal ? __ldcg(logits + e) : logits[e];
     mx = fmaxf(mx, p[j]);
   }
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));

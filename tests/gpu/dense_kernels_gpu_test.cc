@@ -462,12 +462,25 @@ TEST(DenseKernelsGpu, LinearGemvAndCublas) {
 
 // The router GEMV with the norm and the softmax top-k fused (decode batches), twice in a row (its block
 // counter must reset itself), against RmsNorm, the plain product and RouteTopK on the CPU; each call
-// also stores a ready counter (GPU scope, then system scope) once the routing is written.
+// also stores a ready counter (GPU scope, then system scope) once the routing is written. One-token
+// routers of up to 128 experts run as one cluster of blocks (GemvTopK::one_cluster) on sm_90 and later:
+// those shapes run in both forms, whose logits must then agree bit for bit. Weights in fp32 and bf16 (the
+// reference uses the bf16 values), Qwen3-30B-A3B's router (128 x 2048) among the shapes.
 TEST(DenseKernelsGpu, FusedRouterTopK) {
-  for (auto [experts, k, tokens, norm] : {std::tuple{128, 8, 1, true}, std::tuple{512, 10, 3, true},
-                                          std::tuple{6, 2, 8, false}}) {
-    const int cols = 256;
+  int major = 0;
+  ASSERT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  struct Shape {
+    int experts, k, tokens, cols;
+    bool norm, bf16;
+  };
+  for (const Shape& sh : {Shape{128, 8, 1, 256, true, false}, Shape{512, 10, 3, 256, true, false},
+                          Shape{6, 2, 8, 256, false, false}, Shape{128, 8, 1, 2048, true, true},
+                          Shape{100, 4, 1, 512, false, true}, Shape{128, 8, 2, 2048, true, true}}) {
+    const int experts = sh.experts, k = sh.k, tokens = sh.tokens, cols = sh.cols;
+    SCOPED_TRACE(::testing::Message() << experts << " experts, " << cols << " columns, " << tokens << " tokens"
+                                      << (sh.bf16 ? ", bf16" : ", fp32"));
     auto w = Random(static_cast<size_t>(experts) * cols, experts, 0.3f), x = Random(static_cast<size_t>(tokens) * cols, 5);
+    if (sh.bf16) w = RoundToBf16(w);
     auto nw = Random(cols, 6);
     std::vector<float> xn(x.size()), logits(static_cast<size_t>(tokens) * experts);
     RmsNorm(x.data(), nw.data(), xn.data(), tokens, cols, 1e-6f);
@@ -475,28 +488,46 @@ TEST(DenseKernelsGpu, FusedRouterTopK) {
     std::vector<int32_t> ref_ids(tokens * k);
     std::vector<float> ref_w(tokens * k);
     for (int t = 0; t < tokens; ++t) {
-      RouteTopK(logits.data() + t * experts, experts, k, norm, ref_ids.data() + t * k, ref_w.data() + t * k);
+      RouteTopK(logits.data() + t * experts, experts, k, sh.norm, ref_ids.data() + t * k, ref_w.data() + t * k);
     }
-    Dev dw(w), dx(x), dnw(nw), dy(logits.size() * 4), di(tokens * k * 4), dwt(tokens * k * 4), counter(4),
-        ready(4), soon(4);
+    const std::vector<uint16_t> wb = ToBf16Bits(w);
+    Dev dw(w.size() * (sh.bf16 ? 2 : 4)), dx(x), dnw(nw), dy(logits.size() * 4), di(tokens * k * 4),
+        dwt(tokens * k * 4), counter(4), ready(4), soon(4);
+    ASSERT_CUDA(cudaMemcpy(dw.p, sh.bf16 ? static_cast<const void*>(wb.data()) : w.data(), dw.bytes,
+                           cudaMemcpyHostToDevice));
     ASSERT_CUDA(cudaMemset(counter.p, 0, 4));
     ASSERT_CUDA(cudaMemset(ready.p, 0, 4));
     ASSERT_CUDA(cudaMemset(soon.p, 0, 4));
-    DeviceMatrix m{dw.p, false, experts, cols};
+    DeviceMatrix m{dw.p, sh.bf16, experts, cols};
     GemvNorm gn{dnw.as<float>(), 1e-6f, nullptr};
-    GemvTopK topk{k, norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>(), {}, {}};
-    for (int call = 0; call < 2; ++call) {
-      topk.ready = CounterStore{ready.as<uint32_t>(), 77u + call, call == 1};
-      // The second call also stores `soon` as its last block starts (the early hand-over).
-      if (call == 1) topk.soon = CounterStore{soon.as<uint32_t>(), 55u, false};
-      ASSERT_CUDA(LaunchGemv(m, dx.as<float>(), tokens, dy.as<float>(), false, &gn, nullptr, &topk));
-      ASSERT_CUDA(cudaDeviceSynchronize());
-      EXPECT_EQ(ready.get<uint32_t>()[0], 77u + call);
-      EXPECT_EQ(soon.get<uint32_t>()[0], call == 1 ? 55u : 0u);
-      EXPECT_EQ(di.get<int32_t>(), ref_ids) << experts << " experts, call " << call;
-      auto got = dwt.get<float>();
-      for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], ref_w[i], 2e-5f) << i;
-      EXPECT_EQ(counter.get<uint32_t>()[0], 0u);
+    const bool clustered = major >= 9 && tokens == 1 && experts <= kClusterRouterExperts;
+    std::vector<std::vector<float>> form_logits;
+    for (const bool one_cluster : {false, true}) {
+      if (one_cluster && !clustered) continue;
+      GemvTopK topk{k, sh.norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>(), {}, {}, one_cluster};
+      ASSERT_CUDA(cudaMemset(di.p, 0xff, di.bytes));
+      for (int call = 0; call < 2; ++call) {
+        SCOPED_TRACE(::testing::Message() << (one_cluster ? "one cluster" : "blocks and a counter") << ", call " << call);
+        topk.ready = CounterStore{ready.as<uint32_t>(), 77u + call + (one_cluster ? 10u : 0u), call == 1};
+        // The second call also stores `soon` once every block has started (the early hand-over).
+        topk.soon = call == 1 ? CounterStore{soon.as<uint32_t>(), 55u, false} : CounterStore();
+        ASSERT_CUDA(cudaMemset(soon.p, 0, 4));
+        ASSERT_CUDA(LaunchGemv(m, dx.as<float>(), tokens, dy.as<float>(), false, &gn, nullptr, &topk));
+        ASSERT_CUDA(cudaDeviceSynchronize());
+        EXPECT_EQ(ready.get<uint32_t>()[0], 77u + call + (one_cluster ? 10u : 0u));
+        EXPECT_EQ(soon.get<uint32_t>()[0], call == 1 ? 55u : 0u);
+        EXPECT_EQ(di.get<int32_t>(), ref_ids);
+        auto got = dwt.get<float>();
+        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], ref_w[i], 2e-5f) << i;
+        auto y = dy.get<float>();
+        for (size_t i = 0; i < y.size(); ++i) ASSERT_NEAR(y[i], logits[i], 1e-4f * (1 + std::fabs(logits[i]))) << i;
+        EXPECT_EQ(counter.get<uint32_t>()[0], 0u);
+      }
+      form_logits.push_back(dy.get<float>());
+    }
+    if (form_logits.size() == 2) {
+      EXPECT_EQ(0, std::memcmp(form_logits[0].data(), form_logits[1].data(), form_logits[0].size() * 4))
+          << "the two forms' logits differ";
     }
   }
 }

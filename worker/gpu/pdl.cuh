@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <utility>
 
 namespace pinmoe {
 
@@ -44,22 +45,50 @@ inline bool PdlSupported() {
   return supported;
 }
 
+// Whether the GPU launches thread-block clusters (sm_90 and later).
+inline bool ClustersSupported() {
+  static const bool supported = [] {
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return supported;
+}
+
+// LaunchPdl with the grid in clusters of `cluster` blocks along x (0: no clusters; then
+// ClustersSupported() need not hold).
 template <typename... KernelArgs, typename... Args>
-cudaError_t LaunchPdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                      Args&&... args) {
+cudaError_t LaunchPdlClustered(int cluster, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attribute[2];
+  unsigned int n = 0;
+  if (PdlSupported()) {
+    attribute[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 0) {
+    attribute[n].id = cudaLaunchAttributeClusterDimension;
+    attribute[n].val.clusterDim.x = static_cast<unsigned int>(cluster);
+    attribute[n].val.clusterDim.y = 1;
+    attribute[n++].val.clusterDim.z = 1;
+  }
   config.attrs = attribute;
-  config.numAttrs = PdlSupported() ? 1 : 0;
+  config.numAttrs = n;
   cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...);
   if (err != cudaSuccess) return err;
   return cudaGetLastError();
+}
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t LaunchPdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args&&... args) {
+  return LaunchPdlClustered(0, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace pinmoe
