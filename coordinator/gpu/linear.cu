@@ -272,6 +272,38 @@ cudaError_t LaunchRouterCluster(const DeviceMatrix& m, const float* x, float* y,
                             cols, y, norm.weight, norm.eps, norm.normed_out, topk);
 }
 
+// Whether this GPU can hold one such cluster at all (a partition with fewer SMs to a GPC, say); asked
+// once per row width.
+template <typename W>
+bool RouterClusterFits(int cols) {
+  static int asked_cols = -1;
+  static bool fits = false;
+  if (cols == asked_cols) return fits;
+  constexpr int kElems = 16 / sizeof(W);
+  const size_t smem = static_cast<size_t>(cols) * sizeof(float);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(kRouterCluster);
+  config.blockDim = dim3(RowThreads(cols / kElems));
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = kRouterCluster;
+  attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  cudaError_t err = cudaSuccess;
+  if (smem > 48 * 1024) {
+    err = cudaFuncSetAttribute(RouterClusterKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
+  }
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&clusters, RouterClusterKernel<W>, &config);
+  if (err != cudaSuccess) cudaGetLastError();  // not sticky: take the other form
+  asked_cols = cols;
+  fits = err == cudaSuccess && clusters > 0;
+  return fits;
+}
+
 template <typename W, int T, bool kNorm, bool kTopK>
 cudaError_t LaunchGemvVariant(const DeviceMatrix& m, const float* x, int tokens, float* y, bool acc,
                               const GemvNorm* norm, const GemvTopK* topk, cudaStream_t stream) {
@@ -322,6 +354,13 @@ __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* y) {
 
 }  // namespace
 
+bool RouterRunsOnOneCluster(const DeviceMatrix& w, int tokens, const GemvTopK* topk) {
+  return topk != nullptr && topk->one_cluster && tokens == 1 && w.rows <= kClusterRouterExperts &&
+         ClustersSupported() &&
+         (w.bf16 ? RouterClusterFits<__nv_bfloat16>(static_cast<int>(w.cols))
+                 : RouterClusterFits<float>(static_cast<int>(w.cols)));
+}
+
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
                        const GemvNorm* norm, cudaStream_t stream, const GemvTopK* topk) {
   if (tokens <= 0 || tokens > kGemvMaxTokens || w.rows <= 0 || w.rows > INT32_MAX || w.cols % 8 != 0) {
@@ -331,7 +370,7 @@ cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float*
                           topk->blocks_done == nullptr || accumulate)) {
     return cudaErrorInvalidValue;
   }
-  if (topk != nullptr && topk->one_cluster && tokens == 1 && w.rows <= kClusterRouterExperts && ClustersSupported()) {
+  if (RouterRunsOnOneCluster(w, tokens, topk)) {
     return w.bf16 ? LaunchRouterCluster<__nv_bfloat16>(w, x, y, *norm, *topk, stream)
                   : LaunchRouterCluster<float>(w, x, y, *norm, *topk, stream);
   }

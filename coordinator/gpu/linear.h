@@ -68,6 +68,9 @@ constexpr int kClusterRouterExperts = 128;
 // (optional) needs `norm`.
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
                        const GemvNorm* norm, cudaStream_t stream, const GemvTopK* topk = nullptr);
+// Whether LaunchGemv runs that router as one cluster (GemvTopK::one_cluster): asked for, one token, at
+// most kClusterRouterExperts experts, and a GPU that launches and can hold such a cluster.
+bool RouterRunsOnOneCluster(const DeviceMatrix& w, int tokens, const GemvTopK* topk);
 
 // y = x rounded to bf16, n elements.
 cudaError_t LaunchToBf16(const float* x, size_t n, __nv_bfloat16* y, cudaStream_t stream);

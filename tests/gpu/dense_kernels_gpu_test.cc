@@ -505,6 +505,8 @@ TEST(DenseKernelsGpu, FusedRouterTopK) {
     for (const bool one_cluster : {false, true}) {
       if (one_cluster && !clustered) continue;
       GemvTopK topk{k, sh.norm, di.as<int32_t>(), dwt.as<float>(), counter.as<unsigned int>(), {}, {}, one_cluster};
+      // On sm_90 and later the cluster form must really run where it serves (not fall back unseen).
+      EXPECT_EQ(RouterRunsOnOneCluster(m, tokens, &topk), one_cluster);
       ASSERT_CUDA(cudaMemset(di.p, 0xff, di.bytes));
       for (int call = 0; call < 2; ++call) {
         SCOPED_TRACE(::testing::Message() << (one_cluster ? "one cluster" : "blocks and a counter") << ", call " << call);
