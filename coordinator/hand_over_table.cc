@@ -7,7 +7,8 @@
 
 namespace pinmoe {
 
-std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std::vector<double> step_wall_us) {
+std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std::vector<double> step_wall_us,
+                          const std::vector<HostStepTimes>& host) {
   std::vector<double> to_workers, first_to_workers, experts, to_coordinator, dense, period, boundary, span;
   uint64_t step_first_tick = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -52,6 +53,19 @@ std::string HandOverTable(const std::vector<WorkerPool::LayerTimes>& steps, std:
   row("a step's first tick -> its last layer's coordinator gate open", span);
   row("step boundary: that gate -> the next step's first tick", boundary);
   row("decode step, host wall clock", std::move(step_wall_us));
+  // The host's part of the step boundary: waiting for the GPU, then for the workers' Done messages, then
+  // its own turnaround until the next step's graph is launched.
+  std::vector<double> gpu_wait, done_wait, turnaround;
+  for (size_t i = 0; i < host.size(); ++i) {
+    gpu_wait.push_back(host[i].event_seen_us - host[i].launched_us);
+    done_wait.push_back(host[i].returned_us - host[i].event_seen_us);
+    if (i + 1 < host.size()) turnaround.push_back(host[i + 1].launched_us - host[i].returned_us);
+  }
+  if (!host.empty()) {
+    row("host: graph launched -> the step's event seen", std::move(gpu_wait));
+    row("host: event seen -> every worker's Done in", std::move(done_wait));
+    row("host: step returned -> the next step's graph launched", std::move(turnaround));
+  }
   table += "  the first steps' spans in order (µs):";
   for (size_t i = 0; i < span.size() && i < 16; ++i) table += absl::StrFormat(" %.0f", span[i]);
   table += "\n";

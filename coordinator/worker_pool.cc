@@ -724,9 +724,11 @@ absl::Status WorkerPool::FinishGpuStep(void* event) {
   absl::Status st = WaitForEvent(static_cast<cudaEvent_t>(event),
                                  std::chrono::milliseconds(options_.step_timeout_ms), what, poll);
   if (st.ok()) {
+    const auto event_seen = Clock::now();
     st = Pump(options_.step_timeout_ms, what, on_message,
               [&] { return std::none_of(step_pending_.begin(), step_pending_.end(), [](bool p) { return p; }); },
               [&](const Worker& w) { return static_cast<bool>(step_pending_[w.index]); });
+    if (st.ok()) host_times_ = {event_seen, Clock::now()};
   }
   if (!st.ok() && absl::IsDeadlineExceeded(st)) {
     // Name the workers that are behind: their done counters have not reached the step's last tick.

@@ -12,6 +12,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -129,6 +130,12 @@ class WorkerPool : public ExpertBackend {
     uint64_t coordinator_open = 0;  // the coordinator's gate saw them all
   };
   absl::StatusOr<std::vector<LayerTimes>> GpuStepTimeline();
+  // The host clock of the last FinishGpuStep that succeeded: when its event was seen complete and when
+  // every worker's Done was in (HandOverTable's host rows).
+  struct HostTimes {
+    std::chrono::steady_clock::time_point event_seen, returned;
+  };
+  HostTimes last_host_times() const { return host_times_; }
 
   const Placement& placement() const { return placement_; }
   const std::string& runtime_dir() const { return runtime_dir_; }
@@ -203,6 +210,7 @@ class WorkerPool : public ExpertBackend {
     std::vector<bool> pending;
   };
   std::optional<SentStep> ahead_;
+  HostTimes host_times_;
   void* drain_stream_ = nullptr;  // cudaStream_t / cudaEvent_t of WithdrawGpuStepAhead
   void* drain_event_ = nullptr;
   absl::Status CheckStepTokens(uint32_t tokens) const;

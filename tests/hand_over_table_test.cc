@@ -47,6 +47,19 @@ TEST(HandOverTable, MeasuresEachIntervalAndTheStepsItsRowsName) {
   EXPECT_NE(Row(table, "the first steps' spans in order").find(" 30 32"), std::string::npos) << table;
 }
 
+TEST(HandOverTable, SplitsTheHostsPartOfTheStepBoundary) {
+  const std::vector<WorkerPool::LayerTimes> steps = {Layer(1, 1000, 3000, 10000, 11000),
+                                                     Layer(1, 40000, 45000, 50000, 51000)};
+  // Launched at 0 and 3,100 µs; events seen 3,000 µs and 2,950 µs later; Done in 5 and 15 µs after that.
+  const std::string table = HandOverTable(steps, {3100.0, 3100.0}, {{0, 3000, 3005}, {3100, 6050, 6065}});
+  EXPECT_NE(Row(table, "host: graph launched").find("2950.00 2950.00 2950.00  (2)"), std::string::npos) << table;
+  EXPECT_NE(Row(table, "host: event seen").find("5.00    5.00    5.00  (2)"), std::string::npos) << table;
+  // Between steps only: 3,005 -> 3,100.
+  EXPECT_NE(Row(table, "host: step returned").find("95.00   95.00   95.00  (1)"), std::string::npos) << table;
+  // Without host times the rows are left out.
+  EXPECT_EQ(HandOverTable(steps, {}).find("host:"), std::string::npos);
+}
+
 TEST(HandOverTable, SaysWhatWasNotStamped) {
   // The stream form of a hand-over leaves its stamps at 0.
   const std::string table = HandOverTable({Layer(0, 1000, 0, 0, 5000), Layer(0, 9000, 0, 0, 12000)}, {});

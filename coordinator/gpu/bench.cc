@@ -270,15 +270,22 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
     sampler = Sampler(sampling);
     std::vector<WorkerPool::LayerTimes> steps;
     std::vector<double> wall_us;
+    std::vector<HostStepTimes> host;
+    const auto origin = std::chrono::steady_clock::now();
+    auto us = [&](std::chrono::steady_clock::time_point t) {
+      return std::chrono::duration<double, std::micro>(t - origin).count();
+    };
     for (int i = 0; i < o.decode_tokens; ++i) {
       const auto start = std::chrono::steady_clock::now();
       RETURN_IF_ERROR(decode_step());
       wall_us.push_back(Seconds(start) * 1e6);
+      const WorkerPool::HostTimes h = pool->last_host_times();
+      host.push_back({us(model->last_launch()), us(h.event_seen), us(h.returned)});
       ASSIGN_OR_RETURN(std::vector<WorkerPool::LayerTimes> times, pool->GpuStepTimeline());
       steps.insert(steps.end(), times.begin(), times.end());
     }
     RETURN_IF_ERROR(model->Settle());
-    out << HandOverTable(steps, std::move(wall_us));
+    out << HandOverTable(steps, std::move(wall_us), host);
   }
   return absl::OkStatus();
 }

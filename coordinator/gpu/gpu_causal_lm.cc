@@ -202,6 +202,7 @@ absl::Status GpuCausalLm::Submit(std::span<const int32_t> ids, int batch, Output
   step_attn_ =
       PickAttentionForm(attn_splits_, attn_grouped_mode_, longest, batch, config_.num_heads, config_.head_dim);
   const absl::Status st = Launch(n, output, want_output, variant);
+  last_launch_ = std::chrono::steady_clock::now();
   batch_ = 1;
   RETURN_IF_ERROR(st);
   CUDA_RETURN_IF_ERROR(cudaEventRecord(step_done_, s));

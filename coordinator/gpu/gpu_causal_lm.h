@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <span>
@@ -87,6 +88,8 @@ class GpuCausalLm : public CausalLm {
   // form) or per column of query heads (grouped split form); grouped mode -1: by the step's context
   // (gpu_causal_lm.cc), 0: never, 1: always.
   int attention_splits() const { return attn_splits_; }
+  // The host clock when the last step's work was enqueued (its graph launched): the bench's timeline.
+  std::chrono::steady_clock::time_point last_launch() const { return last_launch_; }
   int attention_grouped_mode() const { return attn_grouped_mode_; }
 
  protected:
@@ -188,6 +191,7 @@ class GpuCausalLm : public CausalLm {
   bool router_cluster_ = true;     // PINMOE_ROUTER_CLUSTER (GemvTopK::one_cluster)
   // A decode step sends its experts the next step ahead (GpuExperts::SendAhead): PINMOE_STEP_AHEAD=1.
   bool step_ahead_ = false;
+  std::chrono::steady_clock::time_point last_launch_;
   // This step's form, chosen in Submit (the decode graphs are keyed by it).
   AttentionForm step_attn_;
   float* attn_partials_ = nullptr;
