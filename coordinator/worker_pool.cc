@@ -647,7 +647,8 @@ absl::Status WorkerPool::WithdrawGpuStepAhead() {
     for (int l = 0; l < config_.num_layers; ++l) {
       if (moe_index_[l] >= 0) RETURN_IF_ERROR(EnqueueGpuLayer(l, drain_stream_, parity));
     }
-    CUDA_RETURN_IF_ERROR(cudaEventRecord(static_cast<cudaEvent_t>(drain_event_), static_cast<cudaStream_t>(drain_stream_)));
+    CUDA_RETURN_IF_ERROR(
+        cudaEventRecord(static_cast<cudaEvent_t>(drain_event_), static_cast<cudaStream_t>(drain_stream_)));
     return absl::OkStatus();
   };
   absl::Status st = drain();

@@ -216,7 +216,9 @@ __global__ void __launch_bounds__(kRowThreads)
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
   PdlWait();
   PdlTrigger();
-  if (blockIdx.x == 0 && threadIdx.x == 0 && topk.soon.counter != nullptr) StoreCounter(topk.soon, StoreOrder::kRelaxed);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && topk.soon.counter != nullptr) {
+    StoreCounter(topk.soon, StoreOrder::kRelaxed);
+  }
   const float* scale = StageNormed<1>(x, nw, cols, 1, eps, normed_out, xs);
   float acc[R];
 #pragma unroll
