@@ -258,35 +258,25 @@ __global__ void __launch_bounds__(kRowThreads)
 #endif
 }
 
-template <typename W>
-cudaError_t LaunchRouterCluster(const DeviceMatrix& m, const float* x, float* y, const GemvNorm& norm,
-                                const GemvTopK& topk, cudaStream_t stream) {
-  constexpr int kElems = 16 / sizeof(W);
-  const int rows = static_cast<int>(m.rows), cols = static_cast<int>(m.cols);
-  const size_t smem = static_cast<size_t>(cols) * sizeof(float);
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(RouterClusterKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  return LaunchPdlClustered(kRouterCluster, RouterClusterKernel<W>, dim3(kRouterCluster),
-                            dim3(RowThreads(cols / kElems)), smem, stream, static_cast<const W*>(m.data), x, rows,
-                            cols, y, norm.weight, norm.eps, norm.normed_out, topk);
-}
+// RouterClusterKernel's block and shared memory for rows of `cols`, with the kernel allowed that much
+// shared memory, if this GPU can hold one such cluster at all (not so on a partition with fewer SMs to a
+// GPC, say); null otherwise. Worked out once per row width.
+struct RouterClusterShape {
+  int threads = 0;
+  size_t smem = 0;
+};
 
-// Whether this GPU can hold one such cluster at all (a partition with fewer SMs to a GPC, say); asked
-// once per row width.
 template <typename W>
-bool RouterClusterFits(int cols) {
+const RouterClusterShape* RouterClusterFor(int cols) {
   static int asked_cols = -1;
+  static RouterClusterShape shape;
   static bool fits = false;
-  if (cols == asked_cols) return fits;
-  constexpr int kElems = 16 / sizeof(W);
-  const size_t smem = static_cast<size_t>(cols) * sizeof(float);
+  if (cols == asked_cols) return fits ? &shape : nullptr;
+  shape = {RowThreads(cols / (16 / static_cast<int>(sizeof(W)))), static_cast<size_t>(cols) * sizeof(float)};
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(kRouterCluster);
-  config.blockDim = dim3(RowThreads(cols / kElems));
-  config.dynamicSmemBytes = smem;
+  config.blockDim = dim3(shape.threads);
+  config.dynamicSmemBytes = shape.smem;
   cudaLaunchAttribute attribute;
   attribute.id = cudaLaunchAttributeClusterDimension;
   attribute.val.clusterDim.x = kRouterCluster;
@@ -295,15 +285,32 @@ bool RouterClusterFits(int cols) {
   config.numAttrs = 1;
   int clusters = 0;
   cudaError_t err = cudaSuccess;
-  if (smem > 48 * 1024) {
+  if (shape.smem > 48 * 1024) {
     err = cudaFuncSetAttribute(RouterClusterKernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem));
+                               static_cast<int>(shape.smem));
   }
   if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&clusters, RouterClusterKernel<W>, &config);
   if (err != cudaSuccess) cudaGetLastError();  // not sticky: take the other form
   asked_cols = cols;
   fits = err == cudaSuccess && clusters > 0;
-  return fits;
+  return fits ? &shape : nullptr;
+}
+
+template <typename W>
+cudaError_t LaunchRouterCluster(const RouterClusterShape& shape, const DeviceMatrix& m, const float* x, float* y,
+                                const GemvNorm& norm, const GemvTopK& topk, cudaStream_t stream) {
+  return LaunchPdlClustered(kRouterCluster, RouterClusterKernel<W>, dim3(kRouterCluster), dim3(shape.threads),
+                            shape.smem, stream, static_cast<const W*>(m.data), x, static_cast<int>(m.rows),
+                            static_cast<int>(m.cols), y, norm.weight, norm.eps, norm.normed_out, topk);
+}
+
+// The cluster form's shape where it runs for this router (RouterRunsOnOneCluster), else null.
+const RouterClusterShape* RouterClusterPlan(const DeviceMatrix& w, int tokens, const GemvTopK* topk) {
+  if (topk == nullptr || !topk->one_cluster || tokens != 1 || w.rows > kClusterRouterExperts || !ClustersSupported()) {
+    return nullptr;
+  }
+  return w.bf16 ? RouterClusterFor<__nv_bfloat16>(static_cast<int>(w.cols))
+                : RouterClusterFor<float>(static_cast<int>(w.cols));
 }
 
 template <typename W, int T, bool kNorm, bool kTopK>
@@ -357,10 +364,7 @@ __global__ void ToBf16Kernel(const float* x, size_t n, __nv_bfloat16* y) {
 }  // namespace
 
 bool RouterRunsOnOneCluster(const DeviceMatrix& w, int tokens, const GemvTopK* topk) {
-  return topk != nullptr && topk->one_cluster && tokens == 1 && w.rows <= kClusterRouterExperts &&
-         ClustersSupported() &&
-         (w.bf16 ? RouterClusterFits<__nv_bfloat16>(static_cast<int>(w.cols))
-                 : RouterClusterFits<float>(static_cast<int>(w.cols)));
+  return RouterClusterPlan(w, tokens, topk) != nullptr;
 }
 
 cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float* y, bool accumulate,
@@ -372,9 +376,9 @@ cudaError_t LaunchGemv(const DeviceMatrix& w, const float* x, int tokens, float*
                           topk->blocks_done == nullptr || accumulate)) {
     return cudaErrorInvalidValue;
   }
-  if (RouterRunsOnOneCluster(w, tokens, topk)) {
-    return w.bf16 ? LaunchRouterCluster<__nv_bfloat16>(w, x, y, *norm, *topk, stream)
-                  : LaunchRouterCluster<float>(w, x, y, *norm, *topk, stream);
+  if (const RouterClusterShape* shape = RouterClusterPlan(w, tokens, topk)) {
+    return w.bf16 ? LaunchRouterCluster<__nv_bfloat16>(*shape, w, x, y, *norm, *topk, stream)
+                  : LaunchRouterCluster<float>(*shape, w, x, y, *norm, *topk, stream);
   }
   return w.bf16 ? LaunchGemvTyped<__nv_bfloat16>(w, x, tokens, y, accumulate, norm, topk, stream)
                 : LaunchGemvTyped<float>(w, x, tokens, y, accumulate, norm, topk, stream);
