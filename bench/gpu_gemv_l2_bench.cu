@@ -130,8 +130,7 @@ __global__ void __launch_bounds__(256) GemvSplitK(const __nv_bfloat16* __restric
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      float t = acc[r];
-      for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+      const float t = WarpSum(acc[r]);
       if (lane == 0) red[warp][r] = t;
     }
     __syncthreads();

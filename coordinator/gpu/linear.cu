@@ -47,7 +47,7 @@ __device__ const float* StageNormed(const float* __restrict__ x, const float* __
   }
 #pragma unroll
   for (int t = 0; t < T; ++t) {
-    for (int o = 16; o > 0; o >>= 1) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
+    ss[t] = WarpSum(ss[t]);
     if (lane == 0) part[warp][t] = ss[t];
   }
   __syncthreads();
@@ -141,8 +141,7 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int r = 0; r < R; ++r) {
 #pragma unroll
       for (int t = 0; t < T; ++t) {
-        float s = acc[r][t];
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float s = WarpSum(acc[r][t]);
         if (lane == 0) red[warp][r * T + t] = s;
       }
     }
@@ -230,8 +229,7 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    float s = acc[r];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    const float s = WarpSum(acc[r]);
     if (lane == 0) red[warp][r] = s;
   }
   __syncthreads();

@@ -222,8 +222,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       for (int k = 0; k < M; ++k) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          float s = acc[k][r];
-          for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          const float s = WarpSum(acc[k][r]);
           if (lane == 0) red[warp][k * R + r] = s;
         }
       }

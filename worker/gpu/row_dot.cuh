@@ -19,6 +19,12 @@ constexpr int kRowWarps = kRowThreads / 32;
 // Threads per block for rows of `chunks` 16-byte pieces: one piece each, whole warps, at most kRowThreads.
 inline int RowThreads(int chunks) { return std::min(kRowThreads, (chunks + 31) / 32 * 32); }
 
+// The sum of v over the warp (every lane gets it), in the butterfly order every row-dot kernel uses.
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Dot product of 16 bytes of weights with the matching 8 (bf16) or 4 (fp32) activations (in global or
 // shared memory, 16-byte aligned); the third argument picks the weight type.
 __device__ __forceinline__ float Dot16(const uint4& p, const float* x, __nv_bfloat16) {
