@@ -536,18 +536,25 @@ absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
   if (broken_) return first_error_;
   RETURN_IF_ERROR(CheckStepTokens(tokens));
   if (ahead_.has_value() && ahead_->tokens != tokens) RETURN_IF_ERROR(WithdrawGpuStepAhead());
-  if (ahead_.has_value()) {
-    AdoptAhead();  // its Step messages went out during the step before
-  } else {
-    const uint64_t sequence = ++sequence_;
-    ASSIGN_OR_RETURN(std::vector<bool> pending, SendStep(sequence, tokens));
-    step_sequence_ = sequence;
-    step_pending_ = std::move(pending);
-  }
-  const int parity = static_cast<int>(step_sequence_ & 1);
+  if (ahead_.has_value()) return TakeUpAhead();  // its Step messages went out during the step before
+  const uint64_t sequence = ++sequence_;
+  ASSIGN_OR_RETURN(std::vector<bool> pending, SendStep(sequence, tokens));
+  return MakeCurrent(sequence, tokens, std::move(pending));
+}
+
+int WorkerPool::MakeCurrent(uint64_t sequence, uint32_t tokens, std::vector<bool> pending) {
+  const int parity = static_cast<int>(sequence & 1);
+  step_sequence_ = sequence;
   step_base_ = ParityBase(parity);
   step_tokens_ = tokens;
+  step_pending_ = std::move(pending);
   return parity;
+}
+
+int WorkerPool::TakeUpAhead() {
+  SentStep ahead = std::move(*ahead_);
+  ahead_.reset();
+  return MakeCurrent(ahead.sequence, ahead.tokens, std::move(ahead.pending));
 }
 
 absl::Status WorkerPool::CheckStepTokens(uint32_t tokens) const {
@@ -602,12 +609,6 @@ absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32
   return pending;
 }
 
-void WorkerPool::AdoptAhead() {
-  step_sequence_ = ahead_->sequence;
-  step_pending_ = std::move(ahead_->pending);
-  ahead_.reset();
-}
-
 absl::Status WorkerPool::SendGpuStepAhead(uint32_t tokens) {
   if (broken_) return first_error_;
   RETURN_IF_ERROR(CheckStepTokens(tokens));
@@ -629,11 +630,7 @@ absl::Status WorkerPool::WithdrawGpuStepAhead() {
   // The workers wait for the step's ticks: hand them over in turn, each until its owners are done with
   // it. They compute on the buffers' last contents (a step of the same tokens wrote them) into slots
   // that nobody reads.
-  const uint32_t tokens = ahead_->tokens;
-  AdoptAhead();
-  const int parity = static_cast<int>(step_sequence_ & 1);
-  step_base_ = ParityBase(parity);
-  step_tokens_ = tokens;
+  const int parity = TakeUpAhead();
   auto drain = [&]() -> absl::Status {
     CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
     if (drain_stream_ == nullptr) {

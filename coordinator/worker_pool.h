@@ -216,7 +216,10 @@ class WorkerPool : public ExpertBackend {
   absl::Status CheckStepTokens(uint32_t tokens) const;
   // Sends each worker owning experts its Step message; returns which workers got one.
   absl::StatusOr<std::vector<bool>> SendStep(uint64_t sequence, uint32_t tokens);
-  void AdoptAhead();  // the step sent ahead becomes the current one
+  // The step `sequence` becomes the current one (its parity base, tokens and the workers that owe their
+  // Done); returns its parity.
+  int MakeCurrent(uint64_t sequence, uint32_t tokens, std::vector<bool> pending);
+  int TakeUpAhead();  // MakeCurrent for the step sent ahead
   std::vector<Worker> workers_;
   uint64_t sequence_ = 0;
   bool broken_ = false;  // a worker failed; every later step fails fast with the first error
