@@ -88,9 +88,9 @@ class GpuCausalLm : public CausalLm {
   // form) or per column of query heads (grouped split form); grouped mode -1: by the step's context
   // (gpu_causal_lm.cc), 0: never, 1: always.
   int attention_splits() const { return attn_splits_; }
+  int attention_grouped_mode() const { return attn_grouped_mode_; }
   // The host clock when the last step's work was enqueued (its graph launched): the bench's timeline.
   std::chrono::steady_clock::time_point last_launch() const { return last_launch_; }
-  int attention_grouped_mode() const { return attn_grouped_mode_; }
 
  protected:
   GpuCausalLm() = default;

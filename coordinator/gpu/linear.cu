@@ -275,10 +275,7 @@ const RouterClusterShape* RouterClusterFor(int cols) {
   config.gridDim = dim3(kRouterCluster);
   config.blockDim = dim3(shape.threads);
   config.dynamicSmemBytes = shape.smem;
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = kRouterCluster;
-  attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+  cudaLaunchAttribute attribute = ClusterAttribute(kRouterCluster);
   config.attrs = &attribute;
   config.numAttrs = 1;
   int clusters = 0;

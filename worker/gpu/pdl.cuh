@@ -33,27 +33,38 @@ __device__ __forceinline__ void PrefetchL2(const void* p, size_t bytes, int thre
   }
 }
 
+// Whether the current GPU is sm_90 or later (Hopper: programmatic dependent launch, thread-block
+// clusters), asked once.
+inline bool HopperOrLater() {
+  static const bool later = [] {
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return later;
+}
+
 inline bool PdlSupported() {
   static const bool supported = [] {
     const char* off = std::getenv("PINMOE_NO_PDL");  // for A/B measurements
     if (off != nullptr && off[0] == '1') return false;
-    int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-    return major >= 9;
+    return HopperOrLater();
   }();
   return supported;
 }
 
-// Whether the GPU launches thread-block clusters (sm_90 and later).
-inline bool ClustersSupported() {
-  static const bool supported = [] {
-    int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
-    return major >= 9;
-  }();
-  return supported;
+// Whether the GPU launches thread-block clusters.
+inline bool ClustersSupported() { return HopperOrLater(); }
+
+// The launch attribute for clusters of `cluster` blocks along x.
+inline cudaLaunchAttribute ClusterAttribute(int cluster) {
+  cudaLaunchAttribute a;
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = static_cast<unsigned int>(cluster);
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  return a;
 }
 
 // LaunchPdl with the grid in clusters of `cluster` blocks along x (0: no clusters; then
@@ -72,12 +83,7 @@ cudaError_t LaunchPdlClustered(int cluster, void (*kernel)(KernelArgs...), dim3 
     attribute[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute[n++].val.programmaticStreamSerializationAllowed = 1;
   }
-  if (cluster > 0) {
-    attribute[n].id = cudaLaunchAttributeClusterDimension;
-    attribute[n].val.clusterDim.x = static_cast<unsigned int>(cluster);
-    attribute[n].val.clusterDim.y = 1;
-    attribute[n++].val.clusterDim.z = 1;
-  }
+  if (cluster > 0) attribute[n++] = ClusterAttribute(cluster);
   config.attrs = attribute;
   config.numAttrs = n;
   cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<KernelArgs>(args)...);
