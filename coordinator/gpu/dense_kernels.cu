@@ -340,6 +340,20 @@ __device__ void SplitRange(int length, int split, int splits, int* begin, int* e
 // stored by other blocks. Each head's split weights are worked out once (a thread per head), then the
 // shares' sums are read in parallel, always in split order, so the result does not depend on which
 // block finishes last.
+// One head's shares (its splits', or a block's warps') meeting: each share's running maximum m[i * step]
+// becomes its weight expf(m - max), 0 for an empty share unless all are; returns the weighted sum of
+// the shares' l[i * step], with the maximum in *top.
+__device__ __forceinline__ float WeighShares(float* m, const float* l, int n, int step, float* top) {
+  float mx = -FLT_MAX, total = 0.f;
+  for (int i = 0; i < n; ++i) mx = fmaxf(mx, m[i * step]);
+  for (int i = 0; i < n; ++i) {
+    m[i * step] = expf(m[i * step] - mx);
+    total = fmaf(l[i * step], m[i * step], total);
+  }
+  *top = mx;
+  return total;
+}
+
 template <int H>
 __device__ void MergeSplits(const float* parts, size_t head_stride, int splits, size_t stride, int hd,
                             float* out) {
@@ -350,16 +364,9 @@ __device__ void MergeSplits(const float* parts, size_t head_stride, int splits, 
     l_of[i] = __ldcg(part + 1);
   }
   __syncthreads();
-  if (threadIdx.x < H) {
-    float* w = w_of + threadIdx.x * splits;
-    const float* l = l_of + threadIdx.x * splits;
-    float top = -FLT_MAX, total = 0.f;
-    for (int s = 0; s < splits; ++s) top = fmaxf(top, w[s]);
-    for (int s = 0; s < splits; ++s) {
-      w[s] = expf(w[s] - top);  // now the share's weight: 0 for an empty share (m = -FLT_MAX)
-      total = fmaf(l[s], w[s], total);
-    }
-    total_of[threadIdx.x] = total;
+  if (threadIdx.x < H) {  // w_of becomes the splits' weights
+    float top;
+    total_of[threadIdx.x] = WeighShares(w_of + threadIdx.x * splits, l_of + threadIdx.x * splits, splits, 1, &top);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < H * hd; i += blockDim.x) {
@@ -670,14 +677,8 @@ __device__ void GroupedFinish(const QkNormRopeCacheArgs& a, int hd, int b, int x
   // head j's column that only this thread reads.
   if (threadIdx.x < HB) {
     const int j = threadIdx.x;
-    float top = -FLT_MAX;
-    for (int w = 0; w < warps; ++w) top = fmaxf(top, wm[w * HB + j]);
-    float total = 0.f;
-    for (int w = 0; w < warps; ++w) {
-      const float f = expf(wm[w * HB + j] - top);  // 0 for an empty share unless all are empty
-      total = fmaf(wl[w * HB + j], f, total);
-      wm[w * HB + j] = f;
-    }
+    float top;
+    const float total = WeighShares(wm + j, wl + j, warps, HB, &top);
     wl[j] = top;
     wl[HB + j] = total;
   }
