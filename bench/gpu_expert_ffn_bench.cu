@@ -10,9 +10,17 @@
 // experts (what a kernel must read at least). --kernel grouped runs the tensor-core prefill kernels
 // instead of the decode ones.
 //
+// --ipc 1 puts the buffers a worker reaches through the coordinator's IPC handles (the token's input,
+// the routing table, the output slice, the done counter) in memory that another process allocated and
+// exported, as a worker sees them; --ipc 0 (the default) allocates them here. The other process is this
+// program again (--serve-ipc BYTES), which prints the handle and lives until it is killed.
+//
 //   build-device/bin/gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]
-//                                         [--kernel decode|grouped]
+//                                         [--kernel decode|grouped] [--done-store 0|1|2] [--ipc 0|1]
 #include <cuda_runtime.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -47,6 +55,52 @@ __global__ void FillBf16(__nv_bfloat16* p, size_t n, uint32_t seed) {
   }
 }
 
+// --serve-ipc: allocates `bytes` of device memory, zeroed, prints its IPC handle in hex and sleeps until
+// killed (or until its parent is gone).
+int ServeIpc(size_t bytes) {
+  void* p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, bytes));
+  CHECK_CUDA(cudaMemset(p, 0, bytes));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  cudaIpcMemHandle_t h;
+  CHECK_CUDA(cudaIpcGetMemHandle(&h, p));
+  for (size_t i = 0; i < sizeof(h); ++i) std::printf("%02x", static_cast<unsigned char>(h.reserved[i]));
+  std::printf("\n");
+  std::fflush(stdout);
+  const pid_t parent = getppid();
+  while (getppid() == parent) usleep(10000);
+  return 0;
+}
+
+// Starts this program with --serve-ipc, reads its handle and opens it. The child's pid goes to *child.
+char* OpenServedBuffer(size_t bytes, pid_t* child) {
+  int fds[2];
+  if (pipe(fds) != 0) std::exit(1);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    const std::string n = std::to_string(bytes);
+    execl("/proc/self/exe", "gpu_expert_ffn_bench", "--serve-ipc", n.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string hex;
+  char c;
+  while (read(fds[0], &c, 1) == 1 && c != '\n') hex += c;
+  close(fds[0]);
+  cudaIpcMemHandle_t h;
+  if (hex.size() != 2 * sizeof(h)) {
+    std::fprintf(stderr, "gpu_expert_ffn_bench: the --serve-ipc child printed no handle\n");
+    std::exit(1);
+  }
+  for (size_t i = 0; i < sizeof(h); ++i) h.reserved[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  void* p = nullptr;
+  CHECK_CUDA(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
+  *child = pid;
+  return static_cast<char*>(p);
+}
+
 double DatasheetGBs(const cudaDeviceProp& prop) {
   const std::string name = prop.name;
   if (name.find("H200") != std::string::npos) return 4800;
@@ -61,7 +115,8 @@ int main(int argc, char** argv) {
   bool grouped = false;
   // Each layer's down kernel publishes a done counter, as a worker's does: 1, its last block stores it;
   // 2, every block adds its share (the add form, CounterStore::add).
-  int done_store = 0;
+  int done_store = 0, ipc = 0;
+  if (argc == 3 && std::string(argv[1]) == "--serve-ipc") return ServeIpc(std::stoull(argv[2]));
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -72,10 +127,11 @@ int main(int argc, char** argv) {
     else if (a == "--top-k") top_k = v;
     else if (a == "--tokens") tokens = v;
     else if (a == "--done-store") done_store = v;
+    else if (a == "--ipc") ipc = v;
     else {
       std::fprintf(stderr,
                    "usage: gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]"
-                   " [--kernel decode|grouped] [--done-store 0|1|2]\n");
+                   " [--kernel decode|grouped] [--done-store 0|1|2] [--ipc 0|1]\n");
       return 2;
     }
   }
@@ -93,11 +149,27 @@ int main(int argc, char** argv) {
   const int pairs = tokens * top_k;
   float *x, *act, *out;
   int32_t* routing;
+  uint32_t* done = nullptr;
   pinmoe::GpuExpert* d_table;
-  CHECK_CUDA(cudaMalloc(&x, static_cast<size_t>(tokens) * hidden * 4));
+  // x, routing, out and the done counter: here, or in one buffer of another process (--ipc 1).
+  const size_t x_bytes = static_cast<size_t>(tokens) * hidden * 4, out_bytes = static_cast<size_t>(pairs) * hidden * 4;
+  const size_t routing_bytes = static_cast<size_t>(layers) * pairs * 4;
+  pid_t child = 0;
+  if (ipc != 0) {
+    auto up = [](size_t n) { return (n + 255) / 256 * 256; };
+    const size_t total = up(x_bytes) + up(out_bytes) + up(routing_bytes) + 256;
+    char* base = OpenServedBuffer(total, &child);
+    x = reinterpret_cast<float*>(base);
+    out = reinterpret_cast<float*>(base + up(x_bytes));
+    routing = reinterpret_cast<int32_t*>(base + up(x_bytes) + up(out_bytes));
+    done = reinterpret_cast<uint32_t*>(base + up(x_bytes) + up(out_bytes) + up(routing_bytes));
+  } else {
+    CHECK_CUDA(cudaMalloc(&x, x_bytes));
+    CHECK_CUDA(cudaMalloc(&out, out_bytes));
+    CHECK_CUDA(cudaMalloc(&routing, routing_bytes));
+    CHECK_CUDA(cudaMalloc(&done, sizeof(uint32_t)));
+  }
   CHECK_CUDA(cudaMalloc(&act, static_cast<size_t>(pairs) * inter * 4));
-  CHECK_CUDA(cudaMalloc(&out, static_cast<size_t>(pairs) * hidden * 4));
-  CHECK_CUDA(cudaMalloc(&routing, static_cast<size_t>(layers) * pairs * 4));
   CHECK_CUDA(cudaMalloc(&d_table, experts * sizeof(pinmoe::GpuExpert)));
   CHECK_CUDA(cudaMemcpy(d_table, table.data(), experts * sizeof(pinmoe::GpuExpert), cudaMemcpyHostToDevice));
   std::vector<float> hx(static_cast<size_t>(tokens) * hidden, 0.25f);
@@ -148,9 +220,7 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaMalloc(&scratch.num_tiles, sizeof(int32_t)));
     CHECK_CUDA(cudaMalloc(&scratch.act, static_cast<size_t>(pairs) * inter * sizeof(__nv_bfloat16)));
   }
-  uint32_t* done = nullptr;
   unsigned int* arrivals = nullptr;
-  CHECK_CUDA(cudaMalloc(&done, sizeof(uint32_t)));
   CHECK_CUDA(cudaMalloc(&arrivals, sizeof(unsigned int)));
   CHECK_CUDA(cudaMemset(done, 0, sizeof(uint32_t)));
   CHECK_CUDA(cudaMemset(arrivals, 0, sizeof(unsigned int)));
@@ -208,6 +278,7 @@ int main(int argc, char** argv) {
               hidden, inter, top_k, experts, tokens, distinct / layers, layers,
               grouped ? "grouped tensor-core" : "decode");
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbs);
+  if (ipc != 0) std::printf("input, routing table, output and done counter in another process's memory (IPC)\n");
   if (done_store != 0) {
     std::printf("each layer's down kernel publishes a done counter, as in a worker: %s\n",
                 done_store == 2 ? "every block adds its share" : "its last block stores it");
@@ -216,5 +287,10 @@ int main(int argc, char** argv) {
               ms * 1e3 / layers, gbs, 100 * gbs / copy_gbs);
   if (peak > 0) std::printf(", %.0f%% of the %.0f GB/s datasheet bandwidth", 100 * gbs / peak, peak);
   std::printf("\n");
+  if (child > 0) {
+    CHECK_CUDA(cudaIpcCloseMemHandle(x));
+    kill(child, SIGTERM);
+    waitpid(child, nullptr, 0);
+  }
   return 0;
 }
