@@ -281,6 +281,8 @@ absl::Status RunBench(const BenchOptions& o, std::ostream& out, std::ostream& lo
       wall_us.push_back(Seconds(start) * 1e6);
       const WorkerPool::HostTimes h = pool->last_host_times();
       host.push_back({us(model->last_launch()), us(h.event_seen), us(h.returned)});
+      // This read-back falls between the step's return and the next launch: the table's host turnaround
+      // row includes it, so it overstates the timed loop's gap.
       ASSIGN_OR_RETURN(std::vector<WorkerPool::LayerTimes> times, pool->GpuStepTimeline());
       steps.insert(steps.end(), times.begin(), times.end());
     }
