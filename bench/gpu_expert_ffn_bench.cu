@@ -17,6 +17,7 @@
 //
 //   build-device/bin/gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]
 //                                         [--kernel decode|grouped] [--done-store 0|1|2] [--ipc 0|1]
+//                                         [--combine 0|1]
 #include <cuda_runtime.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -116,6 +117,8 @@ int main(int argc, char** argv) {
   // Each layer's down kernel publishes a done counter, as a worker's does: 1, its last block stores it;
   // 2, every block adds its share (the add form, CounterStore::add).
   int done_store = 0, ipc = 0;
+  // 1: one token; the down kernel also adds the weighted slots to a residual (ExpertFfnArgs::residual).
+  int combine = 0;
   if (argc == 3 && std::string(argv[1]) == "--serve-ipc") return ServeIpc(std::stoull(argv[2]));
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -128,10 +131,11 @@ int main(int argc, char** argv) {
     else if (a == "--tokens") tokens = v;
     else if (a == "--done-store") done_store = v;
     else if (a == "--ipc") ipc = v;
+    else if (a == "--combine") combine = v;
     else {
       std::fprintf(stderr,
                    "usage: gpu_expert_ffn_bench [--hidden H --inter I --experts E --top-k K --tokens T]"
-                   " [--kernel decode|grouped] [--done-store 0|1|2] [--ipc 0|1]\n");
+                   " [--kernel decode|grouped] [--done-store 0|1|2] [--ipc 0|1] [--combine 0|1]\n");
       return 2;
     }
   }
@@ -224,6 +228,17 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMalloc(&arrivals, sizeof(unsigned int)));
   CHECK_CUDA(cudaMemset(done, 0, sizeof(uint32_t)));
   CHECK_CUDA(cudaMemset(arrivals, 0, sizeof(unsigned int)));
+  float *residual = nullptr, *combine_weights = nullptr;
+  if (combine != 0) {
+    if (tokens != 1 || grouped) {
+      std::fprintf(stderr, "--combine 1 is for one token and the decode kernels\n");
+      return 2;
+    }
+    CHECK_CUDA(cudaMalloc(&residual, hidden * sizeof(float)));
+    CHECK_CUDA(cudaMemset(residual, 0, hidden * sizeof(float)));
+    CHECK_CUDA(cudaMalloc(&combine_weights, top_k * sizeof(float)));
+    CHECK_CUDA(cudaMemset(combine_weights, 0, top_k * sizeof(float)));
+  }
   CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
   for (int l = 0; l < layers; ++l) {
     pinmoe::ExpertFfnArgs a;
@@ -245,6 +260,8 @@ int main(int argc, char** argv) {
         a.arrivals = arrivals;
       }
     }
+    a.residual = residual;
+    a.combine_weights = combine_weights;
     CHECK_CUDA(grouped ? pinmoe::LaunchExpertFfnGrouped(a, scratch, stream) : pinmoe::LaunchExpertFfnDecode(a, stream));
   }
   CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
@@ -283,6 +300,7 @@ int main(int argc, char** argv) {
     std::printf("each layer's down kernel publishes a done counter, as in a worker: %s\n",
                 done_store == 2 ? "every block adds its share" : "its last block stores it");
   }
+  if (combine != 0) std::printf("the down kernel also combines the slots into a residual (one kernel)\n");
   std::printf("expert FFN: %.1f us per layer, %.0f GB/s of distinct weights = %.0f%% of the copy",
               ms * 1e3 / layers, gbs, 100 * gbs / copy_gbs);
   if (peak > 0) std::printf(", %.0f%% of the %.0f GB/s datasheet bandwidth", 100 * gbs / peak, peak);

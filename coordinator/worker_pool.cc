@@ -138,7 +138,9 @@ absl::Status WorkerPool::Launch() {
   input_offset_ = AlignUp(timeline_offset_ + timeline_bytes_, 4096);
   routing_offset_ = AlignUp(input_offset_ + t * h * sizeof(float), 4096);
   output_offset_ = AlignUp(routing_offset_ + t * k * sizeof(int32_t), 4096);
-  const uint64_t total = output_offset_ + t * k * h * sizeof(float);
+  residual_offset_ = AlignUp(output_offset_ + t * k * h * sizeof(float), 4096);
+  weights_offset_ = AlignUp(residual_offset_ + t * h * sizeof(float), 4096);
+  const uint64_t total = weights_offset_ + t * k * sizeof(float);
   int first_gpu = -1;
   bool any_cpu = false;
   for (const std::string& d : devices) {
@@ -162,6 +164,14 @@ absl::Status WorkerPool::Launch() {
     workers_[i].device = devices[i];
     workers_[i].gpu = devices[i] != "cpu";
     RETURN_IF_ERROR(Spawn(workers_[i]));
+  }
+  // A layer whose experts all live in one worker: in one-token steps that worker's down kernel adds
+  // the weighted slots to the model's residual itself (CombinesGpuLayer).
+  layer_whole_.assign(config_.num_layers, false);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const std::vector<int>& owner = placement_.owner[l];
+    layer_whole_[l] = layer_owners_[l].size() == 1 && !owner.empty() &&
+                      std::all_of(owner.begin(), owner.end(), [&](int w) { return w == layer_owners_[l][0]; });
   }
   layer_cross_gpu_.assign(config_.num_layers, false);
   for (int l = 0; l < config_.num_layers && device_buffer_ != nullptr; ++l) {
@@ -520,6 +530,7 @@ bool EarlyCombine() {
   return on;
 }
 
+
 }  // namespace
 
 absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
@@ -529,7 +540,14 @@ absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
   uint8_t* base = device_buffer_->data();
   return DeviceSlots{reinterpret_cast<float*>(base + input_offset_),
                      reinterpret_cast<int32_t*>(base + routing_offset_),
-                     reinterpret_cast<float*>(base + output_offset_)};
+                     reinterpret_cast<float*>(base + output_offset_),
+                     reinterpret_cast<float*>(base + residual_offset_),
+                     reinterpret_cast<float*>(base + weights_offset_)};
+}
+
+bool WorkerPool::CombinesGpuLayer(int layer, uint32_t tokens) const {
+  return tokens == 1 && ExpertsCombine() && layer >= 0 && layer < static_cast<int>(layer_whole_.size()) &&
+         layer_whole_[layer];
 }
 
 absl::StatusOr<int> WorkerPool::BeginGpuStep(uint32_t tokens) {
@@ -585,8 +603,15 @@ absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32
       if (std::find(owners.begin(), owners.end(), static_cast<int>(w)) == owners.end()) continue;
       step->add_layers(l);
       step->add_ticks(base + 1 + moe_index_[l]);
+      step->add_combine(CombinesGpuLayer(l, tokens));
     }
     if (step->layers_size() == 0) continue;
+    if (std::find(step->combine().begin(), step->combine().end(), true) != step->combine().end()) {
+      slice(step->mutable_residual(), residual_offset_, h * sizeof(float));
+      slice(step->mutable_weights(), weights_offset_, k * sizeof(float));
+    } else {
+      step->clear_combine();
+    }
     slice(step->mutable_input(), input_offset_, tokens * h * sizeof(float));
     slice(step->mutable_routing(), routing_offset_, tokens * k * sizeof(int32_t));
     slice(step->mutable_output(), output_offset_, tokens * k * h * sizeof(float));
@@ -629,7 +654,8 @@ absl::Status WorkerPool::WithdrawGpuStepAhead() {
   }
   // The workers wait for the step's ticks: hand them over in turn, each until its owners are done with
   // it. They compute on the buffers' last contents (a step of the same tokens wrote them) into slots
-  // that nobody reads.
+  // that nobody reads, and those that combine (CombinesGpuLayer) add into the residual's first row,
+  // which the next step's embedding overwrites: this runs before the model enqueues it.
   const int parity = TakeUpAhead();
   auto drain = [&]() -> absl::Status {
     CUDA_RETURN_IF_ERROR(cudaSetDevice(device_buffer_->device()));
@@ -694,9 +720,11 @@ absl::Status WorkerPool::AwaitGpuLayer(int layer, void* stream, int parity) {
   std::vector<const uint32_t*> done;
   for (int w : layer_owners_[layer]) done.push_back(reinterpret_cast<const uint32_t*>(base + kCounterStride * (w + 1)));
   uint64_t* stamps = CoordinatorStamps(moe_index_[layer]);
+  // Not early where the worker combines: the next kernel is then the model's next layer, whose blocks
+  // would park on every SM while the worker's down kernel still needs them.
   return EnqueueWaitCounters(static_cast<cudaStream_t>(stream), done, DoneValue(tick),
                              stamps != nullptr ? stamps + 1 : nullptr,
-                             EarlyCombine() && step_tokens_ == 1);
+                             EarlyCombine() && step_tokens_ == 1 && !CombinesGpuLayer(layer, step_tokens_));
 }
 
 absl::Status WorkerPool::FinishGpuStep(void* event) {
@@ -813,6 +841,7 @@ absl::StatusOr<WorkerPool::GpuTick> WorkerPool::GpuLayerTick(int, int) {
   return absl::UnimplementedError("this build has no CUDA");
 }
 absl::Status WorkerPool::AwaitGpuLayer(int, void*, int) { return absl::UnimplementedError("this build has no CUDA"); }
+bool WorkerPool::CombinesGpuLayer(int, uint32_t) const { return false; }
 absl::Status WorkerPool::FinishGpuStep(void*) { return absl::UnimplementedError("this build has no CUDA"); }
 absl::StatusOr<std::vector<WorkerPool::LayerTimes>> WorkerPool::GpuStepTimeline() {
   return absl::UnimplementedError("this build has no CUDA");

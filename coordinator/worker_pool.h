@@ -75,6 +75,10 @@ class WorkerPool : public ExpertBackend {
     float* input = nullptr;      // [max_tokens_per_step, hidden]
     int32_t* routing = nullptr;  // [max_tokens_per_step, top_k]
     float* output = nullptr;     // [max_tokens_per_step, top_k, hidden]
+    // The model's residual stream and routing weights, here so that a worker can combine into them
+    // (CombinesGpuLayer).
+    float* residual = nullptr;   // [max_tokens_per_step, hidden]
+    float* weights = nullptr;    // [max_tokens_per_step, top_k]
   };
   bool all_gpu() const;
   uint32_t max_tokens_per_step() const { return options_.max_tokens_per_step; }
@@ -94,7 +98,8 @@ class WorkerPool : public ExpertBackend {
   absl::Status SendGpuStepAhead(uint32_t tokens);
   // Withdraws a step sent ahead (none: nothing to do), between steps: hands its ticks over in turn on
   // a stream of the pool's own and waits (bounded) until its workers are done; they compute on the
-  // buffers' last contents into slots nobody reads (the cost of one step's experts). RunMoe and the
+  // buffers' last contents into slots nobody reads (the cost of one step's experts) and into the
+  // residual's first row, which the next step's embedding overwrites. RunMoe and the
   // pool's shutdown withdraw it themselves.
   absl::Status WithdrawGpuStepAhead();
   uint32_t tokens_ahead() const { return ahead_.has_value() ? ahead_->tokens : 0u; }
@@ -116,6 +121,10 @@ class WorkerPool : public ExpertBackend {
   absl::StatusOr<GpuTick> GpuLayerTick(int layer, int parity);
   // Then wait for the workers' (work may be enqueued in between).
   absl::Status AwaitGpuLayer(int layer, void* stream, int parity);
+  // Whether, in a step of `tokens` tokens, the worker holding the layer adds its weighted slots to the
+  // residual (DeviceSlots::residual) itself, after which the model has nothing to combine: one-token
+  // steps, layers held whole by one worker.
+  bool CombinesGpuLayer(int layer, uint32_t tokens) const;
   // Waits (bounded) for `event`, recorded after the step's last use of the slots, and for every worker's
   // Done. If a worker dies or hangs, the coordinator's stream is released and the error names it.
   absl::Status FinishGpuStep(void* event);
@@ -181,7 +190,7 @@ class WorkerPool : public ExpertBackend {
   // Copies into or out of the shared-memory buffer (to_device false) or the device buffer.
   absl::Status CopyIn(bool to_device, uint64_t offset, const void* src, uint64_t bytes);
   absl::Status CopyOut(bool from_device, void* dst, uint64_t offset, uint64_t bytes);
-  uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0;
+  uint64_t input_offset_ = 0, routing_offset_ = 0, output_offset_ = 0, residual_offset_ = 0, weights_offset_ = 0;
   // With options.timeline: [workers + 1][num_moe_layers][2] u64 stamps; the coordinator's first, then
   // worker w's (its owned layers in order).
   uint64_t timeline_offset_ = 0, timeline_bytes_ = 0;
@@ -202,6 +211,7 @@ class WorkerPool : public ExpertBackend {
   std::vector<std::vector<int>> layer_owners_;  // layer -> workers with experts there
   // layer -> some owner runs on another GPU than the device buffer (its hand-over needs system scope)
   std::vector<bool> layer_cross_gpu_;
+  std::vector<bool> layer_whole_;  // layer -> one worker holds every expert of it
   std::vector<bool> step_pending_;
   // A step whose messages went out ahead of it (SendGpuStepAhead): its workers still owe their Done.
   struct SentStep {

@@ -290,6 +290,11 @@ class Worker {
                                                " and ", step.layers_size(), " layers for ", step.ticks_size(),
                                                " ticks"));
     }
+    if (step.combine_size() != 0 && (step.combine_size() != step.layers_size() || t != 1)) {
+      return absl::InvalidArgumentError(StrCat("Step ", step.sequence(), " asks to combine ", step.combine_size(),
+                                               " of ", step.layers_size(), " layers in a step of ", t,
+                                               " tokens (one flag per layer, one-token steps only)"));
+    }
     ASSIGN_OR_RETURN(uint8_t* done_ptr, Resolve(step.done(), sizeof(uint32_t), "done counter"));
     uint32_t* done = reinterpret_cast<uint32_t*>(done_ptr);
     // Our done counter lives in the coordinator's memory; a coordinator on another GPU needs our
@@ -319,6 +324,13 @@ class Worker {
         ASSIGN_OR_RETURN(uint8_t* soon_ptr, Resolve(step.soon(), sizeof(uint32_t), "soon counter"));
         soon = reinterpret_cast<const uint32_t*>(soon_ptr);
       }
+      // The layers the coordinator left us to combine into its residual (Step.combine).
+      ExpertCombine combine;
+      if (step.combine_size() != 0) {
+        ASSIGN_OR_RETURN(uint8_t* residual, Resolve(step.residual(), h * sizeof(float), "residual slice"));
+        ASSIGN_OR_RETURN(uint8_t* weights, Resolve(step.weights(), k * sizeof(float), "routing weights slice"));
+        combine = ExpertCombine{reinterpret_cast<float*>(residual), reinterpret_cast<const float*>(weights)};
+      }
       RETURN_IF_ERROR(gpu_store_->Reserve(static_cast<uint32_t>(t), static_cast<uint32_t>(k)));
       // Every layer leaves the done counter at DoneValue(its tick), so after the step's first layer (whose
       // down kernel stores the value: the counter may hold anything from an earlier step) each may add
@@ -345,7 +357,9 @@ class Worker {
                                                            add_form && i > 0
                                                                ? DoneValue(step.ticks(i)) - DoneValue(step.ticks(i - 1))
                                                                : 0u},
-                                              before));
+                                              before,
+                                              step.combine_size() != 0 && step.combine(i) ? combine
+                                                                                          : ExpertCombine()));
         }
         return absl::OkStatus();
       };

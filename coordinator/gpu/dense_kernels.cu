@@ -1081,7 +1081,9 @@ __global__ void MoeCombineKernel(const float* slots, const float* weights, int t
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < hidden) {
     float o = 0.f;
-    for (int s = 0; s < top_k; ++s) o += w[s] * y[static_cast<size_t>(s) * hidden + i];
+    // Explicit fused multiply-adds: the one-token down kernel that combines as it goes
+    // (ExpertFfnArgs::residual, worker/gpu/expert_ffn.h) does the same operations in the same order.
+    for (int s = 0; s < top_k; ++s) o = __fmaf_rn(w[s], y[static_cast<size_t>(s) * hidden + i], o);
     x[static_cast<size_t>(t) * hidden + i] += o;
   }
 }

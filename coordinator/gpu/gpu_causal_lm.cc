@@ -88,9 +88,11 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   }
   const size_t t = options.max_step_tokens, batch = options.max_batch;
   RETURN_IF_ERROR(Alloc(t, &ids_dev_));
-  RETURN_IF_ERROR(Alloc(t * h, &x_));
+  RETURN_IF_ERROR(Alloc(t * h, &own_x_));
+  x_ = own_x_;
   RETURN_IF_ERROR(Alloc(t * std::max(c.num_experts, 1), &router_logits_));
-  RETURN_IF_ERROR(Alloc(t * std::max(c.top_k, 1), &route_weights_));
+  RETURN_IF_ERROR(Alloc(t * std::max(c.top_k, 1), &own_route_weights_));
+  route_weights_ = own_route_weights_;
   RETURN_IF_ERROR(Alloc(batch, &position_dev_));
   RETURN_IF_ERROR(Alloc(1, &router_blocks_done_));
   RETURN_IF_ERROR(Alloc(batch * h, &last_h_));
@@ -127,6 +129,18 @@ absl::Status GpuCausalLm::InitCommon(const ModelConfig& c, Checkpoint* ckpt, con
   CUDA_RETURN_IF_ERROR(cudaMemcpy(inv_freq_, rope.inv_freq().data(), rope.inv_freq().size() * sizeof(float),
                                   cudaMemcpyHostToDevice));
   return absl::OkStatus();
+}
+
+void GpuCausalLm::set_experts(GpuExperts* experts) {
+  experts_ = experts;
+  // Steps never exceed the experts' max_tokens(), so their buffers are large enough. The captured graphs
+  // name the old buffers: they go.
+  const GpuExperts::Buffers b = experts != nullptr ? experts->buffers() : GpuExperts::Buffers();
+  x_ = b.residual != nullptr && b.weights != nullptr ? b.residual : own_x_;
+  route_weights_ = b.residual != nullptr && b.weights != nullptr ? b.weights : own_route_weights_;
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
+  graphs_.clear();
 }
 
 GpuCausalLm::~GpuCausalLm() {

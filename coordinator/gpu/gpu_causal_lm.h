@@ -58,8 +58,9 @@ absl::Status CheckCudaDevice(int device);
 class GpuCausalLm : public CausalLm {
  public:
   ~GpuCausalLm() override;
-  // Not owned; must outlive the model's use. Its max_tokens() bounds the tokens per step.
-  void set_experts(GpuExperts* experts) { experts_ = experts; }
+  // Not owned; must outlive the model's use. Its max_tokens() bounds the tokens per step. Where it offers
+  // a residual and routing weights (GpuExperts::Buffers), the model uses those as its own.
+  void set_experts(GpuExperts* experts);
 
   absl::Status Forward(std::span<const int32_t> ids, std::vector<float>* last_logits) override;
   // Forward without copying logits to the host: the arg-max is taken on the device.
@@ -159,6 +160,8 @@ class GpuCausalLm : public CausalLm {
   float* x_ = nullptr;              // [t, hidden]: the residual stream
   float* router_logits_ = nullptr;  // [t, experts]
   float* route_weights_ = nullptr;  // [t, top_k]
+  float* own_x_ = nullptr;              // the model's own, in use unless the experts offer theirs
+  float* own_route_weights_ = nullptr;
   int32_t* position_dev_ = nullptr;  // [max_batch]
   unsigned int* router_blocks_done_ = nullptr;  // the fused router top-k's block counter
 
@@ -229,6 +232,7 @@ absl::Status GpuCausalLm::EnqueueRoutedMoe(int layer, const DeviceMatrix& router
   RETURN_IF_ERROR(experts_->StartLayer(layer, static_cast<uint32_t>(n), stream_, variant));
   RETURN_IF_ERROR(between());
   RETURN_IF_ERROR(experts_->FinishLayer(layer, stream_, variant));
+  if (experts_->Combines(layer, static_cast<uint32_t>(n))) return absl::OkStatus();  // done by the experts
   return CudaStatus(LaunchMoeCombine(moe.slots, route_weights_, n, config_.top_k, config_.hidden_size, x_, stream_),
                     "combine launch");
 }

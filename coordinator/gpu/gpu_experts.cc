@@ -9,7 +9,8 @@
 namespace pinmoe {
 namespace {
 
-absl::Status AllocateBuffers(const ModelConfig& c, uint32_t max_tokens, std::vector<void*>* owned,
+// `combine`: also the residual and the routing weights (a backend that combines).
+absl::Status AllocateBuffers(const ModelConfig& c, uint32_t max_tokens, bool combine, std::vector<void*>* owned,
                              GpuExperts::Buffers* b) {
   const size_t t = max_tokens, h = c.hidden_size, k = c.top_k;
   void* p = nullptr;
@@ -22,6 +23,14 @@ absl::Status AllocateBuffers(const ModelConfig& c, uint32_t max_tokens, std::vec
   CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * k * h * sizeof(float)));
   owned->push_back(p);
   b->slots = static_cast<float*>(p);
+  if (combine) {
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * h * sizeof(float)));
+    owned->push_back(p);
+    b->residual = static_cast<float*>(p);
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * k * sizeof(float)));
+    owned->push_back(p);
+    b->weights = static_cast<float*>(p);
+  }
   return absl::OkStatus();
 }
 
@@ -39,7 +48,7 @@ absl::StatusOr<std::unique_ptr<DeviceExperts>> DeviceExperts::Load(const ModelCo
     ASSIGN_OR_RETURN(d->store_, GpuExpertStore::Load(config, *checkpoint, all.per_worker[0], device));
   }
   RETURN_IF_ERROR(d->store_->Reserve(max_tokens, static_cast<uint32_t>(config.top_k)));
-  RETURN_IF_ERROR(AllocateBuffers(config, max_tokens, &d->allocations_, &d->buffers_));
+  RETURN_IF_ERROR(AllocateBuffers(config, max_tokens, /*combine=*/true, &d->allocations_, &d->buffers_));
   return d;
 }
 
@@ -53,8 +62,10 @@ absl::StatusOr<int> DeviceExperts::BeginStep(uint32_t tokens) {
 }
 
 absl::Status DeviceExperts::EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int) {
+  ExpertCombine combine;
+  if (Combines(layer, tokens)) combine = ExpertCombine{buffers_.residual, buffers_.weights};
   return store_->Enqueue(layer, buffers_.input, tokens, static_cast<uint32_t>(config_.top_k), buffers_.routing,
-                         buffers_.slots, stream);
+                         buffers_.slots, stream, /*allow_grouped=*/true, CounterStore(), CounterWait(), combine);
 }
 
 absl::Status DeviceExperts::FinishStep(cudaEvent_t done) {
@@ -65,7 +76,7 @@ absl::StatusOr<std::unique_ptr<PooledGpuExperts>> PooledGpuExperts::Create(Worke
   auto p = std::unique_ptr<PooledGpuExperts>(new PooledGpuExperts());
   p->pool_ = pool;
   ASSIGN_OR_RETURN(WorkerPool::DeviceSlots s, pool->device_slots());
-  p->buffers_ = {s.input, s.routing, s.output};
+  p->buffers_ = {s.input, s.routing, s.output, s.residual, s.weights};
   return p;
 }
 
@@ -77,7 +88,7 @@ absl::StatusOr<std::unique_ptr<HostBridgeExperts>> HostBridgeExperts::Create(con
   b->backend_ = backend;
   b->max_tokens_ = max_tokens;
   CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
-  RETURN_IF_ERROR(AllocateBuffers(config, max_tokens, &b->allocations_, &b->buffers_));
+  RETURN_IF_ERROR(AllocateBuffers(config, max_tokens, /*combine=*/false, &b->allocations_, &b->buffers_));
   return b;
 }
 

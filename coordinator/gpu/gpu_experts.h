@@ -24,6 +24,7 @@
 #include "coordinator/worker_pool.h"
 #include "worker/gpu/counter_kernels.h"
 #include "worker/gpu/gpu_expert_store.h"
+#include "worker/gpu/stream_sync.h"
 
 namespace pinmoe {
 
@@ -33,6 +34,11 @@ class GpuExperts {
     float* input = nullptr;      // [max_tokens, hidden]
     int32_t* routing = nullptr;  // [max_tokens, top_k]
     float* slots = nullptr;      // [max_tokens, top_k, hidden]
+    // Optional (null: the model keeps its own): the residual stream [max_tokens, hidden] and the routing
+    // weights [max_tokens, top_k], which the model then uses as its own, so that a backend that combines
+    // (Combines) can reach them.
+    float* residual = nullptr;
+    float* weights = nullptr;
   };
   virtual ~GpuExperts() = default;
   virtual uint32_t max_tokens() const = 0;
@@ -58,6 +64,9 @@ class GpuExperts {
     return EnqueueLayer(layer, tokens, stream, variant);
   }
   virtual absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) { return absl::OkStatus(); }
+  // Whether the layer's experts, in a step of `tokens` tokens, also add the weighted slots to the residual
+  // (Buffers::residual, with Buffers::weights): the model then launches no combine of its own.
+  virtual bool Combines(int layer, uint32_t tokens) const { return false; }
   // Waits (bounded) for `done`, recorded on the model's stream after the step's last use of the buffers.
   virtual absl::Status FinishStep(cudaEvent_t done) = 0;
   // After a step's work is enqueued, before FinishStep: the next step is expected to have `tokens`
@@ -79,6 +88,7 @@ class DeviceExperts : public GpuExperts {
   int graph_variants() const override { return 1; }
   absl::StatusOr<int> BeginStep(uint32_t tokens) override;
   absl::Status EnqueueLayer(int layer, uint32_t tokens, cudaStream_t stream, int variant) override;
+  bool Combines(int layer, uint32_t tokens) const override { return tokens == 1 && ExpertsCombine(); }
   absl::Status FinishStep(cudaEvent_t done) override;
 
  private:
@@ -113,6 +123,7 @@ class PooledGpuExperts : public GpuExperts {
   absl::Status FinishLayer(int layer, cudaStream_t stream, int variant) override {
     return pool_->AwaitGpuLayer(layer, stream, variant);
   }
+  bool Combines(int layer, uint32_t tokens) const override { return pool_->CombinesGpuLayer(layer, tokens); }
   absl::Status FinishStep(cudaEvent_t done) override { return pool_->FinishGpuStep(done); }
   absl::Status SendAhead(uint32_t tokens) override { return pool_->SendGpuStepAhead(tokens); }
   absl::Status Settle() override { return pool_->WithdrawGpuStepAhead(); }

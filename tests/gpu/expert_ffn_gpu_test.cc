@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <thread>
@@ -358,6 +359,83 @@ ExpertFfnArgs ShapeOnly(int hidden, int inter) {
   a.tokens = 1;
   a.top_k = 1;
   return a;
+}
+
+// The one-token down kernel that combines as it goes (ExpertFfnArgs::residual): the slots are the
+// plain kernels' bits, and the residual gains exactly what MoeCombine adds (fused multiply-adds over the
+// slots in order, then one add), over shapes whose row groups number fewer or more than the blocks,
+// bf16 and fp32 weights, slots that fit one block and slots that take several rounds, with the done
+// counter stored by the last block, added in shares, or in shares small enough that the grid is cut to
+// them.
+TEST(ExpertFfnGpu, DownKernelCombinesIntoTheResidual) {
+  using testing::Dev;
+  using testing::Random;
+  struct Case {
+    int hidden, inter, experts, top_k;
+    bool fp32;
+    uint32_t add;  // the done counter's form: 0 the last block's store, else every block's share of `add`
+  };
+  for (const Case c : {Case{2048, 768, 16, 8, false, 0}, Case{2048, 768, 16, 8, false, 2048},
+                       Case{2048, 512, 12, 10, false, 37}, Case{64, 48, 8, 3, false, 2048},
+                       Case{1032, 136, 6, 2, true, 0}, Case{256, 96, 8, 4, true, 5},
+                       // 256 threads a slot: three slots a block, the rest in further rounds
+                       Case{256, 1024, 12, 8, true, 0}, Case{512, 2048, 10, 7, false, 2048}}) {
+    std::vector<std::unique_ptr<Dev>> mats;
+    const std::vector<GpuExpert> table =
+        RandomExperts(c.hidden, c.inter, c.experts, c.fp32, [](int) { return true; }, &mats);
+    std::vector<int32_t> routing(c.top_k);
+    for (int k = 0; k < c.top_k; ++k) routing[k] = (k * 5 + 3) % c.experts;  // distinct: top_k <= experts
+    std::vector<float> weights = Random(c.top_k, 11);
+    const std::vector<float> x = Random(c.hidden, 12), residual0 = Random(c.hidden, 13, 4.f);
+    Dev dx(x), dr(routing), dt(table), dw(weights), act(c.top_k * c.inter * 4), out(c.top_k * c.hidden * 4);
+    Dev residual(residual0), counter(4), arrivals(4);
+    ExpertFfnArgs a;
+    a.x = dx.as<float>();
+    a.routing = dr.as<int32_t>();
+    a.experts = dt.as<GpuExpert>();
+    a.num_experts = c.experts;
+    a.tokens = 1;
+    a.top_k = c.top_k;
+    a.hidden = c.hidden;
+    a.inter = c.inter;
+    a.act = act.as<float>();
+    a.out = out.as<float>();
+    a.fp32_weights = c.fp32;
+    ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
+    const std::vector<uint32_t> slots = out.get<uint32_t>();
+
+    ASSERT_CUDA(cudaMemset(out.p, 0xff, out.bytes));
+    ASSERT_CUDA(cudaMemset(arrivals.p, 0, 4));
+    const uint32_t before = c.add == 0 ? 0u : 900u;
+    ASSERT_CUDA(cudaMemcpy(counter.p, &before, 4, cudaMemcpyHostToDevice));
+    a.done = CounterStore{counter.as<uint32_t>(), before + (c.add == 0 ? 77u : c.add), false, nullptr, c.add};
+    a.arrivals = c.add == 0 ? arrivals.as<unsigned int>() : nullptr;
+    a.residual = residual.as<float>();
+    a.combine_weights = dw.as<float>();
+    ASSERT_CUDA(LaunchExpertFfnDecode(a, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    EXPECT_EQ(out.get<uint32_t>(), slots) << c.hidden << "x" << c.inter;
+    EXPECT_EQ(counter.get<uint32_t>()[0], a.done.value);
+    const std::vector<float> got = residual.get<float>();
+    std::vector<float> slot_values(slots.size());
+    std::memcpy(slot_values.data(), slots.data(), slots.size() * 4);
+    size_t differ = 0;
+    for (int i = 0; i < c.hidden; ++i) {
+      float o = 0.f;
+      for (int k = 0; k < c.top_k; ++k) o = std::fma(weights[k], slot_values[static_cast<size_t>(k) * c.hidden + i], o);
+      const float want = residual0[i] + o;
+      differ += std::memcmp(&want, &got[i], 4) != 0;
+    }
+    EXPECT_EQ(differ, 0u) << c.hidden << "x" << c.inter << " top-" << c.top_k << (c.fp32 ? " fp32" : " bf16");
+  }
+  // Only for one token, with weights.
+  ExpertFfnArgs a = ShapeOnly(64, 32);
+  float dummy = 0.f;
+  a.residual = &dummy;
+  EXPECT_EQ(LaunchExpertFfnDecode(a, nullptr), cudaErrorInvalidValue);
+  a.combine_weights = &dummy;
+  a.tokens = 2;
+  EXPECT_EQ(LaunchExpertFfnDecode(a, nullptr), cudaErrorInvalidValue);
 }
 
 // The grouped kernels take no in-kernel wait (the caller gates the stream).

@@ -46,6 +46,14 @@ struct ExpertFfnArgs {
   // Optional: the gate/up kernel's blocks wait for this before they read x and the routing table (which
   // the peer writes while they are resident), so the kernel may be enqueued behind an earlier gate.
   CounterWait ready;
+  // Optional, one token only, and every one of its pairs' experts here: the down kernel also adds the
+  // weighted sum of the token's slots to the residual, residual[i] += sum over slots s (in order) of
+  // combine_weights[s] * out[s, i] with the combine kernel's fused multiply-adds (MoeCombine,
+  // coordinator/gpu/dense_kernels.cu), so the sums are the same bits and no combine kernel follows.
+  // A kernel of its own then runs the down products, every slot of a row group side by side (at most
+  // 32 slots).
+  float* residual = nullptr;                // [hidden]
+  const float* combine_weights = nullptr;   // [top_k]
 };
 
 // Experts at most for which a batch's pairs are sorted by expert (in shared memory); with more, each pair

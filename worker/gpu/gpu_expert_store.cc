@@ -179,7 +179,12 @@ absl::Status GpuExpertStore::Reserve(uint32_t max_tokens, uint32_t top_k, bool g
 
 absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k,
                                      const int32_t* routing, float* out, cudaStream_t stream, bool allow_grouped,
-                                     const CounterStore& after, const CounterWait& before) {
+                                     const CounterStore& after, const CounterWait& before,
+                                     const ExpertCombine& combine) {
+  if (combine.residual != nullptr && (tokens != 1 || combine.weights == nullptr || !HasWholeLayer(layer))) {
+    return absl::InvalidArgumentError(StrCat("layer ", layer, ": combining into the residual needs one token (not ",
+                                             tokens, "), the routing weights and every expert of the layer here"));
+  }
   // `after` in the form this process uses: by the decode down kernel's last block, else a write enqueued
   // behind the kernels.
   auto write_after = [&]() -> absl::Status {
@@ -221,6 +226,8 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
     return write_after();
   }
   a.ready = before;
+  a.residual = combine.residual;
+  a.combine_weights = combine.weights;
   a.act = act_;
   a.fp32_weights = fp32_;
   const bool fused = after.counter != nullptr && KernelsStoreCounters();
@@ -230,6 +237,11 @@ absl::Status GpuExpertStore::Enqueue(int layer, const float* x, uint32_t tokens,
   }
   RETURN_IF_ERROR(CudaStatus(LaunchExpertFfnDecode(a, stream), "expert FFN launch"));
   return fused ? absl::OkStatus() : write_after();
+}
+
+bool GpuExpertStore::HasWholeLayer(int layer) const {
+  const auto owned = owned_.find(layer);
+  return owned != owned_.end() && std::all_of(owned->second.begin(), owned->second.end(), [](bool b) { return b; });
 }
 
 absl::StatusOr<uint32_t> GpuExpertStore::Compute(int layer, const float* x, uint32_t tokens, uint32_t top_k,

@@ -26,6 +26,12 @@ namespace pinmoe {
 // 1,142 against 999.
 constexpr uint32_t kGroupedMinTokens = 64;
 
+// Where a one-token layer's weighted expert outputs are added (GpuExpertStore::Enqueue).
+struct ExpertCombine {
+  float* residual = nullptr;       // [hidden]
+  const float* weights = nullptr;  // [top_k]
+};
+
 class GpuExpertStore {
  public:
   static absl::StatusOr<std::unique_ptr<GpuExpertStore>> Load(const ModelConfig& config, Checkpoint& checkpoint,
@@ -50,9 +56,15 @@ class GpuExpertStore {
   // `before`, when it names a counter, is waited for before x and routing are read: by the decode
   // kernels' blocks themselves (CounterWait; the stream's earlier gate lets them in early), else by a
   // gate enqueued first. Only where KernelWaitsCounters() (stream_sync.h).
+  // `combine`, when it names a residual: one token whose every expert of the layer is here; the down
+  // kernel also adds the token's weighted slots to the residual (ExpertFfnArgs::residual), so that no
+  // combine kernel has to follow.
   absl::Status Enqueue(int layer, const float* x, uint32_t tokens, uint32_t top_k, const int32_t* routing,
                        float* out, cudaStream_t stream, bool allow_grouped = true,
-                       const CounterStore& after = CounterStore(), const CounterWait& before = CounterWait());
+                       const CounterStore& after = CounterStore(), const CounterWait& before = CounterWait(),
+                       const ExpertCombine& combine = ExpertCombine());
+  // Whether every expert of `layer` is here (what Enqueue's `combine` needs).
+  bool HasWholeLayer(int layer) const;
   cudaStream_t stream() const { return stream_; }
   bool HasLayer(int layer) const { return tables_.count(layer) != 0; }
 

@@ -153,6 +153,11 @@ absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_
 
 bool KernelsStoreCounters() { return Writes() == WriteForm::kFused; }
 
+bool ExpertsCombine() {
+  static const bool on = EnvInt("PINMOE_EXPERT_COMBINE", 1) != 0;
+  return on;
+}
+
 absl::Status WaitForEvent(cudaEvent_t event, std::chrono::milliseconds timeout, std::string_view what,
                           const std::function<absl::Status()>& poll) {
   using Clock = std::chrono::steady_clock;

@@ -47,6 +47,11 @@ absl::Status EnqueueWriteCounter(cudaStream_t stream, uint32_t* counter, uint32_
 // it. Where no kernel can (the prefill paths), callers enqueue EnqueueWriteCounter.
 bool KernelsStoreCounters();
 
+// Whether the one-token down kernel of a layer whose experts are all in one place adds the weighted
+// slots to the model's residual itself (ExpertFfnArgs::residual), in-process and in GPU workers, instead
+// of a combine kernel of the model's; PINMOE_EXPERT_COMBINE=0 turns it off (A/B).
+bool ExpertsCombine();
+
 // Waits for `event` with a deadline, calling `poll` about every millisecond (it may fail the wait, e.g.
 // when a peer died). Spins between polls: the step's latency matters more than a host core.
 absl::Status WaitForEvent(cudaEvent_t event, std::chrono::milliseconds timeout, std::string_view what,
