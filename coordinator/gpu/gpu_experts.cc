@@ -13,23 +13,19 @@ namespace {
 absl::Status AllocateBuffers(const ModelConfig& c, uint32_t max_tokens, bool combine, std::vector<void*>* owned,
                              GpuExperts::Buffers* b) {
   const size_t t = max_tokens, h = c.hidden_size, k = c.top_k;
-  void* p = nullptr;
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * h * sizeof(float)));
-  owned->push_back(p);
-  b->input = static_cast<float*>(p);
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * k * sizeof(int32_t)));
-  owned->push_back(p);
-  b->routing = static_cast<int32_t*>(p);
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * k * h * sizeof(float)));
-  owned->push_back(p);
-  b->slots = static_cast<float*>(p);
+  auto alloc = [&]<typename T>(size_t count, T** dst) -> absl::Status {
+    void* p = nullptr;
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, count * sizeof(T)));
+    owned->push_back(p);
+    *dst = static_cast<T*>(p);
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(alloc(t * h, &b->input));
+  RETURN_IF_ERROR(alloc(t * k, &b->routing));
+  RETURN_IF_ERROR(alloc(t * k * h, &b->slots));
   if (combine) {
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * h * sizeof(float)));
-    owned->push_back(p);
-    b->residual = static_cast<float*>(p);
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, t * k * sizeof(float)));
-    owned->push_back(p);
-    b->weights = static_cast<float*>(p);
+    RETURN_IF_ERROR(alloc(t * h, &b->residual));
+    RETURN_IF_ERROR(alloc(t * k, &b->weights));
   }
   return absl::OkStatus();
 }
