@@ -10,10 +10,14 @@
 #include "common/safetensors.h"
 #include "coordinator/expert_backend.h"
 #include "coordinator/generate.h"
+#include "coordinator/placement.h"
 #include "coordinator/worker_pool.h"
 #include "coordinator/session.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
+#if PINMOE_WITH_CUDA
+#include "worker/gpu/stream_sync.h"
+#endif
 
 namespace pinmoe {
 namespace {
@@ -79,6 +83,42 @@ TEST(WorkerPool, FullRoundMatchesInProcessExperts) {
     size_t differ = 0;
     for (size_t i = 0; i < want.size(); ++i) differ += std::fabs(got[i] - want[i]) > 1e-5f * (1 + std::fabs(want[i]));
     EXPECT_EQ(differ, 0u) << tokens << " tokens";
+  }
+}
+
+// Which layers a worker combines into the model's residual itself (WorkerPool::CombinesGpuLayer): in
+// one-token steps, the layers one worker holds whole; never a layer split between workers, a step of more
+// tokens, or a dense layer; and never with PINMOE_EXPERT_COMBINE=0 or in a build without CUDA, which has
+// no GPU path.
+TEST(WorkerPool, WorkersCombineOnlyWholeLayersOfOneTokenSteps) {
+  const std::string dir = testing::TestData("qwen3moe-f32");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  for (const PlacementSplit split : {PlacementSplit::kLayers, PlacementSplit::kExperts}) {
+    WorkerPoolOptions po;
+    po.num_workers = 2;
+    po.worker_binary = testing::WorkerBinary();
+    po.model_dir = dir;
+    po.placement = MakePlacement(*config, 2, split);
+    absl::StatusOr<std::unique_ptr<WorkerPool>> pool = WorkerPool::Start(*config, po);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    int whole = 0;
+    for (int l = 0; l < config->num_layers; ++l) {
+      const bool combines = (*pool)->CombinesGpuLayer(l, 1);
+      whole += combines;
+#if PINMOE_WITH_CUDA
+      EXPECT_EQ(combines, split == PlacementSplit::kLayers && config->IsMoeLayer(l) && ExpertsCombine())
+          << "layer " << l;
+#else
+      EXPECT_FALSE(combines) << "layer " << l;
+#endif
+      EXPECT_FALSE((*pool)->CombinesGpuLayer(l, 2)) << "layer " << l;
+    }
+    EXPECT_FALSE((*pool)->CombinesGpuLayer(-1, 1));
+    EXPECT_FALSE((*pool)->CombinesGpuLayer(config->num_layers, 1));
+#if PINMOE_WITH_CUDA
+    if (split == PlacementSplit::kLayers && ExpertsCombine()) EXPECT_GT(whole, 0);
+#endif
   }
 }
 
