@@ -20,6 +20,7 @@
 #include "common/device_name.h"
 #include "common/env.h"
 #include "common/status.h"
+#include "common/step_doorbell.h"
 #if PINMOE_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -61,6 +62,7 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // Buffer ids in Assign and Work messages.
 constexpr uint32_t kHostBuffer = 0;
 constexpr uint32_t kDeviceBuffer = 1;
+constexpr uint32_t kDoorbellBuffer = 2;  // host shared memory: the step doorbell's slots (PINMOE_STEP_DOORBELL)
 // The GPU-ordered path's counters live in the first 4 KiB of the buffers, one per 64-byte line: ready,
 // each worker's done, and soon in the last line.
 constexpr uint64_t kCounterBytes = 4096;
@@ -151,6 +153,10 @@ absl::Status WorkerPool::Launch() {
   if (any_cpu) {
     ASSIGN_OR_RETURN(buffer_, SharedMemory::Create("pinmoe-moe", total));
   }
+  if (!any_cpu && StepDoorbellOn()) {
+    ASSIGN_OR_RETURN(doorbell_, SharedMemory::Create("pinmoe-doorbell", kDoorbellSlotBytes * options_.num_workers));
+    std::memset(doorbell_->data(), 0, doorbell_->size());
+  }
   if (first_gpu >= 0) {
     // On the first GPU worker's device; workers on other GPUs reach it through peer access.
     ASSIGN_OR_RETURN(device_buffer_, DeviceBuffer::Create(
@@ -214,6 +220,12 @@ absl::Status WorkerPool::Launch() {
       b->set_cuda_ipc_handle(device_buffer_->ipc_handle());
       b->set_cuda_device(device_buffer_->device());
       b->set_size_bytes(device_buffer_->size());
+      if (doorbell_ != nullptr) {
+        proto::SharedBuffer* d = a->add_buffers();
+        d->set_id(kDoorbellBuffer);
+        d->set_shm_name(doorbell_->name());
+        d->set_size_bytes(doorbell_->size());
+      }
     }
     return router_->Send(w.identity, assign);
   };
@@ -622,7 +634,8 @@ absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32
       slice(step->mutable_timeline(), TimelineOffset(static_cast<int>(w) + 1, 0),
             static_cast<uint64_t>(step->layers_size()) * 2 * sizeof(uint64_t));
     }
-    absl::Status st = router_->Send(workers_[w].identity, env);
+    absl::Status st;
+    if (doorbell_ == nullptr || !Ring(static_cast<int>(w), step)) st = router_->Send(workers_[w].identity, env);
     if (!st.ok()) {
       broken_ = true;
       absl::Status exited = CheckChildren(StrCat("starting step ", sequence));
@@ -632,6 +645,33 @@ absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32
     pending[w] = true;
   }
   return pending;
+}
+
+bool WorkerPool::Ring(int w, proto::Step* step) {
+  if (doorbell_slots_.empty()) doorbell_slots_.resize(workers_.size());
+  DoorbellSlot& slot = doorbell_slots_[w];
+  const uint64_t sequence = step->sequence();
+  const int parity = static_cast<int>(sequence & 1);
+  proto::Slice* d = step->mutable_doorbell();
+  d->set_buffer_id(kDoorbellBuffer);
+  d->set_offset(kDoorbellSlotBytes * static_cast<uint64_t>(w));
+  d->set_length(sizeof(uint64_t));
+  step->clear_sequence();
+  std::string shape = step->SerializeAsString();
+  step->set_sequence(sequence);
+  const auto now = Clock::now();
+  // The worker takes a ring only for the step after its last, and polls without blocking only for a
+  // while after it: within half of that window it surely still does.
+  const bool ring = slot.last_sequence + 1 == sequence && slot.shape[parity] == shape &&
+                    now - slot.last_time < WorkerHotPoll() / 2;
+  slot.last_sequence = sequence;
+  slot.last_time = now;
+  if (ring) {
+    RingDoorbell(doorbell_->data() + kDoorbellSlotBytes * static_cast<uint64_t>(w), sequence);
+    return true;
+  }
+  slot.shape[parity] = std::move(shape);
+  return false;
 }
 
 absl::Status WorkerPool::SendGpuStepAhead(uint32_t tokens) {

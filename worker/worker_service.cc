@@ -13,6 +13,7 @@
 #include "common/str_cat.h"
 #include "common/device_name.h"
 #include "common/env.h"
+#include "common/step_doorbell.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/shared_memory.h"
@@ -34,12 +35,8 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
-// How long the worker polls for the next Step without blocking (see Run); PINMOE_WORKER_HOT_POLL_MS
-// overrides it (A/B measurements; 0 turns it off).
-std::chrono::milliseconds HotPoll() {
-  static const std::chrono::milliseconds poll{std::max(0, EnvInt("PINMOE_WORKER_HOT_POLL_MS", 50))};
-  return poll;
-}
+// How long the worker polls for the next Step without blocking (see Run): common/step_doorbell.h.
+std::chrono::milliseconds HotPoll() { return WorkerHotPoll(); }
 
 #if PINMOE_WITH_CUDA
 // Whether the down kernels after a step's first layer add to the done counter (CounterStore::add) rather
@@ -94,9 +91,43 @@ class Worker {
     // within milliseconds, and the wake-up from a blocking poll made the step's first layer wait for us
     // (the hand-over timeline, bench/NOTES.md).
     auto hot_until = std::chrono::steady_clock::time_point{};
+    // A Step, from a message or a ring of the step doorbell (common/step_doorbell.h).
+    auto run_step = [&](const proto::Step& step) -> absl::Status {
+      if (options_.fault != WorkerFault::kNone && works++ >= options_.fault_after_works) {
+        if (options_.fault == WorkerFault::kCrashOnWork) std::abort();
+        if (options_.fault == WorkerFault::kHangOnWork) {
+          while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+      }
+      last_step_sequence_ = step.sequence();
+#if PINMOE_WITH_CUDA
+      absl::Status st = HandleStep(step);
+      if (!st.ok()) {
+        SendError(st, step.sequence());
+        return absl::OkStatus();
+      }
+      proto::Envelope done = MakeEnvelope();
+      done.mutable_done()->set_sequence(step.sequence());
+      RETURN_IF_ERROR(socket_->Send(done));
+      hot_until = std::chrono::steady_clock::now() + HotPoll();
+#else
+      SendError(absl::UnimplementedError("Step needs a GPU worker"), step.sequence());
+#endif
+      return absl::OkStatus();
+    };
     while (true) {
       const bool hot = std::chrono::steady_clock::now() < hot_until;
       ASSIGN_OR_RETURN(auto in, socket_->Receive(/*timeout_ms=*/hot ? 0 : 200));
+      if (!in && doorbell_ != nullptr) {
+        // Rung for the step after our last: replay the cached Step of its parity under its sequence.
+        const uint64_t rung = ReadDoorbell(doorbell_);
+        if (rung == last_step_sequence_ + 1 && rung_steps_.count(rung & 1) != 0) {
+          proto::Step step = rung_steps_[rung & 1];
+          step.set_sequence(rung);
+          RETURN_IF_ERROR(run_step(step));
+          continue;
+        }
+      }
       if (!in && hot) {
         std::this_thread::yield();
         continue;
@@ -110,25 +141,18 @@ class Worker {
         continue;
       }
       if (env.has_step()) {
-        if (options_.fault != WorkerFault::kNone && works++ >= options_.fault_after_works) {
-          if (options_.fault == WorkerFault::kCrashOnWork) std::abort();
-          if (options_.fault == WorkerFault::kHangOnWork) {
-            while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
+        // A Step that names a doorbell slot may be rung again for a later step of its parity.
+        if (env.step().has_doorbell()) {
+          absl::StatusOr<uint8_t*> slot = Resolve(env.step().doorbell(), sizeof(uint64_t), "doorbell slot");
+          if (!slot.ok() || reinterpret_cast<uintptr_t>(*slot) % alignof(uint64_t) != 0) {
+            SendError(slot.ok() ? absl::InvalidArgumentError("doorbell slot is misaligned") : slot.status(),
+                      env.step().sequence());
+            continue;
           }
+          doorbell_ = *slot;
+          rung_steps_[env.step().sequence() & 1] = env.step();
         }
-#if PINMOE_WITH_CUDA
-        absl::Status st = HandleStep(env.step());
-        if (!st.ok()) {
-          SendError(st, env.step().sequence());
-          continue;
-        }
-        proto::Envelope done = MakeEnvelope();
-        done.mutable_done()->set_sequence(env.step().sequence());
-        RETURN_IF_ERROR(socket_->Send(done));
-        hot_until = std::chrono::steady_clock::now() + HotPoll();
-#else
-        SendError(absl::UnimplementedError("Step needs a GPU worker"), env.step().sequence());
-#endif
+        RETURN_IF_ERROR(run_step(env.step()));
         continue;
       }
       if (!env.has_work()) continue;
@@ -414,6 +438,11 @@ class Worker {
 
   WorkerOptions options_;
   std::unique_ptr<DealerSocket> socket_;
+  // The step doorbell (common/step_doorbell.h): our slot, the last Step of each parity that named it,
+  // and the sequence of the last Step we handled, however it came.
+  uint8_t* doorbell_ = nullptr;
+  std::map<uint64_t, proto::Step> rung_steps_;
+  uint64_t last_step_sequence_ = 0;
   std::map<uint32_t, std::unique_ptr<SharedMemory>> buffers_;
   ModelConfig config_;
   std::unique_ptr<CpuExpertStore> store_;

@@ -1,0 +1,48 @@
+// The step doorbell (PINMOE_STEP_DOORBELL=1; off by default, not yet measured): a decode step whose
+// Step message would repeat one a worker already has (every other step: the same bytes but the
+// sequence) is announced by storing its sequence number in the worker's slot of a small host
+// shared-memory segment instead of sending the message. A worker polling its socket without blocking
+// (the hot window after each step) reads the slot on every turn, with no system call, and replays
+// its cached Step of that parity. ZeroMQ's send, which wakes its I/O thread, cost ~20-40 µs a message
+// on the development VM (bench/control_send_bench, bench/NOTES.md); the store costs nothing like it.
+//
+// The coordinator rings only for the sequence right after the worker's last one, and only within half
+// the worker's hot window of the last step; the worker takes a ring only when it is the sequence right
+// after the last one it handled (a message still in flight goes first). Everything else (the first
+// steps, other tokens, errors, Done) stays on ZeroMQ.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+#include "common/env.h"
+
+namespace pinmoe {
+
+// One worker's slot: 8 bytes at the start of its own cache line.
+inline constexpr uint64_t kDoorbellSlotBytes = 64;
+
+inline void RingDoorbell(uint8_t* slot, uint64_t sequence) {
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(slot)).store(sequence, std::memory_order_release);
+}
+
+inline uint64_t ReadDoorbell(uint8_t* slot) {
+  return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(slot)).load(std::memory_order_acquire);
+}
+
+inline bool StepDoorbellOn() {
+  static const bool on = EnvInt("PINMOE_STEP_DOORBELL", 0) != 0;
+  return on;
+}
+
+// How long a worker polls for the next Step without blocking after each step; PINMOE_WORKER_HOT_POLL_MS
+// overrides it (A/B measurements; 0 turns it off). The coordinator reads the same, to ring only while
+// the worker is surely still polling.
+inline std::chrono::milliseconds WorkerHotPoll() {
+  static const std::chrono::milliseconds poll{std::max(0, EnvInt("PINMOE_WORKER_HOT_POLL_MS", 50))};
+  return poll;
+}
+
+}  // namespace pinmoe

@@ -1,0 +1,53 @@
+// The step doorbell's slots (common/step_doorbell.h) between processes: a sequence stored in one
+// process's mapping of the shared segment is read by another's, slot by slot, with nothing else in
+// between (no socket, no system call on the reading side).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "common/shared_memory.h"
+#include "common/step_doorbell.h"
+#include "gtest/gtest.h"
+
+namespace pinmoe {
+namespace {
+
+TEST(StepDoorbell, ARingIsSeenByAnotherProcess) {
+  auto shm = SharedMemory::Create("pinmoe-doorbell-test", 3 * kDoorbellSlotBytes);
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  std::memset((*shm)->data(), 0, (*shm)->size());
+  const std::string name = (*shm)->name();
+  const uint64_t size = (*shm)->size();  // rounded up to the segments' alignment
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The "worker": waits (bounded) for slot 1 to hold 7, then answers 8 in slot 2 and checks slot 0.
+    auto mine = SharedMemory::Open(name, size);
+    if (!mine.ok()) _exit(2);
+    uint8_t* base = (*mine)->data();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (ReadDoorbell(base + kDoorbellSlotBytes) != 7u) {
+      if (std::chrono::steady_clock::now() > deadline) _exit(3);
+    }
+    RingDoorbell(base + 2 * kDoorbellSlotBytes, 8u);
+    _exit(ReadDoorbell(base) == 0u ? 0 : 4);
+  }
+  uint8_t* base = (*shm)->data();
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the child is polling by now, most likely
+  RingDoorbell(base + kDoorbellSlotBytes, 7u);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ReadDoorbell(base + 2 * kDoorbellSlotBytes) != 8u && std::chrono::steady_clock::now() < deadline) {
+  }
+  EXPECT_EQ(ReadDoorbell(base + 2 * kDoorbellSlotBytes), 8u);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: could not open the segment, 3: never saw the ring, 4: slot 0 moved";
+  EXPECT_EQ(ReadDoorbell(base), 0u);  // untouched slots stay as they were
+}
+
+}  // namespace
+}  // namespace pinmoe
