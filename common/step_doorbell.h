@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 #include "common/env.h"
 
@@ -43,6 +44,28 @@ inline bool StepDoorbellOn() {
 inline std::chrono::milliseconds WorkerHotPoll() {
   static const std::chrono::milliseconds poll{std::max(0, EnvInt("PINMOE_WORKER_HOT_POLL_MS", 50))};
   return poll;
+}
+
+// The coordinator's record of one worker's Steps, and its choice for the next one.
+struct DoorbellRecord {
+  uint64_t last_sequence = 0;
+  std::chrono::steady_clock::time_point last_time;
+  std::string shape[2];  // the last Step sent by message of each parity, serialised without its sequence
+};
+
+// Whether the Step `sequence`, serialised without its sequence as `shape`, may be rung rather than sent
+// at `now`: the step right after the worker's last, the same as its last message of that parity, within
+// half the worker's hot window `hot` of the last step. Either way the record takes the step as the
+// worker's last (and, when it is to be sent, as its parity's last message).
+inline bool DecideRing(DoorbellRecord& r, uint64_t sequence, std::string shape,
+                       std::chrono::steady_clock::time_point now, std::chrono::milliseconds hot) {
+  const int parity = static_cast<int>(sequence & 1);
+  const bool ring = r.last_sequence != 0 && r.last_sequence + 1 == sequence && r.shape[parity] == shape &&
+                    now - r.last_time < hot / 2;
+  r.last_sequence = sequence;
+  r.last_time = now;
+  if (!ring) r.shape[parity] = std::move(shape);
+  return ring;
 }
 
 }  // namespace pinmoe

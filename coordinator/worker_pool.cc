@@ -648,10 +648,8 @@ absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32
 }
 
 bool WorkerPool::Ring(int w, proto::Step* step) {
-  if (doorbell_slots_.empty()) doorbell_slots_.resize(workers_.size());
-  DoorbellSlot& slot = doorbell_slots_[w];
+  if (doorbell_records_.empty()) doorbell_records_.resize(workers_.size());
   const uint64_t sequence = step->sequence();
-  const int parity = static_cast<int>(sequence & 1);
   proto::Slice* d = step->mutable_doorbell();
   d->set_buffer_id(kDoorbellBuffer);
   d->set_offset(kDoorbellSlotBytes * static_cast<uint64_t>(w));
@@ -659,19 +657,9 @@ bool WorkerPool::Ring(int w, proto::Step* step) {
   step->clear_sequence();
   std::string shape = step->SerializeAsString();
   step->set_sequence(sequence);
-  const auto now = Clock::now();
-  // The worker takes a ring only for the step after its last, and polls without blocking only for a
-  // while after it: within half of that window it surely still does.
-  const bool ring = slot.last_sequence + 1 == sequence && slot.shape[parity] == shape &&
-                    now - slot.last_time < WorkerHotPoll() / 2;
-  slot.last_sequence = sequence;
-  slot.last_time = now;
-  if (ring) {
-    RingDoorbell(doorbell_->data() + kDoorbellSlotBytes * static_cast<uint64_t>(w), sequence);
-    return true;
-  }
-  slot.shape[parity] = std::move(shape);
-  return false;
+  if (!DecideRing(doorbell_records_[w], sequence, std::move(shape), Clock::now(), WorkerHotPoll())) return false;
+  RingDoorbell(doorbell_->data() + kDoorbellSlotBytes * static_cast<uint64_t>(w), sequence);
+  return true;
 }
 
 absl::Status WorkerPool::SendGpuStepAhead(uint32_t tokens) {

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 #include "common/shared_memory.h"
+#include "common/step_doorbell.h"
 #include "common/transport.h"
 #include "coordinator/expert_backend.h"
 #include "coordinator/placement.h"
@@ -229,15 +230,10 @@ class WorkerPool : public ExpertBackend {
   // The step doorbell (common/step_doorbell.h; doorbell_ only with PINMOE_STEP_DOORBELL=1): names
   // worker w's slot in `step` and rings it instead of a message where the worker may take that (the
   // step after its last, the same contents as its last Step of that parity, within its hot window);
-  // returns whether it rang. Either way the step is w's last from here on.
-  struct DoorbellSlot {
-    uint64_t last_sequence = 0;
-    std::chrono::steady_clock::time_point last_time;
-    std::string shape[2];  // the last Step sent of each parity, without its sequence
-  };
+  // returns whether it rang (DecideRing). Either way the step is w's last from here on.
   bool Ring(int w, proto::Step* step);
   std::unique_ptr<SharedMemory> doorbell_;
-  std::vector<DoorbellSlot> doorbell_slots_;
+  std::vector<DoorbellRecord> doorbell_records_;
   // The step `sequence` becomes the current one (its parity base, tokens and the workers that owe their
   // Done); returns its parity.
   int MakeCurrent(uint64_t sequence, uint32_t tokens, std::vector<bool> pending);

@@ -49,5 +49,31 @@ TEST(StepDoorbell, ARingIsSeenByAnotherProcess) {
   EXPECT_EQ(ReadDoorbell(base), 0u);  // untouched slots stay as they were
 }
 
+// The coordinator rings only for the step right after the worker's last, with the same contents as
+// that parity's last message, within half the hot window; everything else goes as a message and becomes
+// the parity's last.
+TEST(StepDoorbell, RingsOnlyARepeatOfTheLastStepsOfItsParity) {
+  using std::chrono::milliseconds;
+  const milliseconds hot(50);
+  auto t = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  DoorbellRecord r;
+  EXPECT_FALSE(DecideRing(r, 1, "A", t, hot));  // first steps: messages
+  EXPECT_FALSE(DecideRing(r, 2, "B", t += milliseconds(3), hot));
+  EXPECT_TRUE(DecideRing(r, 3, "A", t += milliseconds(3), hot));  // repeats step 1
+  EXPECT_TRUE(DecideRing(r, 4, "B", t += milliseconds(3), hot));
+  EXPECT_FALSE(DecideRing(r, 5, "C", t += milliseconds(3), hot));  // other contents: a message...
+  EXPECT_TRUE(DecideRing(r, 6, "B", t += milliseconds(3), hot));
+  EXPECT_TRUE(DecideRing(r, 7, "C", t += milliseconds(3), hot));   // ...which is its parity's last from then
+  EXPECT_FALSE(DecideRing(r, 9, "C", t += milliseconds(3), hot));  // a gap (8 went elsewhere): a message,
+  EXPECT_TRUE(DecideRing(r, 10, "B", t += milliseconds(3), hot));  // after which 10 follows the worker's 9
+  EXPECT_TRUE(DecideRing(r, 11, "C", t += milliseconds(3), hot));
+  EXPECT_FALSE(DecideRing(r, 12, "B", t += milliseconds(30), hot));  // past half the window: a message
+  EXPECT_TRUE(DecideRing(r, 13, "C", t += milliseconds(24), hot));
+  DoorbellRecord never;
+  EXPECT_FALSE(DecideRing(never, 1, "A", t, milliseconds(0)));
+  EXPECT_FALSE(DecideRing(never, 2, "B", t, milliseconds(0)));
+  EXPECT_FALSE(DecideRing(never, 3, "A", t, milliseconds(0)));  // no hot window: never rung
+}
+
 }  // namespace
 }  // namespace pinmoe
