@@ -156,6 +156,7 @@ absl::Status WorkerPool::Launch() {
   if (!any_cpu && StepDoorbellOn()) {
     ASSIGN_OR_RETURN(doorbell_, SharedMemory::Create("pinmoe-doorbell", kDoorbellSlotBytes * options_.num_workers));
     std::memset(doorbell_->data(), 0, doorbell_->size());
+    doorbell_records_.resize(options_.num_workers);
   }
   if (first_gpu >= 0) {
     // On the first GPU worker's device; workers on other GPUs reach it through peer access.
@@ -542,7 +543,6 @@ bool EarlyCombine() {
   return on;
 }
 
-
 }  // namespace
 
 absl::StatusOr<WorkerPool::DeviceSlots> WorkerPool::device_slots() {
@@ -648,7 +648,6 @@ absl::StatusOr<std::vector<bool>> WorkerPool::SendStep(uint64_t sequence, uint32
 }
 
 bool WorkerPool::Ring(int w, proto::Step* step) {
-  if (doorbell_records_.empty()) doorbell_records_.resize(workers_.size());
   const uint64_t sequence = step->sequence();
   proto::Slice* d = step->mutable_doorbell();
   d->set_buffer_id(kDoorbellBuffer);

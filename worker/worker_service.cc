@@ -7,6 +7,7 @@
 #include <chrono>
 #include <csignal>
 #include <map>
+#include <optional>
 #include <memory>
 #include <thread>
 
@@ -35,8 +36,6 @@ double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
 
-// How long the worker polls for the next Step without blocking (see Run): common/step_doorbell.h.
-std::chrono::milliseconds HotPoll() { return WorkerHotPoll(); }
 
 #if PINMOE_WITH_CUDA
 // Whether the down kernels after a step's first layer add to the done counter (CounterStore::add) rather
@@ -109,7 +108,7 @@ class Worker {
       proto::Envelope done = MakeEnvelope();
       done.mutable_done()->set_sequence(step.sequence());
       RETURN_IF_ERROR(socket_->Send(done));
-      hot_until = std::chrono::steady_clock::now() + HotPoll();
+      hot_until = std::chrono::steady_clock::now() + WorkerHotPoll();  // common/step_doorbell.h
 #else
       SendError(absl::UnimplementedError("Step needs a GPU worker"), step.sequence());
 #endif
@@ -121,8 +120,8 @@ class Worker {
       if (!in && doorbell_ != nullptr) {
         // Rung for the step after our last: replay the cached Step of its parity under its sequence.
         const uint64_t rung = ReadDoorbell(doorbell_);
-        if (rung == last_step_sequence_ + 1 && rung_steps_.count(rung & 1) != 0) {
-          proto::Step step = rung_steps_[rung & 1];
+        if (rung == last_step_sequence_ + 1 && rung_steps_[rung & 1].has_value()) {
+          proto::Step step = *rung_steps_[rung & 1];
           step.set_sequence(rung);
           RETURN_IF_ERROR(run_step(step));
           continue;
@@ -441,7 +440,7 @@ class Worker {
   // The step doorbell (common/step_doorbell.h): our slot, the last Step of each parity that named it,
   // and the sequence of the last Step we handled, however it came.
   uint8_t* doorbell_ = nullptr;
-  std::map<uint64_t, proto::Step> rung_steps_;
+  std::optional<proto::Step> rung_steps_[2];
   uint64_t last_step_sequence_ = 0;
   std::map<uint32_t, std::unique_ptr<SharedMemory>> buffers_;
   ModelConfig config_;

@@ -136,8 +136,9 @@ void GpuCausalLm::set_experts(GpuExperts* experts) {
   // Steps never exceed the experts' max_tokens(), so their buffers are large enough. The captured graphs
   // name the old buffers: they go.
   const GpuExperts::Buffers b = experts != nullptr ? experts->buffers() : GpuExperts::Buffers();
-  x_ = b.residual != nullptr && b.weights != nullptr ? b.residual : own_x_;
-  route_weights_ = b.residual != nullptr && b.weights != nullptr ? b.weights : own_route_weights_;
+  const bool adopt = b.residual != nullptr && b.weights != nullptr;
+  x_ = adopt ? b.residual : own_x_;
+  route_weights_ = adopt ? b.weights : own_route_weights_;
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
   graphs_.clear();

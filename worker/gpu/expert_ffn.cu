@@ -262,6 +262,12 @@ constexpr int kCombineMaxSlots = 32;
 // down kernel (gpu_expert_ffn_bench --combine, H200).
 constexpr int kCombineThreads = 768;
 
+// A down grid with the done counter in the add form gives every block a share of at least 1
+// (CounterStore::add): at most `add` blocks.
+int CutToDoneShares(const ExpertFfnArgs& a, int grid) {
+  return a.done.counter != nullptr && a.done.add != 0 ? static_cast<int>(std::min<long>(grid, a.done.add)) : grid;
+}
+
 template <typename W, int R>
 __global__ void __launch_bounds__(kCombineThreads, 2) DownCombineKernel(ExpertFfnArgs a, int slot_threads) {
   constexpr int kElems = 16 / sizeof(W);
@@ -279,11 +285,10 @@ __global__ void __launch_bounds__(kCombineThreads, 2) DownCombineKernel(ExpertFf
     mats[threadIdx.x] = id >= 0 && id < a.num_experts ? static_cast<const W*>(a.experts[id].down) : nullptr;
   }
   __syncthreads();
-  auto matrix = [&](int slot) { return mats[slot]; };
   uint4 v[R];
   auto load = [&](int g, int round, int c) {
     const int slot = round * per_round + sub;
-    const W* mat = slot < a.top_k ? matrix(slot) : nullptr;
+    const W* mat = slot < a.top_k ? mats[slot] : nullptr;
     if (mat == nullptr) return;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -302,7 +307,7 @@ __global__ void __launch_bounds__(kCombineThreads, 2) DownCombineKernel(ExpertFf
   if (g < groups && tid < chunks) load(g, round, tid);
   while (g < groups) {
     const int row0 = g * R, slot = round * per_round + sub;
-    const bool active = slot < a.top_k && matrix(slot) != nullptr;
+    const bool active = slot < a.top_k && mats[slot] != nullptr;
     const float* x = a.act + static_cast<size_t>(slot) * a.inter;
     float acc[R];
 #pragma unroll
@@ -352,8 +357,8 @@ cudaError_t LaunchDownCombine(const ExpertFfnArgs& a, cudaStream_t stream) {
   const cudaError_t err =
       ResidentGrid(kernel, per_round * slot_threads, 0, static_cast<long>((a.hidden + R - 1) / R), &grid);
   if (err != cudaSuccess) return err;
-  if (a.done.counter != nullptr && a.done.add != 0) grid = static_cast<int>(std::min<long>(grid, a.done.add));
-  return LaunchPdl(kernel, dim3(grid), dim3(per_round * slot_threads), 0, stream, a, slot_threads);
+  return LaunchPdl(kernel, dim3(CutToDoneShares(a, grid)), dim3(per_round * slot_threads), 0, stream, a,
+                   slot_threads);
 }
 
 template <typename W, bool kGateUp, int R, bool kSorted, int kPass>
@@ -366,9 +371,7 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   int grid = 0;
   const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
   if (err != cudaSuccess) return err;
-  if (!kGateUp && a.done.counter != nullptr && a.done.add != 0) {
-    grid = static_cast<int>(std::min<long>(grid, a.done.add));  // every block's share at least 1
-  }
+  if (!kGateUp) grid = CutToDoneShares(a, grid);
   return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
 }
 
