@@ -1,10 +1,14 @@
-// The step doorbell (PINMOE_STEP_DOORBELL=1; off by default, not yet measured): a decode step whose
-// Step message would repeat one a worker already has (every other step: the same bytes but the
-// sequence) is announced by storing its sequence number in the worker's slot of a small host
-// shared-memory segment instead of sending the message. A worker polling its socket without blocking
-// (the hot window after each step) reads the slot on every turn, with no system call, and replays
-// its cached Step of that parity. ZeroMQ's send, which wakes its I/O thread, cost ~20-40 µs a message
-// on the development VM (bench/control_send_bench, bench/NOTES.md); the store costs nothing like it.
+// The step doorbell (pools of GPU workers only; on by default, PINMOE_STEP_DOORBELL=0 turns it off for
+// A/B): a decode step whose Step message would repeat one a worker already has (every other step: the
+// same bytes but the sequence) is announced by storing its sequence number in the worker's slot of a
+// small host shared-memory segment instead of sending the message. A worker polling its socket without
+// blocking (the hot window after each step) reads the slot on every turn, with no system call, and
+// replays its cached Step of that parity. A message takes ~96 µs from the coordinator's Send to the
+// workers' Done on the lent H200 machine (bench/control_send_bench), the Send itself ~5 µs; the store is
+// seen within a turn of the poll. There the doorbell took the first layer's wait for the workers from
+// ~33 to 0.8 µs (median) and the 2-worker decode cost from +9.1% to +6.3% of the in-process time
+// (bench/NOTES.md, "The twelfth session"). A ring that a worker misses (it had left its hot window) is
+// read after its next 200 ms receive timeout.
 //
 // The coordinator rings only for the sequence right after the worker's last one, and only within half
 // the worker's hot window of the last step; the worker takes a ring only when it is the sequence right
@@ -34,7 +38,7 @@ inline uint64_t ReadDoorbell(uint8_t* slot) {
 }
 
 inline bool StepDoorbellOn() {
-  static const bool on = EnvInt("PINMOE_STEP_DOORBELL", 0) != 0;
+  static const bool on = EnvInt("PINMOE_STEP_DOORBELL", 1) != 0;
   return on;
 }
 

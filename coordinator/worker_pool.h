@@ -227,10 +227,10 @@ class WorkerPool : public ExpertBackend {
   absl::Status CheckStepTokens(uint32_t tokens) const;
   // Sends each worker owning experts its Step message; returns which workers got one.
   absl::StatusOr<std::vector<bool>> SendStep(uint64_t sequence, uint32_t tokens);
-  // The step doorbell (common/step_doorbell.h; doorbell_ only with PINMOE_STEP_DOORBELL=1): names
-  // worker w's slot in `step` and rings it instead of a message where the worker may take that (the
-  // step after its last, the same contents as its last Step of that parity, within its hot window);
-  // returns whether it rang (DecideRing). Either way the step is w's last from here on.
+  // The step doorbell (common/step_doorbell.h; doorbell_ only for pools of GPU workers, unless
+  // PINMOE_STEP_DOORBELL=0): names worker w's slot in `step` and rings it instead of a message where the
+  // worker may take that (the step after its last, the same contents as its last Step of that parity,
+  // within its hot window); returns whether it rang (DecideRing). Either way the step is w's last from here on.
   bool Ring(int w, proto::Step* step);
   std::unique_ptr<SharedMemory> doorbell_;
   std::vector<DoorbellRecord> doorbell_records_;
