@@ -31,10 +31,14 @@ __device__ __forceinline__ float Silu(float x) { return x / (1.f + __expf(-x)); 
 // depend neither on the batch nor on the split between workers.
 //  kGateUp: act[pair, row] = SiLU(gate[row] . x) * (up[row] . x), rows = inter, x = the pair's token;
 //  else:    out[pair, row] = down[row] . act[pair], rows = hidden.
+//
+// `early` (the down kernel only; PINMOE_DOWN_EARLY_ROWS=1, off by default, not yet run on a GPU): as in
+// DownCombineKernel below, the first pass's tables are built and its first weights requested before the
+// programmatic wait for gate/up, the routing table read past L1.
 constexpr int kTablePairs = kRowThreads;  // pairs listed per pass (kPass), or twice that for batches past it
 
 template <typename W, bool kGateUp, int R, bool kSorted, int kPass>
-__global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a) {
+__global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a, bool early) {
   constexpr int kElems = 16 / sizeof(W);
   constexpr int M = kGateUp ? 2 : 1;  // matrices per row: gate and up, or down
   constexpr int kSortSlots = kSorted ? kPass : 1;
@@ -48,11 +52,14 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
   __shared__ int expert_first[kSorted ? kMaxDecodeExperts : 1];
   __shared__ int warp_owned[kRowWarps];
   __shared__ int listed, runs;
-  PdlWait();
-  PdlTrigger();
+  early = early && !kGateUp;
+  if (!early) {
+    PdlWait();
+    PdlTrigger();
+  }
   // x and the routing table may still be being written (ExpertFfnArgs::ready): wait for them; they
   // and act are read with ordinary loads below, only the weights through the read-only path.
-  if constexpr (kGateUp) BlockWaitsCounter(a.ready);
+  if (kGateUp || early) BlockWaitsCounter(a.ready);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int rows = kGateUp ? a.inter : a.hidden, cols = kGateUp ? a.hidden : a.inter;
   const int chunks = cols / kElems, per_pair = (rows + R - 1) / R;
@@ -69,7 +76,7 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
       const int p = p0 + threadIdx.x, pair = base + p;
       int e = -1;
       if (p < kPass && pair < pairs) {
-        const int id = a.routing[pair];
+        const int id = early ? __ldcg(a.routing + pair) : a.routing[pair];
         if (id >= 0 && id < a.num_experts && (kGateUp ? a.experts[id].gate : a.experts[id].down) != nullptr) e = id;
       }
       const bool owned = e >= 0;
@@ -194,6 +201,10 @@ __global__ void __launch_bounds__(kRowThreads) ExpertRowsKernel(ExpertFfnArgs a)
     Place at{0, 0, 0};
     if (begin < end) at = kSorted ? locate_sorted(begin) : locate(begin);
     if (begin < end && threadIdx.x < chunks) load(at, threadIdx.x);
+    if (early && base == 0) {
+      PdlWait();
+      PdlTrigger();
+    }
     for (int item = begin; item < end; ++item) {
       Place next = at;
       if (item + 1 < end) next = kSorted ? advance_sorted(at) : locate(item + 1);
@@ -391,7 +402,8 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   const cudaError_t err = ResidentGrid(kernel, threads, 0, items, &grid);
   if (err != cudaSuccess) return err;
   if (!kGateUp) grid = CutToDoneShares(a, grid);
-  return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a);
+  static const bool early_rows = EnvInt("PINMOE_DOWN_EARLY_ROWS", 0) != 0;
+  return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a, !kGateUp && early_rows);
 }
 
 template <typename W, bool kSorted, int kPass>
