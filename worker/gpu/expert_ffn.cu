@@ -288,9 +288,11 @@ int CutToDoneShares(const ExpertFfnArgs& a, int grid) {
 // ready counter, after this block has seen it too. The table is read past L1. On the H200 (Qwen3-30B-A3B
 // shape, 2,048-token prompt) it took a worker's experts from 26.6 to 24.6 µs a layer and in-process
 // decode from 349.6 to 362.2 tok/s (bench/NOTES.md, "The twelfth session").
+// `prefetch` (PINMOE_DOWN_PREFETCH=1, with `early` only; off by default, not yet run on a GPU): before
+// the wait the block also asks L2 for every row it will read, its whole share of the slots' matrices.
 template <typename W, int R>
 __global__ void __launch_bounds__(kCombineThreads, 2) DownCombineKernel(ExpertFfnArgs a, int slot_threads,
-                                                                        bool early) {
+                                                                        bool early, bool prefetch) {
   constexpr int kElems = 16 / sizeof(W);
   __shared__ float red[kCombineMaxSlots][kRowWarps][R];
   __shared__ float ys[kCombineMaxSlots][R];
@@ -330,6 +332,21 @@ __global__ void __launch_bounds__(kCombineThreads, 2) DownCombineKernel(ExpertFf
   };
   int g = blockIdx.x, round = 0;
   if (g < groups && tid < chunks) load(g, round, tid);
+  if (early && prefetch) {
+    // A row group's R rows of one matrix are contiguous (fewer in the last group): `lines` 128-byte lines
+    // per (group, slot) of the block, the block's threads taking them in turn.
+    const int lines = (R * cols * static_cast<int>(sizeof(W)) + 127) / 128;
+    const int bx = static_cast<int>(blockIdx.x), gx = static_cast<int>(gridDim.x);
+    const int my_groups = bx < groups ? (groups - 1 - bx) / gx + 1 : 0;
+    for (int i = static_cast<int>(threadIdx.x); i < my_groups * a.top_k * lines; i += static_cast<int>(blockDim.x)) {
+      const int item = i / lines, line = i % lines, s = item % a.top_k;
+      const size_t row0 = static_cast<size_t>(bx + (item / a.top_k) * gx) * R;
+      const size_t bytes = static_cast<size_t>(min(R, rows - static_cast<int>(row0))) * cols * sizeof(W);
+      if (mats[s] == nullptr || static_cast<size_t>(line) * 128 >= bytes) continue;
+      const char* p = reinterpret_cast<const char*>(mats[s] + row0 * cols) + static_cast<size_t>(line) * 128;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
   if (early) {
     PdlWait();
     PdlTrigger();
@@ -387,8 +404,9 @@ cudaError_t LaunchDownCombine(const ExpertFfnArgs& a, cudaStream_t stream) {
       ResidentGrid(kernel, per_round * slot_threads, 0, static_cast<long>((a.hidden + R - 1) / R), &grid);
   if (err != cudaSuccess) return err;
   static const bool early = EnvInt("PINMOE_DOWN_EARLY", 1) != 0;
+  static const bool prefetch = EnvInt("PINMOE_DOWN_PREFETCH", 0) != 0;
   return LaunchPdl(kernel, dim3(CutToDoneShares(a, grid)), dim3(per_round * slot_threads), 0, stream, a,
-                   slot_threads, early);
+                   slot_threads, early, prefetch);
 }
 
 template <typename W, bool kGateUp, int R, bool kSorted, int kPass>
