@@ -7,8 +7,8 @@
 #include <chrono>
 #include <csignal>
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "common/str_cat.h"
@@ -35,7 +35,6 @@ namespace {
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
-
 
 #if PINMOE_WITH_CUDA
 // Whether the down kernels after a step's first layer add to the done counter (CounterStore::add) rather

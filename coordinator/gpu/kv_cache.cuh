@@ -7,6 +7,8 @@
 
 #include <type_traits>
 
+#include "worker/gpu/pdl.cuh"
+
 namespace pinmoe {
 
 __device__ __forceinline__ float CacheLoad(const float* p) { return *p; }
@@ -64,7 +66,7 @@ __device__ void PrefetchRowsL2(const C* rows, size_t stride, int begin, int end,
   const int n = max(0, end - begin) * lines;
   for (int i = first; i < n; i += step) {
     const char* line = reinterpret_cast<const char*>(rows + (begin + i / lines) * stride) + (i % lines) * kLine;
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+    PrefetchLineL2(line);
   }
 }
 

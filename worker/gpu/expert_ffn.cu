@@ -343,8 +343,7 @@ __global__ void __launch_bounds__(kCombineThreads, 2) DownCombineKernel(ExpertFf
       const size_t row0 = static_cast<size_t>(bx + (item / a.top_k) * gx) * R;
       const size_t bytes = static_cast<size_t>(min(R, rows - static_cast<int>(row0))) * cols * sizeof(W);
       if (mats[s] == nullptr || static_cast<size_t>(line) * 128 >= bytes) continue;
-      const char* p = reinterpret_cast<const char*>(mats[s] + row0 * cols) + static_cast<size_t>(line) * 128;
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+      PrefetchLineL2(reinterpret_cast<const char*>(mats[s] + row0 * cols) + static_cast<size_t>(line) * 128);
     }
   }
   if (early) {
@@ -421,7 +420,7 @@ cudaError_t LaunchRows(const ExpertFfnArgs& a, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   if (!kGateUp) grid = CutToDoneShares(a, grid);
   static const bool early_rows = EnvInt("PINMOE_DOWN_EARLY_ROWS", 0) != 0;
-  return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a, !kGateUp && early_rows);
+  return LaunchPdl(kernel, dim3(grid), dim3(threads), 0, stream, a, early_rows);  // the kernel ignores it in gate/up
 }
 
 template <typename W, bool kSorted, int kPass>

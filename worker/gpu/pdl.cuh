@@ -25,11 +25,14 @@ __device__ __forceinline__ void PdlTrigger() {
 #endif
 }
 
+// Asks L2 for the 128-byte line that holds p (a hint: nothing is read).
+__device__ __forceinline__ void PrefetchLineL2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 // Prefetches [p, p + bytes) into L2, one 128-byte line per thread of the calling group of `threads`.
 __device__ __forceinline__ void PrefetchL2(const void* p, size_t bytes, int thread, int threads) {
   const char* c = static_cast<const char*>(p);
   for (size_t off = static_cast<size_t>(thread) * 128; off < bytes; off += static_cast<size_t>(threads) * 128) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+    PrefetchLineL2(c + off);
   }
 }
 
